@@ -1,0 +1,54 @@
+//! Cache administration, for admin keys only.
+
+use std::sync::atomic::Ordering;
+
+use axum::{Json, extract::State, http::StatusCode};
+
+use crate::{AppState, api::docs::CacheStats};
+
+/// Entries, bytes and hit ratio of the caches, and the state of the upstream budget.
+#[utoipa::path(get, path = "/v1/cache", tag = "admin",
+    responses((status = 200, description = "Cache statistics", body = CacheStats),
+              (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Not an admin key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
+    let (window_entries, window_bytes) = state.windows.usage().await;
+    let (response_entries, response_bytes) = state.responses.usage();
+    let c = &state.counters;
+    let hits = c.hits.load(Ordering::Relaxed);
+    let response_hits = c.response_hits.load(Ordering::Relaxed);
+    let misses = c.misses.load(Ordering::Relaxed);
+    let coalesced = c.coalesced.load(Ordering::Relaxed);
+    let lookups = hits + response_hits + misses;
+    let b = state.fetcher.budget().stats();
+    Json(CacheStats {
+        window_entries,
+        window_bytes,
+        response_entries,
+        response_bytes,
+        max_bytes: state.settings.cache.max_bytes,
+        hits,
+        misses,
+        coalesced,
+        stale_served: c.stale_served.load(Ordering::Relaxed),
+        response_hits,
+        hit_ratio: (lookups > 0).then(|| (hits + response_hits) as f64 / lookups as f64),
+        upstream_calls_granted: b.granted,
+        upstream_calls_waiting: b.waiting as u64,
+        upstream_calls_in_window: b.used_in_window as u64,
+    })
+}
+
+/// Drops every cached window and response.
+#[utoipa::path(delete, path = "/v1/cache", tag = "admin",
+    responses((status = 204, description = "Purged"),
+              (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+              (status = 403, description = "Not an admin key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn cache_purge(State(state): State<AppState>) -> StatusCode {
+    state.windows.purge();
+    state.responses.purge();
+    tracing::info!("cache purged by an admin key");
+    StatusCode::NO_CONTENT
+}

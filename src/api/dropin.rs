@@ -1,0 +1,261 @@
+//! The vendor's own endpoint, drop-in: existing scripts change only the host and the auth
+//! header. The body and query string are the vendor's; the gateway validates them by the
+//! vendor's rules, mints the JWT, and answers from the same window cache and budget as
+//! `/v1/interactions`, in the vendor's shape (`numResults` + one page of `data`).
+
+use std::sync::Arc;
+
+use axum::{
+    Extension,
+    body::Bytes,
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::{BufMut, BytesMut};
+use jiff::tz::Offset;
+use serde::Deserialize;
+
+use crate::{
+    AppState,
+    api::{
+        RequestId,
+        auth::Caller,
+        query::{Bound, FIELDS, Params, pairs, parse_local},
+        wants_refresh,
+    },
+    cache::Source,
+    config::OffsetMode,
+    error::AppError,
+    fetch::{CallContext, RangeFetch},
+    plan::{MAX_WINDOW_SECONDS, Window},
+    upstream::{Filters, MAX_PAGE, PAGE_LIMIT},
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VendorBody {
+    #[serde(rename = "startDate")]
+    start_date: String,
+    #[serde(rename = "endDate")]
+    end_date: String,
+    #[serde(rename = "timeZoneOffset")]
+    time_zone_offset: i32,
+    #[serde(rename = "selectedFields", default)]
+    selected_fields: Vec<String>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    queues: Vec<String>,
+    #[serde(default)]
+    bots: Vec<String>,
+}
+
+/// Vendor-compatible interaction details (one page), authenticated by API key.
+#[utoipa::path(
+    post,
+    path = "/agentassist/api/public/analytics/account/{accountId}/v2/interactionDetails",
+    tag = "vendor-compatible",
+    params(
+        ("accountId" = String, Path, description = "The configured account id"),
+        ("offset" = Option<u32>, Query, description = "Page index 0..10"),
+        ("limit" = Option<u32>, Query, description = "Records per page, 1..100 (default 100)"),
+    ),
+    request_body(content = crate::api::docs::VendorRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "One page, in the vendor's shape", body = crate::api::docs::VendorResponse),
+        (status = 400, description = "Bad body or parameters", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not the configured account", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Upstream failed after retries", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Upstream budget exhausted", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn interaction_details(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Path(account_id): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    if account_id != state.settings.upstream.account_id {
+        return Err(AppError::NotFound);
+    }
+    let p = Params::new(pairs(raw.as_deref()), &["offset", "limit"])?;
+    let limit = number(&p, "limit", 1, PAGE_LIMIT)?.unwrap_or(PAGE_LIMIT);
+    let offset = match state.settings.upstream.offset_mode {
+        OffsetMode::Page => number(&p, "offset", 0, MAX_PAGE)?.unwrap_or(0),
+        OffsetMode::Record => number(&p, "offset", 0, MAX_PAGE * PAGE_LIMIT)?.unwrap_or(0) / limit,
+    };
+    let (window, filters) = parse_body(&body)?;
+    let range = RangeFetch {
+        fetcher: Arc::clone(&state.fetcher),
+        cache: Arc::clone(&state.windows),
+        filters: Arc::new(filters),
+        ctx: CallContext {
+            caller: Arc::clone(&caller.name),
+            request_id,
+        },
+        refresh: caller.admin && wants_refresh(&headers),
+    };
+    let outcome = range.window(window).await?;
+    let records = &outcome.data.records;
+    let start = (offset as usize)
+        .saturating_mul(limit as usize)
+        .min(records.len());
+    let end = (start + limit as usize).min(records.len());
+    let mut buf = BytesMut::with_capacity(
+        64 + records[start..end]
+            .iter()
+            .map(|r| r.raw.get().len() + 1)
+            .sum::<usize>(),
+    );
+    buf.put_slice(format!("{{\"numResults\":{},\"data\":[", records.len()).as_bytes());
+    for (i, r) in records[start..end].iter().enumerate() {
+        if i > 0 {
+            buf.put_u8(b',');
+        }
+        buf.put_slice(r.raw.get().as_bytes());
+    }
+    buf.put_slice(b"]}");
+    let cache = if outcome.source == Source::Miss {
+        "MISS"
+    } else {
+        "HIT"
+    };
+    let complete = if outcome.data.complete() {
+        "true"
+    } else {
+        "false"
+    };
+    Ok((
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::HeaderName::from_static("x-cache"),
+                HeaderValue::from_static(cache),
+            ),
+            (
+                header::HeaderName::from_static("x-gateway-complete"),
+                HeaderValue::from_static(complete),
+            ),
+        ],
+        buf.freeze(),
+    )
+        .into_response())
+}
+
+fn number(p: &Params, name: &'static str, min: u32, max: u32) -> Result<Option<u32>, AppError> {
+    p.one(name)?
+        .map(|v| {
+            v.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| {
+                    AppError::param(
+                        name,
+                        format!("`{name}` must be a whole number from {min} to {max}"),
+                    )
+                })
+        })
+        .transpose()
+}
+
+/// The vendor's body → one window and its filters, by the vendor's rules.
+fn parse_body(body: &[u8]) -> Result<(Window, Filters), AppError> {
+    let b: VendorBody = serde_json::from_slice(body).map_err(|e| {
+        let msg: String = e.to_string().chars().take(200).collect();
+        AppError::BadBody(msg)
+    })?;
+    if !(-840..=840).contains(&b.time_zone_offset) {
+        return Err(AppError::BadBody(
+            "timeZoneOffset must be minutes within ±840".into(),
+        ));
+    }
+    let offset_seconds = -b.time_zone_offset * 60;
+    let offset = Offset::from_seconds(offset_seconds)
+        .map_err(|_| AppError::BadBody("timeZoneOffset is out of range".into()))?;
+    let instant = |text: &str, bound: Bound, name: &str| {
+        let ok_shape =
+            text.len() == 10 || (text.len() == 19 && text.as_bytes().get(10) == Some(&b' '));
+        let dt = parse_local(text, bound)
+            .ok()
+            .filter(|_| ok_shape)
+            .ok_or_else(|| {
+                AppError::BadBody(format!("{name} must be yyyy-mm-dd or yyyy-mm-dd HH:mm:ss"))
+            })?;
+        offset
+            .to_timestamp(dt)
+            .map_err(|_| AppError::BadBody(format!("{name} is out of range")))
+    };
+    let start = instant(&b.start_date, Bound::Start, "startDate")?;
+    let end = instant(&b.end_date, Bound::End, "endDate")?;
+    if end < start {
+        return Err(AppError::BadBody("endDate is before startDate".into()));
+    }
+    if end.as_second() - start.as_second() > MAX_WINDOW_SECONDS {
+        return Err(AppError::BadBody(
+            "the range may not be longer than 7 days".into(),
+        ));
+    }
+    if let Some(bad) = b
+        .selected_fields
+        .iter()
+        .find(|f| !FIELDS.contains(&f.as_str()))
+    {
+        let shown: String = bad.chars().take(40).collect();
+        return Err(AppError::BadBody(format!(
+            "unknown selectedFields entry `{shown}`"
+        )));
+    }
+    let filters = Filters {
+        channels: b.channels,
+        queues: b.queues,
+        bots: b.bots,
+        fields: b.selected_fields,
+    }
+    .normalized();
+    Ok((
+        Window {
+            start,
+            end,
+            offset_seconds,
+        },
+        filters,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_body_rules() {
+        let (w, f) = parse_body(br#"{"startDate":"2024-09-26","endDate":"2024-09-26","timeZoneOffset":-330,"selectedFields":["skills"]}"#).unwrap();
+        assert_eq!(w.vendor_start(), "2024-09-26 00:00:00");
+        assert_eq!(w.vendor_end(), "2024-09-26 23:59:59");
+        assert_eq!(w.vendor_offset(), -330);
+        assert_eq!(f.fields, ["skills"]);
+        assert!(parse_body(br#"{"startDate":"2024-09-20 00:00:00","endDate":"2024-09-27 00:00:00","timeZoneOffset":0}"#).is_ok());
+        for bad in [
+            &br#"{"startDate":"2024-09-20 00:00:00","endDate":"2024-09-27 00:00:01","timeZoneOffset":0}"#[..],
+            br#"{"startDate":"2024-09-20T00:00:00","endDate":"2024-09-21","timeZoneOffset":0}"#,
+            br#"{"startDate":"2024-09-21","endDate":"2024-09-20","timeZoneOffset":0}"#,
+            br#"{"startDate":"2024-09-21","endDate":"2024-09-21"}"#,
+            br#"{"startDate":"2024-09-21","endDate":"2024-09-21","timeZoneOffset":99999}"#,
+            br#"{"startDate":"2024-09-21","endDate":"2024-09-21","timeZoneOffset":0,"selectedFields":["x"]}"#,
+            br#"{"startDate":"2024-09-21","endDate":"2024-09-21","timeZoneOffset":0,"host":"evil.example"}"#,
+            b"not json",
+        ] {
+            assert!(parse_body(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! The public HTTP surface (SPEC §3): routes, and the one middleware stack around them.
+
+pub mod admin;
+pub mod auth;
+pub mod docs;
+pub mod dropin;
+pub mod interactions;
+pub mod ops;
+pub mod query;
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{HeaderName, HeaderValue, Method, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    compression::CompressionLayer,
+    cors::{AllowOrigin, Any, CorsLayer},
+    trace::TraceLayer,
+};
+
+use crate::{AppState, error::AppError};
+
+/// Header carrying the request id, taken from the caller or generated.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The id of this request, also sent upstream.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub std::sync::Arc<str>);
+
+/// Largest request body accepted (only the drop-in POST has one).
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// All routes with their middleware.
+pub fn router(state: AppState) -> Router {
+    // Routes that need an API key; the admin ones also need an admin key.
+    let admin = Router::new()
+        .route(
+            "/v1/cache",
+            get(admin::cache_stats).delete(admin::cache_purge),
+        )
+        .route_layer(middleware::from_fn(auth::require_admin));
+    let keyed = Router::new()
+        .route("/v1/interactions", get(interactions::get_interactions))
+        .route(crate::sim::VENDOR_PATH, post(dropin::interaction_details))
+        .merge(admin)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    let open = Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .merge(docs::routes());
+
+    let routes = Router::new()
+        .merge(keyed)
+        .merge(open)
+        .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed });
+    with_middleware(routes, &state).with_state(state)
+}
+
+/// The middleware, outermost first. Each layer says why it is there and why in that place.
+fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    routes.layer(
+        ServiceBuilder::new()
+        // 1. Request id first, so every later layer, log line and upstream call can use it,
+        //    and every response (errors included) carries it back.
+        .layer(middleware::from_fn(request_id))
+        // 2. Tracing inside the id, so spans carry it; logs method, route, status, latency.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let id = req.extensions().get::<RequestId>().map(|r| r.0.to_string()).unwrap_or_default();
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        // 3. Metrics see the final status of everything below, including auth refusals.
+        .layer(middleware::from_fn(record_metrics))
+        // 4. CORS before auth: a browser's preflight carries no key and must still pass.
+        .layer(cors(&state.settings.cors_origins))
+        // 5. Compression of large JSON/CSV bodies (gzip or br, as the client accepts).
+        .layer(CompressionLayer::new())
+        // 6. One deadline for the whole request: a 504 problem, never a hung socket.
+        .layer(middleware::from_fn_with_state(state.clone(), deadline))
+        // 7. Bodies are small by nature here; refuse big ones before reading them.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+    )
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let base = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("x-api-key"),
+            X_REQUEST_ID.clone(),
+        ])
+        .expose_headers([
+            header::ETAG,
+            HeaderName::from_static("x-cache"),
+            X_REQUEST_ID.clone(),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600));
+    if origins.is_empty() {
+        // No allow-list: no CORS headers at all (same-origin only).
+        CorsLayer::new()
+    } else if origins.iter().any(|o| o == "*") {
+        base.allow_origin(Any)
+    } else {
+        base.allow_origin(AllowOrigin::list(
+            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
+        ))
+    }
+}
+
+/// Takes a sane `X-Request-Id` from the caller or makes one; echoes it on the response.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(new_request_id);
+    req.extensions_mut().insert(RequestId(id.clone().into()));
+    let mut resp = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+    }
+    resp
+}
+
+/// A random id in UUID v4 form.
+pub fn new_request_id() -> String {
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        (b >> 48) & 0x3fff | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("gateway_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status)
+        .increment(1);
+    metrics::histogram!("gateway_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.settings.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => AppError::RequestTimeout.into_response(),
+    }
+}
+
+/// Whether the request asks to bypass caches (`Cache-Control: no-cache` or `Pragma: no-cache`).
+pub fn wants_refresh(headers: &axum::http::HeaderMap) -> bool {
+    let has = |name: header::HeaderName| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+            })
+    };
+    has(header::CACHE_CONTROL) || has(header::PRAGMA)
+}

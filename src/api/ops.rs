@@ -1,0 +1,132 @@
+//! Operations: liveness, readiness and Prometheus metrics. None of them needs a key, and
+//! none of them says anything about the credentials.
+
+use std::{
+    sync::{Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use axum::{
+    Json,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use tokio::time::Instant;
+
+use crate::{AppState, api::docs};
+
+/// An upstream answer younger than this makes the gateway ready without asking again.
+const RECENT: i64 = 300;
+/// At most one readiness probe per this interval; in between, the last verdict stands.
+const PROBE_EVERY: Duration = Duration::from_secs(60);
+
+/// Readiness probe bookkeeping.
+#[derive(Debug, Default)]
+pub struct Health {
+    last_probe: Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+/// Liveness: the process serves requests.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = docs::Health)))]
+pub async fn healthz() -> Json<docs::Health> {
+    Json(docs::Health {
+        status: "ok".into(),
+        detail: None,
+    })
+}
+
+/// Readiness: configuration is valid (or the process would not run) and the upstream
+/// answered within the last five minutes; otherwise one small probe call is made (at most
+/// once a minute, through the shared budget).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready", body = docs::Health),
+              (status = 503, description = "Upstream not answering", body = docs::Health)))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let now = jiff::Timestamp::now().as_second();
+    if now - state.fetcher.last_ok() < RECENT {
+        return ready(Ok(()));
+    }
+    let cached = state
+        .health
+        .last_probe
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|(at, _)| at.elapsed() < PROBE_EVERY)
+        .map(|(_, r)| r.clone());
+    let verdict = match cached {
+        Some(v) => v,
+        None => {
+            let v = match tokio::time::timeout(Duration::from_secs(10), state.fetcher.probe()).await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("upstream probe failed: {}", e.label())),
+                Err(_) => Err("upstream probe timed out".to_owned()),
+            };
+            *state
+                .health
+                .last_probe
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), v.clone()));
+            v
+        }
+    };
+    ready(verdict)
+}
+
+fn ready(v: Result<(), String>) -> Response {
+    match v {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(docs::Health {
+                status: "ready".into(),
+                detail: None,
+            }),
+        )
+            .into_response(),
+        Err(d) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(docs::Health {
+                status: "not ready".into(),
+                detail: Some(d),
+            }),
+        )
+            .into_response(),
+    }
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let (entries, bytes) = state.windows.usage().await;
+    let (r_entries, r_bytes) = state.responses.usage();
+    let c = &state.counters;
+    metrics::gauge!("gateway_cache_entries", "cache" => "windows").set(entries as f64);
+    metrics::gauge!("gateway_cache_bytes", "cache" => "windows").set(bytes as f64);
+    metrics::gauge!("gateway_cache_entries", "cache" => "responses").set(r_entries as f64);
+    metrics::gauge!("gateway_cache_bytes", "cache" => "responses").set(r_bytes as f64);
+    metrics::gauge!("gateway_cache_hits", "kind" => "window")
+        .set(c.hits.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("gateway_cache_hits", "kind" => "response")
+        .set(c.response_hits.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("gateway_cache_misses").set(c.misses.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("gateway_cache_coalesced").set(c.coalesced.load(Ordering::Relaxed) as f64);
+    metrics::gauge!("gateway_cache_stale_served")
+        .set(c.stale_served.load(Ordering::Relaxed) as f64);
+    let b = state.fetcher.budget().stats();
+    metrics::gauge!("gateway_budget_wait_seconds_sum").set(b.waited_seconds);
+    metrics::gauge!("gateway_budget_waiting_calls").set(b.waiting as f64);
+    metrics::gauge!("gateway_budget_calls_in_window").set(b.used_in_window as f64);
+    metrics::gauge!("gateway_upstream_in_flight").set(f64::from(b.in_flight));
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

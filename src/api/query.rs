@@ -1,0 +1,605 @@
+//! Parsing and validating the `GET /v1/interactions` query (pure): dates local to a time
+//! zone, lists that may be comma-separated or repeated, paging and format. Every problem is
+//! a 400 that names the parameter; nothing here can panic on input.
+
+use std::fmt::Write as _;
+
+use jiff::{
+    Timestamp,
+    civil::{Date, DateTime, Time},
+    tz::{Offset, TimeZone},
+};
+
+use crate::{error::AppError, upstream::Filters};
+
+/// The optional blocks the vendor returns only when asked (`selectedFields`).
+pub const FIELDS: [&str; 4] = [
+    "skills",
+    "userleveltags",
+    "sessionleveltags",
+    "customerinfo",
+];
+
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 10_000;
+const MAX_LIST_ITEMS: usize = 100;
+const MAX_ITEM_LEN: usize = 200;
+
+/// Response format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Ndjson,
+    Csv,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Ndjson => "ndjson",
+            Format::Csv => "csv",
+        }
+    }
+}
+
+/// The common range part of the data routes.
+#[derive(Debug, Clone)]
+pub struct RangeQuery {
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub tz: TimeZone,
+    /// As given (`Asia/Kolkata`, `+05:30`, `UTC`).
+    pub tz_name: String,
+    pub filters: Filters,
+}
+
+impl RangeQuery {
+    /// RFC 3339 text of `ts` at the offset in force there.
+    pub fn local_rfc3339(&self, ts: Timestamp) -> String {
+        let offset = self.tz.to_offset(ts);
+        let dt = offset.to_datetime(ts);
+        let secs = offset.seconds();
+        let sign = if secs < 0 { '-' } else { '+' };
+        let secs = secs.unsigned_abs();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{}{:02}:{:02}",
+            dt.year(),
+            dt.month(),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+            sign,
+            secs / 3600,
+            (secs % 3600) / 60
+        )
+    }
+
+    /// A canonical text of everything that selects records (not paging or format).
+    pub fn fingerprint(&self) -> String {
+        let f = &self.filters;
+        let mut s = String::with_capacity(128);
+        let _ = write!(
+            s,
+            "{}|{}|{}|c={}|q={}|b={}|f={}",
+            self.from.as_second(),
+            self.to.as_second(),
+            self.tz_name,
+            f.channels.join(","),
+            f.queues.join(","),
+            f.bots.join(","),
+            f.fields.join(",")
+        );
+        s
+    }
+}
+
+/// A parsed `GET /v1/interactions`.
+#[derive(Debug, Clone)]
+pub struct InteractionsQuery {
+    pub range: RangeQuery,
+    pub limit: usize,
+    pub cursor: Option<String>,
+    pub format: Format,
+}
+
+/// Raw `(name, value)` pairs of a query string.
+pub fn pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    form_urlencoded::parse(raw.unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// Collects parameters, refusing unknown names and repeats of single-valued ones.
+pub struct Params {
+    pairs: Vec<(String, String)>,
+}
+
+impl Params {
+    /// # Errors
+    /// A parameter not in `allowed`.
+    pub fn new(pairs: Vec<(String, String)>, allowed: &[&'static str]) -> Result<Self, AppError> {
+        if let Some((k, _)) = pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            let shown: String = k.chars().take(40).collect();
+            return Err(AppError::BadParam {
+                param: "query",
+                detail: format!(
+                    "unknown parameter `{shown}`; allowed: {}",
+                    allowed.join(", ")
+                ),
+            });
+        }
+        Ok(Params { pairs })
+    }
+
+    /// A single-valued parameter.
+    ///
+    /// # Errors
+    /// Given more than once.
+    pub fn one(&self, name: &'static str) -> Result<Option<&str>, AppError> {
+        let mut it = self.pairs.iter().filter(|(k, _)| k == name);
+        let first = it.next().map(|(_, v)| v.as_str());
+        if it.next().is_some() {
+            return Err(AppError::param(
+                name,
+                format!("`{name}` given more than once"),
+            ));
+        }
+        Ok(first)
+    }
+
+    /// A list parameter: comma-separated and/or repeated; blanks dropped.
+    ///
+    /// # Errors
+    /// Too many items, an item too long or holding control characters.
+    pub fn list(&self, name: &'static str) -> Result<Vec<String>, AppError> {
+        let mut out = Vec::new();
+        for (_, v) in self.pairs.iter().filter(|(k, _)| k == name) {
+            for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                if item.len() > MAX_ITEM_LEN || item.chars().any(char::is_control) {
+                    return Err(AppError::param(
+                        name,
+                        format!("an item of `{name}` is too long or holds control characters"),
+                    ));
+                }
+                out.push(item.to_owned());
+            }
+        }
+        if out.len() > MAX_LIST_ITEMS {
+            return Err(AppError::param(
+                name,
+                format!("`{name}` holds more than {MAX_LIST_ITEMS} items"),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Parameters shared by every data route.
+pub const RANGE_PARAMS: [&str; 7] = ["from", "to", "tz", "channels", "queues", "bots", "fields"];
+
+/// Parses the range, time zone and filters.
+///
+/// # Errors
+/// 400 for anything missing, malformed, inverted or longer than `max_range_days`.
+pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppError> {
+    let tz_name = p
+        .one("tz")?
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("UTC")
+        .to_owned();
+    let tz = parse_tz(&tz_name)?;
+    let from_text = p.one("from")?.ok_or_else(|| {
+        AppError::param(
+            "from",
+            "`from` is required (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS])",
+        )
+    })?;
+    let to_text = p.one("to")?.ok_or_else(|| {
+        AppError::param(
+            "to",
+            "`to` is required (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS])",
+        )
+    })?;
+    let from = to_instant(
+        parse_local(from_text, Bound::Start).map_err(|d| AppError::param("from", d))?,
+        &tz,
+    )
+    .map_err(|d| AppError::param("from", d))?;
+    let to = to_instant(
+        parse_local(to_text, Bound::End).map_err(|d| AppError::param("to", d))?,
+        &tz,
+    )
+    .map_err(|d| AppError::param("to", d))?;
+    if from > to {
+        return Err(AppError::param("from", "`from` is after `to`"));
+    }
+    let span_days = (to.as_second() - from.as_second() + 1) as f64 / 86_400.0;
+    if span_days > f64::from(max_range_days) {
+        return Err(AppError::param(
+            "to",
+            format!("the range is longer than the {max_range_days} days one request may ask for"),
+        ));
+    }
+    let fields = p.list("fields")?;
+    if let Some(bad) = fields.iter().find(|f| !FIELDS.contains(&f.as_str())) {
+        let shown: String = bad.chars().take(40).collect();
+        return Err(AppError::param(
+            "fields",
+            format!("unknown field `{shown}`; allowed: {}", FIELDS.join(", ")),
+        ));
+    }
+    if p.one("fields").is_ok_and(|v| v.is_some()) && fields.is_empty() {
+        return Err(AppError::param(
+            "fields",
+            "`fields` is empty; leave it out for all four",
+        ));
+    }
+    let fields = if fields.is_empty() {
+        FIELDS.iter().map(|s| (*s).to_owned()).collect()
+    } else {
+        fields
+    };
+    let filters = Filters {
+        channels: p.list("channels")?,
+        queues: p.list("queues")?,
+        bots: p.list("bots")?,
+        fields,
+    }
+    .normalized();
+    Ok(RangeQuery {
+        from,
+        to,
+        tz,
+        tz_name,
+        filters,
+    })
+}
+
+/// Parses the whole `GET /v1/interactions` query.
+///
+/// # Errors
+/// 400 naming the parameter at fault.
+pub fn parse_interactions(
+    raw: Option<&str>,
+    accept: Option<&str>,
+    max_range_days: u32,
+) -> Result<InteractionsQuery, AppError> {
+    let mut allowed: Vec<&'static str> = RANGE_PARAMS.to_vec();
+    allowed.extend(["limit", "cursor", "format"]);
+    let p = Params::new(pairs(raw), &allowed)?;
+    let range = parse_range(&p, max_range_days)?;
+    let limit = match p.one("limit")? {
+        None => DEFAULT_LIMIT,
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                AppError::param(
+                    "limit",
+                    format!("`limit` must be a whole number from 1 to {MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let cursor = p
+        .one("cursor")?
+        .map(str::to_owned)
+        .filter(|c| !c.is_empty());
+    let format = match p.one("format")? {
+        Some(f) => match f.trim().to_ascii_lowercase().as_str() {
+            "json" => Format::Json,
+            "ndjson" => Format::Ndjson,
+            "csv" => Format::Csv,
+            _ => {
+                return Err(AppError::param(
+                    "format",
+                    "`format` must be json, ndjson or csv",
+                ));
+            }
+        },
+        None => format_from_accept(accept),
+    };
+    Ok(InteractionsQuery {
+        range,
+        limit,
+        cursor,
+        format,
+    })
+}
+
+/// Picks a format from `Accept`; JSON unless CSV or NDJSON is preferred outright.
+pub fn format_from_accept(accept: Option<&str>) -> Format {
+    let Some(accept) = accept else {
+        return Format::Json;
+    };
+    for part in accept.split(',') {
+        let media = part
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match media.as_str() {
+            "application/json" | "*/*" | "application/*" => return Format::Json,
+            "text/csv" => return Format::Csv,
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+                return Format::Ndjson;
+            }
+            _ => {}
+        }
+    }
+    Format::Json
+}
+
+/// IANA name, fixed offset (`+05:30`, `-04:00`, `+0530`, `Z`) or `UTC`.
+///
+/// # Errors
+/// 400 for an unknown zone.
+pub fn parse_tz(name: &str) -> Result<TimeZone, AppError> {
+    if name.eq_ignore_ascii_case("Z") || name.eq_ignore_ascii_case("UTC") {
+        return Ok(TimeZone::UTC);
+    }
+    if name.starts_with(['+', '-']) {
+        return parse_fixed_offset(name)
+            .map(TimeZone::fixed)
+            .ok_or_else(|| {
+                AppError::param(
+                    "tz",
+                    "a fixed offset looks like +05:30 or -04:00 (at most ±14:00)",
+                )
+            });
+    }
+    if name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_-+".contains(c))
+    {
+        return Err(AppError::param(
+            "tz",
+            "`tz` must be an IANA name like Asia/Kolkata or an offset like +05:30",
+        ));
+    }
+    TimeZone::get(name).map_err(|_| {
+        let shown: String = name.chars().take(64).collect();
+        AppError::param("tz", format!("unknown time zone `{shown}`"))
+    })
+}
+
+fn parse_fixed_offset(s: &str) -> Option<Offset> {
+    let sign = if s.starts_with('-') { -1 } else { 1 };
+    let body = &s[1..];
+    let (h, m) = match (body.len(), body.split_once(':')) {
+        (_, Some((h, m))) => (h, m),
+        (4, None) => body.split_at(2),
+        (2, None) => (body, "00"),
+        _ => return None,
+    };
+    if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    if m >= 60 || h * 60 + m > 14 * 60 {
+        return None;
+    }
+    Offset::from_seconds(sign * (h * 3600 + m * 60)).ok()
+}
+
+/// Which end of the range a value is: a coarse `to` means the end of its unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Start,
+    End,
+}
+
+/// `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM` or `YYYY-MM-DDTHH:MM:SS` (a space may stand for `T`).
+///
+/// # Errors
+/// A message saying what form is expected.
+pub fn parse_local(text: &str, bound: Bound) -> Result<DateTime, String> {
+    let t = text.trim();
+    let bad = || {
+        format!(
+            "`{}` is not YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS]",
+            t.chars().take(40).collect::<String>()
+        )
+    };
+    if !t.is_ascii() {
+        return Err(bad());
+    }
+    let (date, time) = match t.len() {
+        10 => (t, None),
+        16 | 19 if matches!(t.as_bytes()[10], b'T' | b' ') => (&t[..10], Some(&t[11..])),
+        _ => return Err(bad()),
+    };
+    let db = date.as_bytes();
+    if db[4] != b'-' || db[7] != b'-' {
+        return Err(bad());
+    }
+    let num = |s: &str| -> Result<i32, String> {
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            s.parse::<i32>().map_err(|_| bad())
+        } else {
+            Err(bad())
+        }
+    };
+    let (y, mo, d) = (num(&date[..4])?, num(&date[5..7])?, num(&date[8..10])?);
+    if !(1971..=2099).contains(&y) {
+        return Err(format!("year {y} is outside 1971..2099"));
+    }
+    let date = Date::new(y as i16, mo as i8, d as i8)
+        .map_err(|_| format!("{} is not a calendar date", &t[..10]))?;
+    let time = match time {
+        None => match bound {
+            Bound::Start => Time::midnight(),
+            Bound::End => Time::constant(23, 59, 59, 0),
+        },
+        Some(tm) => {
+            let tb = tm.as_bytes();
+            if tb[2] != b':' || (tm.len() == 8 && tb[5] != b':') {
+                return Err(bad());
+            }
+            let (h, mi) = (num(&tm[..2])?, num(&tm[3..5])?);
+            let s = if tm.len() == 8 {
+                num(&tm[6..8])?
+            } else if bound == Bound::End {
+                59
+            } else {
+                0
+            };
+            Time::new(h as i8, mi as i8, s as i8, 0)
+                .map_err(|_| format!("{tm} is not a time of day"))?
+        }
+    };
+    Ok(date.to_datetime(time))
+}
+
+/// The instant of a local time: in a DST gap the later side, in a repeated hour the
+/// earlier (jiff's "compatible" rule, the one RFC 5545 and JavaScript use).
+fn to_instant(dt: DateTime, tz: &TimeZone) -> Result<Timestamp, String> {
+    tz.to_ambiguous_timestamp(dt)
+        .compatible()
+        .map_err(|_| "the time cannot be placed in this time zone".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Result<InteractionsQuery, AppError> {
+        parse_interactions(Some(s), None, 92)
+    }
+
+    fn param_of(e: AppError) -> &'static str {
+        match e {
+            AppError::BadParam { param, .. } => param,
+            other => panic!("not a parameter error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn coarse_to_means_end_of_unit() {
+        let r = q("from=2024-09-01&to=2024-09-30&tz=Asia/Kolkata")
+            .unwrap()
+            .range;
+        assert_eq!(r.local_rfc3339(r.from), "2024-09-01T00:00:00+05:30");
+        assert_eq!(r.local_rfc3339(r.to), "2024-09-30T23:59:59+05:30");
+        let r = q("from=2024-09-01T10:15&to=2024-09-01T10:20")
+            .unwrap()
+            .range;
+        assert_eq!(r.local_rfc3339(r.from), "2024-09-01T10:15:00+00:00");
+        assert_eq!(r.local_rfc3339(r.to), "2024-09-01T10:20:59+00:00");
+        let r = q("from=2024-09-01 10:15:07&to=2024-09-01T10:20:08&tz=-04:00")
+            .unwrap()
+            .range;
+        assert_eq!(r.local_rfc3339(r.to), "2024-09-01T10:20:08-04:00");
+    }
+
+    #[test]
+    fn defaults() {
+        let x = q("from=2024-09-01&to=2024-09-02").unwrap();
+        assert_eq!(x.range.tz_name, "UTC");
+        assert_eq!(x.limit, DEFAULT_LIMIT);
+        assert_eq!(x.format, Format::Json);
+        assert_eq!(
+            x.range.filters.fields,
+            [
+                "customerinfo",
+                "sessionleveltags",
+                "skills",
+                "userleveltags"
+            ]
+        );
+    }
+
+    #[test]
+    fn lists_split_repeat_and_normalize() {
+        let x = q("from=2024-09-01&to=2024-09-02&channels=voice,chat&channels=voice&queues=%20qu-1%20,&fields=skills").unwrap();
+        assert_eq!(x.range.filters.channels, ["chat", "voice"]);
+        assert_eq!(x.range.filters.queues, ["qu-1"]);
+        assert_eq!(x.range.filters.fields, ["skills"]);
+    }
+
+    #[test]
+    fn malformed_requests_name_the_parameter() {
+        let cases = [
+            ("to=2024-09-02", "from"),
+            ("from=2024-09-02", "to"),
+            ("from=2024-09-03&to=2024-09-02", "from"),
+            ("from=2024-02-30&to=2024-03-02", "from"),
+            ("from=2024-9-1&to=2024-09-02", "from"),
+            ("from=2024-09-01T25:00&to=2024-09-02", "from"),
+            ("from=2024-09-01&to=2024-09-02T10", "to"),
+            ("from=2024-09-01&to=2024-09-02T10:00:00Z", "to"),
+            ("from=1900-01-01&to=1900-01-02", "from"),
+            ("from=2024-01-01&to=2024-12-31", "to"),
+            ("from=2024-09-01&to=2024-09-02&tz=Mars/Olympus", "tz"),
+            ("from=2024-09-01&to=2024-09-02&tz=+15:00", "tz"),
+            ("from=2024-09-01&to=2024-09-02&tz=../../etc/passwd", "tz"),
+            (
+                "from=2024-09-01&to=2024-09-02&fields=skills,bogus",
+                "fields",
+            ),
+            ("from=2024-09-01&to=2024-09-02&fields=", "fields"),
+            ("from=2024-09-01&to=2024-09-02&format=xml", "format"),
+            ("from=2024-09-01&to=2024-09-02&limit=0", "limit"),
+            ("from=2024-09-01&to=2024-09-02&limit=10001", "limit"),
+            ("from=2024-09-01&to=2024-09-02&limit=ten", "limit"),
+            ("from=2024-09-01&from=2024-09-01&to=2024-09-02", "from"),
+            ("from=2024-09-01&to=2024-09-02&colour=red", "query"),
+            ("from=2024-09-01&to=2024-09-02&channels=%01", "channels"),
+            ("from=２０２４-09-01&to=2024-09-02", "from"),
+        ];
+        for (query, param) in cases {
+            let err = q(query).expect_err(query);
+            assert_eq!(param_of(err), param, "{query}");
+        }
+    }
+
+    #[test]
+    fn fixed_offsets_and_accept() {
+        for (s, secs) in [
+            ("+05:30", 19_800),
+            ("-04:00", -14_400),
+            ("+0530", 19_800),
+            ("-03", -10_800),
+        ] {
+            assert_eq!(parse_fixed_offset(s).unwrap().seconds(), secs, "{s}");
+        }
+        assert!(parse_tz("Z").is_ok());
+        assert_eq!(format_from_accept(Some("text/csv")), Format::Csv);
+        assert_eq!(
+            format_from_accept(Some("application/x-ndjson")),
+            Format::Ndjson
+        );
+        assert_eq!(
+            format_from_accept(Some("text/html,*/*;q=0.8")),
+            Format::Json
+        );
+        let x = parse_interactions(
+            Some("from=2024-09-01&to=2024-09-01&format=ndjson"),
+            Some("text/csv"),
+            92,
+        )
+        .unwrap();
+        assert_eq!(
+            x.format,
+            Format::Ndjson,
+            "an explicit format wins over Accept"
+        );
+    }
+
+    #[test]
+    fn dst_gap_and_fold_resolve_compatibly() {
+        let ny = TimeZone::get("America/New_York").unwrap();
+        // 02:30 does not exist on 2024-03-10: the later side (03:30 EDT).
+        let gap = to_instant(parse_local("2024-03-10T02:30", Bound::Start).unwrap(), &ny).unwrap();
+        assert_eq!(ny.to_offset(gap).seconds(), -4 * 3600);
+        // 01:30 happens twice on 2024-11-03: the earlier (EDT).
+        let fold = to_instant(parse_local("2024-11-03T01:30", Bound::Start).unwrap(), &ny).unwrap();
+        assert_eq!(ny.to_offset(fold).seconds(), -4 * 3600);
+    }
+}

@@ -1,0 +1,578 @@
+//! What is cached, under which key, and for how long — all in this one file.
+//!
+//! * **Windows** ([`WindowCache`]): the merged records of one upstream window, keyed by
+//!   everything that changes the vendor's answer ([`WindowKey`]: bounds, offset, normalised
+//!   filters and fields). Freshness follows recency: a window that ended more than
+//!   `CACHE_SETTLE` ago cannot change and stays fresh for `CACHE_TTL_PAST`; one touching the
+//!   recent past or now stays fresh for `CACHE_TTL_RECENT`; an incomplete one never longer
+//!   than that. An expired window is kept `CACHE_STALE_GRACE` longer, to be served — flagged
+//!   stale — only when the upstream cannot give a fresh one.
+//! * **Coalescing**: concurrent misses of one key share a single fetch, run as its own task,
+//!   so a caller that disconnects does not cancel it for the others.
+//! * **Rendered responses** ([`ResponseCache`]): the bytes of a complete JSON answer, keyed
+//!   by the normalised request, fresh as long as its freshest-expiring window; a repeat is
+//!   served without merging or serialising anything.
+//!
+//! Both are moka caches bounded in bytes by `CACHE_MAX_BYTES` (windows 3/4, responses 1/4).
+//! Freshness is checked against Tokio's clock (so tests can pause time); moka's own expiry
+//! only reclaims memory after the stale grace.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{
+    FutureExt,
+    future::{BoxFuture, Shared},
+};
+use jiff::Timestamp;
+use moka::Expiry;
+use tokio::time::Instant;
+
+use crate::{
+    config::CacheSettings, merge::Record, plan::Window, upstream::Filters, upstream::UpstreamError,
+};
+
+/// Everything that changes an upstream answer for a window.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WindowKey {
+    pub start: i64,
+    pub end: i64,
+    pub offset_seconds: i32,
+    pub filters: Arc<Filters>,
+}
+
+impl WindowKey {
+    pub fn new(w: &Window, filters: &Arc<Filters>) -> Self {
+        WindowKey {
+            start: w.start.as_second(),
+            end: w.end.as_second(),
+            offset_seconds: w.offset_seconds,
+            filters: Arc::clone(filters),
+        }
+    }
+}
+
+/// The records of one window, as fetched, merged and cross-checked.
+#[derive(Debug)]
+pub struct WindowData {
+    pub window: Window,
+    /// De-duplicated and in output order.
+    pub records: Vec<Record>,
+    /// Why this window is not known to be whole (empty when it is).
+    pub warnings: Vec<String>,
+    /// Upstream calls it took.
+    pub calls: u32,
+    /// Set by the cache on insert.
+    pub fresh_for: Duration,
+    pub fetched_at: Instant,
+    pub weight: u32,
+}
+
+impl WindowData {
+    pub fn new(window: Window, records: Vec<Record>, warnings: Vec<String>, calls: u32) -> Self {
+        let weight = records.iter().map(Record::weight).sum::<usize>() + 256;
+        WindowData {
+            window,
+            records,
+            warnings,
+            calls,
+            fresh_for: Duration::ZERO,
+            fetched_at: Instant::now(),
+            weight: u32::try_from(weight).unwrap_or(u32::MAX),
+        }
+    }
+
+    pub fn complete(&self) -> bool {
+        self.warnings.is_empty()
+    }
+
+    pub fn fresh_until(&self) -> Instant {
+        self.fetched_at + self.fresh_for
+    }
+
+    pub fn is_fresh(&self) -> bool {
+        Instant::now() < self.fresh_until()
+    }
+}
+
+/// Where a window's data came from for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Fresh from the cache.
+    Hit,
+    /// Fetched for this request (or a concurrent identical one).
+    Miss,
+    /// Expired copy served because the upstream failed.
+    Stale,
+}
+
+/// One window's answer for a request.
+#[derive(Debug, Clone)]
+pub struct WindowOutcome {
+    pub data: Arc<WindowData>,
+    pub source: Source,
+    /// Upstream calls this request made for it (0 when it waited on another's fetch).
+    pub calls: u32,
+}
+
+type FetchResult = Result<Arc<WindowData>, UpstreamError>;
+type InFlight = Shared<BoxFuture<'static, FetchResult>>;
+
+struct WindowExpiry {
+    grace: Duration,
+}
+
+impl Expiry<WindowKey, Arc<WindowData>> for WindowExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &WindowKey,
+        value: &Arc<WindowData>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.fresh_for + self.grace)
+    }
+}
+
+/// Counters for `/v1/cache` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stale_served: AtomicU64,
+    pub coalesced: AtomicU64,
+    pub response_hits: AtomicU64,
+}
+
+/// The window cache with request coalescing.
+pub struct WindowCache {
+    store: moka::future::Cache<WindowKey, Arc<WindowData>>,
+    inflight: Arc<Mutex<HashMap<WindowKey, InFlight>>>,
+    policy: CacheSettings,
+    pub counters: Arc<CacheCounters>,
+}
+
+impl std::fmt::Debug for WindowCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowCache")
+            .field("entries", &self.store.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes the in-flight entry however the fetch task ends (even by panic).
+struct InflightGuard {
+    map: Arc<Mutex<HashMap<WindowKey, InFlight>>>,
+    key: WindowKey,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        lock(&self.map).remove(&self.key);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WindowCache {
+    pub fn new(policy: CacheSettings, counters: Arc<CacheCounters>) -> Self {
+        let store = moka::future::Cache::builder()
+            .max_capacity(policy.max_bytes / 4 * 3)
+            .weigher(|_k: &WindowKey, v: &Arc<WindowData>| v.weight)
+            .expire_after(WindowExpiry {
+                grace: policy.stale_grace,
+            })
+            .build();
+        WindowCache {
+            store,
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            policy,
+            counters,
+        }
+    }
+
+    /// How long a window's data stays fresh (the TTL policy).
+    pub fn freshness(&self, w: &Window, complete: bool, now: Timestamp) -> Duration {
+        freshness(&self.policy, w, complete, now)
+    }
+
+    /// The fresh cached data of `key`, if any.
+    pub async fn get_fresh(&self, key: &WindowKey) -> Option<Arc<WindowData>> {
+        self.store.get(key).await.filter(|d| d.is_fresh())
+    }
+
+    /// Returns the window from cache, or fetches it once for all concurrent callers.
+    /// `refresh` skips the fresh copy (an admin's `Cache-Control: no-cache`).
+    ///
+    /// # Errors
+    /// The fetch's error, when no stale copy can stand in.
+    pub async fn get_or_fetch<F, Fut>(
+        &self,
+        key: WindowKey,
+        refresh: bool,
+        fetch: F,
+    ) -> Result<WindowOutcome, UpstreamError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<WindowData, UpstreamError>> + Send + 'static,
+    {
+        if !refresh && let Some(d) = self.get_fresh(&key).await {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(WindowOutcome {
+                data: d,
+                source: Source::Hit,
+                calls: 0,
+            });
+        }
+        let (flight, leader) = {
+            let mut map = lock(&self.inflight);
+            match map.get(&key) {
+                Some(f) => (f.clone(), false),
+                None => {
+                    let fut = fetch();
+                    let store = self.store.clone();
+                    let policy = self.policy;
+                    let task_key = key.clone();
+                    let guard = InflightGuard {
+                        map: Arc::clone(&self.inflight),
+                        key: key.clone(),
+                    };
+                    let task = tokio::spawn(async move {
+                        let _guard = guard;
+                        // A leader that finished just before we looked may have filled it.
+                        if !refresh
+                            && let Some(d) = store.get(&task_key).await.filter(|d| d.is_fresh())
+                        {
+                            return Ok(d);
+                        }
+                        let mut data = fut.await?;
+                        data.fresh_for =
+                            freshness(&policy, &data.window, data.complete(), Timestamp::now());
+                        data.fetched_at = Instant::now();
+                        let data = Arc::new(data);
+                        store.insert(task_key, Arc::clone(&data)).await;
+                        Ok(data)
+                    });
+                    let shared = async move {
+                        match task.await {
+                            Ok(Ok(d)) => Ok(d),
+                            Ok(Err(e)) => Err(e),
+                            Err(_) => {
+                                Err(UpstreamError::Unexpected("window fetch task failed".into()))
+                            }
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                    map.insert(key.clone(), shared.clone());
+                    (shared, true)
+                }
+            }
+        };
+        match flight.await {
+            Ok(data) => {
+                if leader {
+                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                }
+                let calls = if leader { data.calls } else { 0 };
+                Ok(WindowOutcome {
+                    data,
+                    source: Source::Miss,
+                    calls,
+                })
+            }
+            Err(e) => match self.store.get(&key).await {
+                Some(old) => {
+                    self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, window_start = key.start, "serving a stale window after an upstream failure");
+                    Ok(WindowOutcome {
+                        data: old,
+                        source: Source::Stale,
+                        calls: 0,
+                    })
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// Drops everything.
+    pub fn purge(&self) {
+        self.store.invalidate_all();
+    }
+
+    /// (entries, bytes), after pending maintenance.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.store.run_pending_tasks().await;
+        (self.store.entry_count(), self.store.weighted_size())
+    }
+}
+
+/// The TTL policy: settled windows live long, recent or incomplete ones briefly.
+fn freshness(policy: &CacheSettings, w: &Window, complete: bool, now: Timestamp) -> Duration {
+    if !complete {
+        return policy.ttl_recent;
+    }
+    let settled_at = w
+        .end
+        .as_second()
+        .saturating_add(policy.settle.as_secs() as i64);
+    if settled_at < now.as_second() {
+        policy.ttl_past
+    } else {
+        policy.ttl_recent
+    }
+}
+
+/// A rendered JSON answer, ready to send again.
+#[derive(Debug)]
+pub struct Rendered {
+    /// Everything up to the per-request tail of `meta`.
+    pub head: Bytes,
+    pub etag: String,
+    pub fresh_until: Instant,
+}
+
+/// Rendered answers of complete requests.
+pub struct ResponseCache {
+    store: moka::sync::Cache<String, Arc<Rendered>>,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("entries", &self.store.entry_count())
+            .finish()
+    }
+}
+
+struct ResponseExpiry;
+
+impl Expiry<String, Arc<Rendered>> for ResponseExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &String,
+        v: &Arc<Rendered>,
+        _at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(v.fresh_until.saturating_duration_since(Instant::now()) + Duration::from_secs(1))
+    }
+}
+
+impl ResponseCache {
+    pub fn new(policy: &CacheSettings) -> Self {
+        let store = moka::sync::Cache::builder()
+            .max_capacity(policy.max_bytes / 4)
+            .weigher(|k: &String, v: &Arc<Rendered>| {
+                u32::try_from(k.len() + v.head.len() + v.etag.len() + 64).unwrap_or(u32::MAX)
+            })
+            .expire_after(ResponseExpiry)
+            .build();
+        ResponseCache { store }
+    }
+
+    /// The fresh rendering of `key`, if any.
+    pub fn get(&self, key: &str) -> Option<Arc<Rendered>> {
+        self.store
+            .get(key)
+            .filter(|r| Instant::now() < r.fresh_until)
+    }
+
+    pub fn insert(&self, key: String, r: Arc<Rendered>) {
+        if r.fresh_until > Instant::now() {
+            self.store.insert(key, r);
+        }
+    }
+
+    pub fn purge(&self) {
+        self.store.invalidate_all();
+    }
+
+    /// (entries, bytes), after pending maintenance.
+    pub fn usage(&self) -> (u64, u64) {
+        self.store.run_pending_tasks();
+        (self.store.entry_count(), self.store.weighted_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    fn policy() -> CacheSettings {
+        CacheSettings {
+            max_bytes: 64 << 20,
+            ttl_past: Duration::from_secs(86_400),
+            ttl_recent: Duration::from_secs(30),
+            settle: Duration::from_secs(3600),
+            stale_grace: Duration::from_secs(86_400),
+        }
+    }
+
+    fn window_ending(end: Timestamp) -> Window {
+        Window {
+            start: Timestamp::from_second(end.as_second() - 3600).unwrap(),
+            end,
+            offset_seconds: 0,
+        }
+    }
+
+    fn key(w: &Window) -> WindowKey {
+        WindowKey::new(w, &Arc::new(Filters::default()))
+    }
+
+    /// A fetch that counts its calls and fails when `fail` is set.
+    fn fetcher(
+        w: Window,
+        count: Arc<AtomicU32>,
+        fail: bool,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<WindowData, UpstreamError>> {
+        move || {
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if fail {
+                    Err(UpstreamError::Transient("down".into()))
+                } else {
+                    Ok(WindowData::new(w, Vec::new(), Vec::new(), 1))
+                }
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recent_windows_expire_after_the_short_ttl_and_past_ones_do_not() {
+        let cache = WindowCache::new(policy(), Arc::default());
+        let count = Arc::new(AtomicU32::new(0));
+        let recent = window_ending(Timestamp::now());
+        let past = window_ending(
+            Timestamp::from_second(Timestamp::now().as_second() - 10 * 86_400).unwrap(),
+        );
+        for w in [recent, past] {
+            let o = cache
+                .get_or_fetch(key(&w), false, fetcher(w, Arc::clone(&count), false))
+                .await
+                .unwrap();
+            assert_eq!(o.source, Source::Miss);
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        tokio::time::advance(Duration::from_secs(29)).await;
+        for w in [recent, past] {
+            let o = cache
+                .get_or_fetch(key(&w), false, fetcher(w, Arc::clone(&count), false))
+                .await
+                .unwrap();
+            assert_eq!(o.source, Source::Hit);
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let o = cache
+            .get_or_fetch(
+                key(&recent),
+                false,
+                fetcher(recent, Arc::clone(&count), false),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            o.source,
+            Source::Miss,
+            "the recent window expired after 30 s"
+        );
+        let o = cache
+            .get_or_fetch(key(&past), false, fetcher(past, Arc::clone(&count), false))
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Hit, "the settled window lives 24 h");
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        let o = cache
+            .get_or_fetch(key(&past), false, fetcher(past, Arc::clone(&count), false))
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Miss);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_make_one_fetch() {
+        let cache = Arc::new(WindowCache::new(policy(), Arc::default()));
+        let count = Arc::new(AtomicU32::new(0));
+        let w = window_ending(Timestamp::from_second(1_700_000_000).unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let (cache, count) = (Arc::clone(&cache), Arc::clone(&count));
+            tasks.push(tokio::spawn(async move {
+                cache
+                    .get_or_fetch(key(&w), false, fetcher(w, count, false))
+                    .await
+            }));
+        }
+        let mut calls = 0;
+        for t in tasks {
+            calls += t.await.unwrap().unwrap().calls;
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        assert_eq!(calls, 1, "only the leader reports the upstream calls");
+        assert_eq!(cache.counters.coalesced.load(Ordering::SeqCst), 19);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_copy_stands_in_when_the_upstream_fails() {
+        let cache = WindowCache::new(policy(), Arc::default());
+        let count = Arc::new(AtomicU32::new(0));
+        let w = window_ending(Timestamp::now());
+        cache
+            .get_or_fetch(key(&w), false, fetcher(w, Arc::clone(&count), false))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let o = cache
+            .get_or_fetch(key(&w), false, fetcher(w, Arc::clone(&count), true))
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Stale);
+        let other = window_ending(Timestamp::from_second(1_600_000_000).unwrap());
+        let err = cache
+            .get_or_fetch(key(&other), false, fetcher(other, Arc::clone(&count), true))
+            .await;
+        assert!(err.is_err(), "without a copy the failure is reported");
+        // A failure is not cached: the next request tries again.
+        let o = cache
+            .get_or_fetch(
+                key(&other),
+                false,
+                fetcher(other, Arc::clone(&count), false),
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Miss);
+    }
+
+    #[test]
+    fn keys_differ_by_everything_that_changes_the_answer() {
+        let w = window_ending(Timestamp::from_second(1_700_000_000).unwrap());
+        let voice = Arc::new(Filters {
+            channels: vec!["voice".into()],
+            ..Default::default()
+        });
+        let other_offset = Window {
+            offset_seconds: 3600,
+            ..w
+        };
+        assert_ne!(key(&w), WindowKey::new(&w, &voice));
+        assert_ne!(key(&w), key(&other_offset));
+        assert_eq!(key(&w), WindowKey::new(&w, &Arc::new(Filters::default())));
+    }
+}

@@ -1,0 +1,555 @@
+//! Configuration: every setting is an environment variable and the same-named CLI flag
+//! (SPEC §4). Raw text is parsed into typed values ([`Rate`], [`Duration`], [`Url`],
+//! [`SecretString`]) once, at start-up, so a bad value stops the process with one line that
+//! names the setting instead of failing at the first request.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
+
+use clap::{ArgAction, Parser};
+use reqwest::Url;
+use secrecy::{ExposeSecret, SecretString};
+
+/// Command line and environment of the `kore-gateway` binary.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "kore-gateway",
+    version,
+    about = "Caching, budgeted gateway for the Kore.ai interaction-details API"
+)]
+pub struct Cli {
+    /// Start the built-in upstream simulator on a loopback port and point the gateway at it;
+    /// no other setting is needed.
+    #[arg(long)]
+    pub demo: bool,
+
+    /// Run only the upstream simulator (demo credentials) on GATEWAY_LISTEN.
+    #[arg(long, conflicts_with = "demo")]
+    pub simulator: bool,
+
+    /// Bind address.
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub gateway_listen: SocketAddr,
+
+    /// Vendor base URL, e.g. https://smartassist.kore.ai
+    #[arg(long, env = "KORE_BASE_URL")]
+    pub kore_base_url: Option<String>,
+
+    /// Account id used in the path and the `accountId` header.
+    #[arg(long, env = "KORE_ACCOUNT_ID")]
+    pub kore_account_id: Option<String>,
+
+    /// Client id, sent as the JWT `appId` claim.
+    #[arg(long, env = "KORE_CLIENT_ID")]
+    pub kore_client_id: Option<String>,
+
+    /// HS256 signing secret (prefer KORE_CLIENT_SECRET_FILE). Never logged or returned.
+    #[arg(long, env = "KORE_CLIENT_SECRET", hide_env_values = true, value_parser = parse_secret)]
+    pub kore_client_secret: Option<SecretString>,
+
+    /// File holding the HS256 signing secret (trailing newline ignored).
+    #[arg(long, env = "KORE_CLIENT_SECRET_FILE")]
+    pub kore_client_secret_file: Option<PathBuf>,
+
+    /// Sent as the `iId` header when set.
+    #[arg(long, env = "KORE_IID")]
+    pub kore_iid: Option<String>,
+
+    /// Upstream calls allowed per sliding period for the whole gateway (`N/s`, `N/min`, `N/h`).
+    #[arg(long, env = "KORE_RATE_LIMIT", default_value = "60/min")]
+    pub kore_rate_limit: Rate,
+
+    /// Longest one upstream call waits for budget before the request is answered 503.
+    #[arg(long, env = "KORE_MAX_WAIT", default_value = "120s", value_parser = parse_duration)]
+    pub kore_max_wait: Duration,
+
+    /// Upstream calls in flight at once.
+    #[arg(long, env = "KORE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub kore_concurrency: u32,
+
+    /// Timeout of one upstream call.
+    #[arg(long, env = "KORE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub kore_timeout: Duration,
+
+    /// Lifetime of a minted JWT (re-minted before it ends).
+    #[arg(long, env = "KORE_JWT_TTL", default_value = "300s", value_parser = parse_duration)]
+    pub kore_jwt_ttl: Duration,
+
+    /// Mint a fresh token with a unique `jti` for every call (accounts that enforce `jti`).
+    #[arg(long, env = "KORE_JWT_JTI", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub kore_jwt_jti: bool,
+
+    /// Retries of a transient upstream failure (5xx, 429, reset, timeout, truncated body).
+    #[arg(long, env = "KORE_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub kore_retries: u32,
+
+    /// How the vendor reads `offset`: `page` (page index, current docs) or `record` (record skip, older docs).
+    #[arg(long, env = "KORE_OFFSET_MODE", default_value = "page")]
+    pub kore_offset_mode: OffsetMode,
+
+    /// API keys: `name:key,name2:key2`; a name starting `admin` may use the admin routes.
+    #[arg(long, env = "GATEWAY_API_KEYS", hide_env_values = true, value_parser = parse_secret)]
+    pub gateway_api_keys: Option<SecretString>,
+
+    /// Requests per API key per period (`N/s`, `N/min`); unset = no limit.
+    #[arg(long, env = "GATEWAY_KEY_RATE_LIMIT")]
+    pub gateway_key_rate_limit: Option<Rate>,
+
+    /// Allow `/v1/*` without a key (otherwise no keys = refuse to start).
+    #[arg(long, env = "GATEWAY_ALLOW_ANONYMOUS", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub gateway_allow_anonymous: bool,
+
+    /// Origins allowed by CORS, comma-separated (`*` for any); unset = no CORS headers.
+    #[arg(long, env = "GATEWAY_CORS_ORIGINS")]
+    pub gateway_cors_origins: Option<String>,
+
+    /// Longest a whole request may take before it is answered 504.
+    #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
+    pub gateway_request_timeout: Duration,
+
+    /// Bound on cached data, in bytes (window records and rendered responses together).
+    #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 268_435_456)]
+    pub cache_max_bytes: u64,
+
+    /// Freshness of a window that ended more than CACHE_SETTLE ago.
+    #[arg(long, env = "CACHE_TTL_PAST", default_value = "24h", value_parser = parse_duration)]
+    pub cache_ttl_past: Duration,
+
+    /// Freshness of a window that touches the recent past or now.
+    #[arg(long, env = "CACHE_TTL_RECENT", default_value = "30s", value_parser = parse_duration)]
+    pub cache_ttl_recent: Duration,
+
+    /// How long after its end a window is still treated as changing.
+    #[arg(long, env = "CACHE_SETTLE", default_value = "1h", value_parser = parse_duration)]
+    pub cache_settle: Duration,
+
+    /// How long an expired window is kept to be served (flagged stale) when upstream fails.
+    #[arg(long, env = "CACHE_STALE_GRACE", default_value = "24h", value_parser = parse_duration)]
+    pub cache_stale_grace: Duration,
+
+    /// Longest range one request may ask for, in days.
+    #[arg(long, env = "MAX_RANGE_DAYS", default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
+    pub max_range_days: u32,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Fully validated settings the application runs on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub upstream: UpstreamSettings,
+    pub budget: BudgetSettings,
+    pub api_keys: Vec<ApiKey>,
+    pub key_rate_limit: Option<Rate>,
+    pub allow_anonymous: bool,
+    pub cors_origins: Vec<String>,
+    pub request_timeout: Duration,
+    pub cache: CacheSettings,
+    pub max_range_days: u32,
+}
+
+/// Where and how to call the vendor.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub base_url: Url,
+    pub account_id: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub iid: Option<String>,
+    pub timeout: Duration,
+    pub jwt_ttl: Duration,
+    pub jwt_jti: bool,
+    pub retries: u32,
+    pub offset_mode: OffsetMode,
+}
+
+/// The shared upstream budget.
+#[derive(Debug, Clone, Copy)]
+pub struct BudgetSettings {
+    pub rate: Rate,
+    pub max_wait: Duration,
+    pub concurrency: u32,
+}
+
+/// Cache bounds and freshness policy.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    pub max_bytes: u64,
+    pub ttl_past: Duration,
+    pub ttl_recent: Duration,
+    pub settle: Duration,
+    pub stale_grace: Duration,
+}
+
+/// One caller identity. The key itself is a secret.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub name: Arc<str>,
+    pub key: SecretString,
+}
+
+impl ApiKey {
+    /// Names starting `admin` may use the admin routes.
+    pub fn is_admin(&self) -> bool {
+        self.name.starts_with("admin")
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("key", &"[REDACTED]")
+            .finish()
+    }
+}
+
+/// `N` calls per sliding `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub calls: u32,
+    pub period: Duration,
+}
+
+impl FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (n, unit) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not a rate like `60/min` or `10/s`"))?;
+        let calls: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("`{n}` is not a positive whole number of calls"))?;
+        let period = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            other => {
+                return Err(format!("unknown rate period `{other}` (use s, min or h)"));
+            }
+        };
+        Ok(Rate { calls, period })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.period.as_secs() {
+            1 => "s",
+            60 => "min",
+            _ => "h",
+        };
+        write!(f, "{}/{}", self.calls, unit)
+    }
+}
+
+/// How the vendor's `offset` query parameter is read; one place to switch it (SPEC §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OffsetMode {
+    /// `offset` is a page index 0..=10.
+    Page,
+    /// `offset` is a number of records to skip.
+    Record,
+}
+
+impl OffsetMode {
+    /// The `offset` value that asks for page `page` of size `limit`.
+    pub fn offset_param(self, page: u32, limit: u32) -> u32 {
+        match self {
+            OffsetMode::Page => page,
+            OffsetMode::Record => page * limit,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A start-up configuration problem, naming the setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn missing(setting: &'static str) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: "required but not set".into(),
+    }
+}
+
+/// Parses `120s`, `500ms`, `2m`, `1h`, `1d` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like `30s` or `500ms`"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Ok(d)
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_owned()))
+}
+
+/// Parses `name:key,name2:key2`.
+pub fn parse_api_keys(raw: &str) -> Result<Vec<ApiKey>, String> {
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for (i, item) in raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+    {
+        let (name, key) = item
+            .split_once(':')
+            .ok_or_else(|| format!("entry {} is not `name:key`", i + 1))?;
+        let (name, key) = (name.trim(), key.trim());
+        if name.is_empty() || key.is_empty() {
+            return Err(format!("entry {} has an empty name or key", i + 1));
+        }
+        if key.len() < 8 {
+            return Err(format!("the key of `{name}` is shorter than 8 characters"));
+        }
+        if keys.iter().any(|k| &*k.name == name) {
+            return Err(format!("the name `{name}` appears twice"));
+        }
+        if keys.iter().any(|k| k.key.expose_secret() == key) {
+            return Err(format!("the key of `{name}` is also used by another name"));
+        }
+        keys.push(ApiKey {
+            name: name.into(),
+            key: SecretString::from(key.to_owned()),
+        });
+    }
+    Ok(keys)
+}
+
+impl Cli {
+    /// Validates the raw settings into [`Settings`].
+    ///
+    /// # Errors
+    /// The first missing or invalid setting, by name.
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        let base = self.kore_base_url.ok_or_else(|| missing("KORE_BASE_URL"))?;
+        let base_url = Url::parse(base.trim()).map_err(|e| ConfigError {
+            setting: "KORE_BASE_URL",
+            problem: format!("not a URL ({e})"),
+        })?;
+        if !matches!(base_url.scheme(), "http" | "https") || base_url.host_str().is_none() {
+            return Err(ConfigError {
+                setting: "KORE_BASE_URL",
+                problem: "must be an http(s) URL with a host".into(),
+            });
+        }
+        let account_id = non_empty(self.kore_account_id, "KORE_ACCOUNT_ID")?;
+        if !account_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError {
+                setting: "KORE_ACCOUNT_ID",
+                problem: "may hold only letters, digits, `-` and `_`".into(),
+            });
+        }
+        let client_id = non_empty(self.kore_client_id, "KORE_CLIENT_ID")?;
+        let client_secret = match (self.kore_client_secret, self.kore_client_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError {
+                    setting: "KORE_CLIENT_SECRET",
+                    problem: "set either KORE_CLIENT_SECRET or KORE_CLIENT_SECRET_FILE, not both"
+                        .into(),
+                });
+            }
+            (Some(s), None) => s,
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
+                    setting: "KORE_CLIENT_SECRET_FILE",
+                    problem: format!("cannot read {} ({})", path.display(), e.kind()),
+                })?;
+                SecretString::from(text.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            (None, None) => return Err(missing("KORE_CLIENT_SECRET")),
+        };
+        if client_secret.expose_secret().is_empty() {
+            return Err(ConfigError {
+                setting: "KORE_CLIENT_SECRET",
+                problem: "is empty".into(),
+            });
+        }
+        let api_keys = match &self.gateway_api_keys {
+            Some(raw) => parse_api_keys(raw.expose_secret()).map_err(|problem| ConfigError {
+                setting: "GATEWAY_API_KEYS",
+                problem,
+            })?,
+            None => Vec::new(),
+        };
+        if api_keys.is_empty() && !self.gateway_allow_anonymous {
+            return Err(ConfigError {
+                setting: "GATEWAY_API_KEYS",
+                problem:
+                    "no API keys configured (set GATEWAY_API_KEYS, or GATEWAY_ALLOW_ANONYMOUS=true)"
+                        .into(),
+            });
+        }
+        if self.kore_jwt_ttl < Duration::from_secs(10)
+            || self.kore_jwt_ttl > Duration::from_secs(3600)
+        {
+            return Err(ConfigError {
+                setting: "KORE_JWT_TTL",
+                problem: "must be between 10s and 3600s".into(),
+            });
+        }
+        if self.kore_timeout.is_zero() {
+            return Err(ConfigError {
+                setting: "KORE_TIMEOUT",
+                problem: "must be positive".into(),
+            });
+        }
+        let cors_origins = self
+            .gateway_cors_origins
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        for o in &cors_origins {
+            if o != "*" && http::HeaderValue::from_str(o).is_err() {
+                return Err(ConfigError {
+                    setting: "GATEWAY_CORS_ORIGINS",
+                    problem: format!("`{o}` is not a valid origin"),
+                });
+            }
+        }
+        Ok(Settings {
+            listen: self.gateway_listen,
+            upstream: UpstreamSettings {
+                base_url,
+                account_id,
+                client_id,
+                client_secret,
+                iid: self.kore_iid.filter(|s| !s.trim().is_empty()),
+                timeout: self.kore_timeout,
+                jwt_ttl: self.kore_jwt_ttl,
+                jwt_jti: self.kore_jwt_jti,
+                retries: self.kore_retries,
+                offset_mode: self.kore_offset_mode,
+            },
+            budget: BudgetSettings {
+                rate: self.kore_rate_limit,
+                max_wait: self.kore_max_wait,
+                concurrency: self.kore_concurrency,
+            },
+            api_keys,
+            key_rate_limit: self.gateway_key_rate_limit,
+            allow_anonymous: self.gateway_allow_anonymous,
+            cors_origins,
+            request_timeout: self.gateway_request_timeout,
+            cache: CacheSettings {
+                max_bytes: self.cache_max_bytes,
+                ttl_past: self.cache_ttl_past,
+                ttl_recent: self.cache_ttl_recent,
+                settle: self.cache_settle,
+                stale_grace: self.cache_stale_grace,
+            },
+            max_range_days: self.max_range_days,
+        })
+    }
+}
+
+fn non_empty(v: Option<String>, setting: &'static str) -> Result<String, ConfigError> {
+    match v.map(|s| s.trim().to_owned()) {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(missing(setting)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_and_reject() {
+        assert_eq!(
+            "60/min".parse::<Rate>().unwrap(),
+            Rate {
+                calls: 60,
+                period: Duration::from_secs(60)
+            }
+        );
+        assert_eq!(
+            "5/s".parse::<Rate>().unwrap(),
+            Rate {
+                calls: 5,
+                period: Duration::from_secs(1)
+            }
+        );
+        for bad in ["60", "0/min", "x/min", "60/week", "-1/s"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn durations_parse_and_reject() {
+        assert_eq!(parse_duration("120s").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        for bad in ["", "s", "1.5s", "10y"] {
+            assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn api_keys_parse_and_never_debug_print_the_key() {
+        let keys = parse_api_keys("team-a:aaaaaaaa1, admin-ops:bbbbbbbb2").unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(!keys[0].is_admin());
+        assert!(keys[1].is_admin());
+        let dbg = format!("{keys:?}");
+        assert!(
+            !dbg.contains("aaaaaaaa1") && !dbg.contains("bbbbbbbb2"),
+            "{dbg}"
+        );
+        assert!(parse_api_keys("a:short").is_err());
+        assert!(parse_api_keys("a:aaaaaaaa1,a:bbbbbbbb2").is_err());
+        assert!(parse_api_keys("a:aaaaaaaa1,b:aaaaaaaa1").is_err());
+        assert!(parse_api_keys("nokey").is_err());
+    }
+
+    #[test]
+    fn missing_setting_is_named_and_secret_stays_out_of_debug() {
+        let cli =
+            Cli::try_parse_from(["kore-gateway", "--kore-client-secret", "s3cr3t-value"]).unwrap();
+        assert!(!format!("{cli:?}").contains("s3cr3t-value"));
+        let err = cli.into_settings().unwrap_err();
+        assert_eq!(err.setting, "KORE_BASE_URL");
+    }
+}

@@ -1,0 +1,189 @@
+//! One error type for the HTTP surface, and the only place a status code is chosen.
+//!
+//! Every failure leaves as `application/problem+json` (RFC 9457). Client mistakes carry a
+//! `detail` that says exactly what to fix; 5xx bodies stay generic (the specifics are logged
+//! with the request id) so nothing about the upstream or its credentials leaks.
+
+use std::time::Duration;
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::upstream::UpstreamError;
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A parameter is missing, malformed or out of range.
+    #[error("invalid parameter `{param}`: {detail}")]
+    BadParam { param: &'static str, detail: String },
+    /// The body is not what the route takes.
+    #[error("invalid request body: {0}")]
+    BadBody(String),
+    /// No API key, or one we do not know.
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    /// A known key asked for something it may not do.
+    #[error("this API key may not use this route")]
+    Forbidden,
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// This caller exceeded GATEWAY_KEY_RATE_LIMIT.
+    #[error("rate limit of this API key exceeded")]
+    KeyRateLimited { retry_after: Duration },
+    /// The shared upstream budget cannot serve the call within KORE_MAX_WAIT.
+    #[error("upstream budget exhausted")]
+    BudgetExhausted { retry_after: Duration },
+    /// The upstream failed after retries.
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// The whole request ran past GATEWAY_REQUEST_TIMEOUT.
+    #[error("request timed out")]
+    RequestTimeout,
+    /// A bug of ours; never for anything a client sent.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    param: Option<&'a str>,
+}
+
+impl AppError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadParam { .. } | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden => StatusCode::FORBIDDEN,
+            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::KeyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::BudgetExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            AppError::UpstreamTimeout | AppError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind_and_title(&self) -> (&'static str, &'static str) {
+        match self {
+            AppError::BadParam { .. } => ("/problems/invalid-parameter", "Invalid parameter"),
+            AppError::BadBody(_) => ("/problems/invalid-body", "Invalid request body"),
+            AppError::Unauthorized => ("/problems/unauthorized", "Missing or unknown API key"),
+            AppError::Forbidden => ("/problems/forbidden", "Not allowed for this API key"),
+            AppError::NotFound => ("/problems/not-found", "Not found"),
+            AppError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
+            AppError::KeyRateLimited { .. } => ("/problems/rate-limited", "Too many requests"),
+            AppError::BudgetExhausted { .. } => {
+                ("/problems/budget-exhausted", "Upstream budget exhausted")
+            }
+            AppError::Upstream(_) => ("/problems/upstream-failed", "Upstream failed"),
+            AppError::UpstreamTimeout => ("/problems/upstream-timeout", "Upstream timed out"),
+            AppError::RequestTimeout => ("/problems/request-timeout", "Request timed out"),
+            AppError::Internal(_) => ("/problems/internal", "Internal error"),
+        }
+    }
+
+    /// Shorthand for a 400 naming `param`.
+    pub fn param(param: &'static str, detail: impl Into<String>) -> Self {
+        AppError::BadParam {
+            param,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<UpstreamError> for AppError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Timeout => AppError::UpstreamTimeout,
+            UpstreamError::Budget { retry_after } => AppError::BudgetExhausted { retry_after },
+            other => AppError::Upstream(other.to_string()),
+        }
+    }
+}
+
+fn retry_after_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let (kind, title) = self.kind_and_title();
+        let (detail, param) = match &self {
+            AppError::BadParam { param, detail } => (detail.clone(), Some(*param)),
+            AppError::BadBody(d) => (d.clone(), None),
+            AppError::KeyRateLimited { retry_after } => (
+                format!(
+                    "this API key exceeded its request rate; retry in {} s",
+                    retry_after_secs(*retry_after)
+                ),
+                None,
+            ),
+            AppError::BudgetExhausted { retry_after } => (
+                format!(
+                    "the shared upstream budget cannot serve this request now; retry in {} s",
+                    retry_after_secs(*retry_after)
+                ),
+                None,
+            ),
+            AppError::Upstream(_) => (
+                "the upstream API failed after retries; nothing partial was returned".into(),
+                None,
+            ),
+            AppError::UpstreamTimeout => ("the upstream API did not answer in time".into(), None),
+            AppError::Internal(_) => (
+                "an internal error occurred; it has been logged".into(),
+                None,
+            ),
+            other => (other.to_string(), None),
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self, status = status.as_u16(), "request failed");
+        }
+        let body = serde_json::to_vec(&Problem {
+            kind,
+            title,
+            status: status.as_u16(),
+            detail,
+            param,
+        })
+        .unwrap_or_else(|_| b"{}".to_vec());
+        let mut resp = (status, body).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let AppError::KeyRateLimited { retry_after }
+        | AppError::BudgetExhausted { retry_after } = &self
+        {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(*retry_after).max(1)),
+            );
+        }
+        if matches!(self, AppError::Unauthorized) {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}

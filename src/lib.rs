@@ -1,0 +1,132 @@
+//! kore-gateway: one pleasant, fast and safe door to the Kore.ai SmartAssist
+//! "interaction details" API.
+//!
+//! A request flows through one pipeline, one module per step:
+//!
+//! ```text
+//! request ─► api (parse + validate GET) ─► plan (windows: grid, 7 days, DST) ─►
+//!   fetch (budget ► cache ► upstream client, retries) ─► merge (dedupe, sort, cross-check)
+//!   ─► render (json / ndjson / csv)
+//! ```
+//!
+//! * [`api`] authenticates the caller by API key, parses the query into typed values and
+//!   turns every failure into problem+json through [`error::AppError`].
+//! * [`plan`] splits the range into windows of at most 7 days on a grid that depends only on
+//!   the time zone, never crossing a DST change.
+//! * [`fetch`] fans out over windows and pages, splitting windows that hold more than the
+//!   vendor lets one query reach, within the shared [`budget`]; [`cache`] answers repeats and
+//!   coalesces identical misses; [`upstream`] is the vendor client (JWT, body, statuses).
+//! * [`merge`] de-duplicates and orders records, which stay raw JSON byte for byte;
+//!   [`render`] writes the envelope, cursors and ETags.
+//! * [`sim`] is the built-in upstream simulator used by `--demo` and the tests.
+//!
+//! [`build`] makes the shared [`AppState`]; [`app`] turns it into the `Router`.
+
+pub mod api;
+pub mod budget;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod fetch;
+pub mod merge;
+pub mod plan;
+pub mod render;
+pub mod sim;
+pub mod upstream;
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    api::auth::KeyRing,
+    budget::{Budget, KeyLimiter},
+    cache::{CacheCounters, ResponseCache, WindowCache},
+    config::Settings,
+    fetch::Fetcher,
+    upstream::UpstreamClient,
+};
+
+/// Everything a request needs, built once at start-up.
+#[derive(Debug)]
+pub struct App {
+    pub settings: Settings,
+    pub fetcher: Arc<Fetcher>,
+    pub windows: Arc<WindowCache>,
+    pub responses: ResponseCache,
+    pub counters: Arc<CacheCounters>,
+    pub keys: KeyRing,
+    pub key_limiter: Option<KeyLimiter>,
+    pub metrics: PrometheusHandle,
+    pub health: api::ops::Health,
+}
+
+/// Cheap-to-clone handle on the [`App`].
+#[derive(Debug, Clone)]
+pub struct AppState(pub Arc<App>);
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// The process-wide Prometheus recorder (the `metrics` facade has one global recorder, so
+/// every `App` in a process, as in the tests, shares it).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0,
+                ])
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            match builder.install_recorder() {
+                Ok(h) => h,
+                // Another recorder is installed already: keep a private one so /metrics still works.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Builds the application state from validated settings. Needs a Tokio runtime (the budget
+/// starts its dispatcher task).
+///
+/// # Errors
+/// The upstream client cannot be built from the settings.
+pub fn build(settings: Settings) -> Result<AppState, String> {
+    let client = UpstreamClient::new(&settings.upstream)?;
+    let budget = Budget::new(&settings.budget);
+    let fetcher = Arc::new(Fetcher::new(
+        client,
+        budget,
+        settings.upstream.retries,
+        settings.budget.max_wait,
+    ));
+    let counters = Arc::new(CacheCounters::default());
+    let windows = Arc::new(WindowCache::new(settings.cache, Arc::clone(&counters)));
+    let responses = ResponseCache::new(&settings.cache);
+    let keys = KeyRing::new(&settings.api_keys, settings.allow_anonymous);
+    let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
+    Ok(AppState(Arc::new(App {
+        settings,
+        fetcher,
+        windows,
+        responses,
+        counters,
+        keys,
+        key_limiter,
+        metrics: metrics_handle(),
+        health: api::ops::Health::default(),
+    })))
+}
+
+/// The whole HTTP service.
+pub fn app(state: AppState) -> Router {
+    api::router(state)
+}

@@ -1,0 +1,134 @@
+//! The binary: read the configuration, start logging, build the app, serve until SIGTERM.
+
+use std::{net::SocketAddr, process::ExitCode};
+
+use clap::Parser;
+use kore_gateway::{
+    api::docs,
+    config::{Cli, LogFormat},
+    sim::{self, SimConfig},
+};
+use secrecy::SecretString;
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// Keys the demo uses when none are configured.
+const DEMO_KEY: &str = "demo-key-0001";
+const DEMO_ADMIN_KEY: &str = "admin-demo-key-0001";
+
+fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--print-openapi") {
+        print!("{}", docs::generate());
+        return ExitCode::SUCCESS;
+    }
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kore-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kore-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
+    let builder = fmt().with_env_filter(filter).with_target(false);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(mut cli: Cli) -> Result<(), String> {
+    if cli.simulator {
+        let cfg = SimConfig::demo();
+        println!(
+            "upstream simulator on http://{} (account {}, client {})",
+            cli.gateway_listen, cfg.account_id, cfg.client_id
+        );
+        return sim::serve_standalone(cfg, cli.gateway_listen)
+            .await
+            .map_err(|e| format!("simulator: {e}"));
+    }
+    let demo = cli.demo;
+    if demo {
+        let cfg = SimConfig::demo();
+        let (_sim, addr) = sim::Simulator::spawn(cfg.clone())
+            .await
+            .map_err(|e| format!("cannot start the simulator: {e}"))?;
+        cli.kore_base_url = Some(format!("http://{addr}"));
+        cli.kore_account_id = Some(cfg.account_id.clone());
+        cli.kore_client_id = Some(cfg.client_id.clone());
+        cli.kore_client_secret = Some(SecretString::from(cfg.client_secret.clone()));
+        cli.kore_client_secret_file = None;
+        if cli.gateway_api_keys.is_none() {
+            cli.gateway_api_keys = Some(SecretString::from(format!(
+                "demo:{DEMO_KEY},admin:{DEMO_ADMIN_KEY}"
+            )));
+        }
+        if cli.gateway_cors_origins.is_none() {
+            cli.gateway_cors_origins = Some("*".into());
+        }
+    }
+    let settings = cli
+        .into_settings()
+        .map_err(|e| format!("configuration: {e}"))?;
+    let listen = settings.listen;
+    let state = kore_gateway::build(settings)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    if demo {
+        print_demo_banner(local);
+    }
+    tracing::info!(%local, "kore-gateway listening");
+    axum::serve(listener, kore_gateway::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn print_demo_banner(addr: SocketAddr) {
+    println!(
+        "\nkore-gateway demo: gateway on http://{addr}, in front of the built-in upstream simulator.\n\
+         \n  Swagger UI:  http://{addr}/docs   (Authorize with: {DEMO_KEY})\n  OpenAPI:     http://{addr}/openapi.json\n\
+         \n  Try it:\n    curl -s -H 'Authorization: Bearer {DEMO_KEY}' 'http://{addr}/v1/interactions?from=2024-09-01&to=2024-09-30&tz=Asia/Kolkata&limit=2'\n\
+         \n  Keys: demo = {DEMO_KEY}   admin = {DEMO_ADMIN_KEY}\n"
+    );
+}
+
+/// Resolves on SIGINT or SIGTERM; in-flight requests then finish before the process exits.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}

@@ -1,0 +1,347 @@
+//! Rendering (pure): the JSON envelope, cursors and ETags; NDJSON and CSV lines.
+//!
+//! The JSON body is built as two byte strings: a *head* holding `data` and every `meta`
+//! field that depends only on the data, and a small *tail* with the per-request fields
+//! (`upstream_calls`, `cache`). A repeat request re-sends the cached head untouched and
+//! only writes a new tail, and the ETag is computed over the head, so a hit and the miss
+//! that produced it carry the same ETag.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::merge::Record;
+
+/// The data-dependent part of `meta`.
+#[derive(Debug, Serialize)]
+pub struct MetaHead<'a> {
+    pub from: String,
+    pub to: String,
+    pub tz: &'a str,
+    pub total: usize,
+    pub returned: usize,
+    pub next_cursor: Option<String>,
+    pub complete: bool,
+    pub stale: bool,
+    pub warnings: &'a [String],
+    pub windows: usize,
+}
+
+/// How this response was produced, for `meta.cache` and `X-Cache`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Hit,
+    Miss,
+    Partial,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Partial => "PARTIAL",
+        }
+    }
+}
+
+/// `{"data":[…],"meta":{…,` — everything but the per-request tail.
+pub fn json_head(records: &[&Record], meta: &MetaHead<'_>) -> Bytes {
+    let data_len: usize = records.iter().map(|r| r.raw.get().len() + 1).sum();
+    let mut buf = BytesMut::with_capacity(data_len + 512);
+    buf.put_slice(b"{\"data\":[");
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            buf.put_u8(b',');
+        }
+        buf.put_slice(r.raw.get().as_bytes());
+    }
+    buf.put_slice(b"],\"meta\":");
+    // MetaHead serialises to an object; drop its closing brace so the tail can follow.
+    let meta = serde_json::to_vec(meta).unwrap_or_else(|_| b"{}".to_vec());
+    buf.put_slice(&meta[..meta.len() - 1]);
+    buf.put_u8(b',');
+    buf.freeze()
+}
+
+/// `"upstream_calls":N,"cache":"…"}}`.
+pub fn json_tail(upstream_calls: u32, cache: CacheStatus) -> Bytes {
+    Bytes::from(format!(
+        "\"upstream_calls\":{upstream_calls},\"cache\":\"{}\"}}}}",
+        cache.as_str()
+    ))
+}
+
+/// A weak ETag over the head (the body differs only in the per-request tail).
+pub fn etag(head: &[u8]) -> String {
+    let digest = Sha256::digest(head);
+    let mut s = String::with_capacity(40);
+    s.push_str("W/\"");
+    for b in &digest[..12] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push('"');
+    s
+}
+
+/// Whether `If-None-Match` matches `etag` (weak comparison, lists and `*` allowed).
+pub fn if_none_match(header: &str, etag: &str) -> bool {
+    let bare = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let mine = bare(etag);
+    header
+        .split(',')
+        .any(|t| t.trim() == "*" || bare(t) == mine)
+}
+
+/// One record per line, verbatim.
+pub fn ndjson_lines<'a>(records: impl Iterator<Item = &'a Record>) -> Bytes {
+    let mut buf = BytesMut::new();
+    for r in records {
+        buf.put_slice(r.raw.get().as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.freeze()
+}
+
+/// Documented top-level fields, in CSV column order.
+pub const CSV_SCALARS: [&str; 16] = [
+    "sessionId",
+    "conversationId",
+    "channel",
+    "sessionStartTime",
+    "sessionEndTime",
+    "finalStatus",
+    "smartStatus",
+    "statusDetail",
+    "botId",
+    "Direction",
+    "userId",
+    "channelSpecificUserId",
+    "orgId",
+    "isVoicemail",
+    "csatScore",
+    "csatFeedback",
+];
+/// `customerinfo` members, flattened as `customerinfo.<name>`.
+pub const CSV_CUSTOMER: [&str; 6] = [
+    "CustomerPhone",
+    "CenterPhone",
+    "Direction",
+    "CustomerFirstName",
+    "CustomerLastName",
+    "CustomerEmail",
+];
+/// Nested values, written as compact JSON text.
+pub const CSV_NESTED: [&str; 7] = [
+    "skills",
+    "dispositions",
+    "dispositionRemarks",
+    "destinations",
+    "userleveltags",
+    "sessionleveltags",
+    "metaInfo",
+];
+
+/// The CSV header line (stable: it does not depend on the data).
+pub fn csv_header() -> Bytes {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let cols = CSV_SCALARS
+        .iter()
+        .map(|c| (*c).to_owned())
+        .chain(CSV_CUSTOMER.iter().map(|c| format!("customerinfo.{c}")))
+        .chain(CSV_NESTED.iter().map(|c| (*c).to_owned()));
+    let _ = w.write_record(cols.collect::<Vec<_>>());
+    Bytes::from(w.into_inner().unwrap_or_default())
+}
+
+fn cell(v: Option<&serde_json::Value>) -> String {
+    match v {
+        None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// CSV rows (RFC 4180 quoting by the `csv` crate). A record that is not a JSON object
+/// becomes a row of empty cells rather than being dropped, so row counts still add up.
+pub fn csv_rows<'a>(records: impl Iterator<Item = &'a Record>) -> Bytes {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let empty = serde_json::Map::new();
+    for r in records {
+        let value: serde_json::Value =
+            serde_json::from_str(r.raw.get()).unwrap_or(serde_json::Value::Null);
+        let obj = value.as_object().unwrap_or(&empty);
+        let customer = obj
+            .get("customerinfo")
+            .and_then(|c| c.as_object())
+            .unwrap_or(&empty);
+        let row = CSV_SCALARS
+            .iter()
+            .map(|c| cell(obj.get(*c)))
+            .chain(CSV_CUSTOMER.iter().map(|c| cell(customer.get(*c))))
+            .chain(CSV_NESTED.iter().map(|c| cell(obj.get(*c))));
+        let _ = w.write_record(row.collect::<Vec<_>>());
+    }
+    Bytes::from(w.into_inner().unwrap_or_default())
+}
+
+const CURSOR_MAC_KEY: &[u8] = b"kore-gateway cursor v1";
+
+/// An opaque cursor: the record offset, bound to the query it belongs to and checksummed so
+/// a changed or foreign cursor is refused rather than silently misread. It holds no secret
+/// and is the same on every replica.
+pub fn encode_cursor(offset: usize, fingerprint: &str) -> String {
+    let mut buf = Vec::with_capacity(24);
+    buf.extend_from_slice(&(offset as u64).to_be_bytes());
+    buf.extend_from_slice(&fp_hash(fingerprint));
+    let mac = mac(&buf);
+    buf.extend_from_slice(&mac);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// Why a cursor was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorError {
+    Malformed,
+    OtherQuery,
+}
+
+/// The offset a cursor stands for, if it is intact and belongs to this query.
+///
+/// # Errors
+/// A cursor that does not decode, fails its checksum, or was made for another query.
+pub fn decode_cursor(cursor: &str, fingerprint: &str) -> Result<usize, CursorError> {
+    if cursor.len() > 64 {
+        return Err(CursorError::Malformed);
+    }
+    let buf = URL_SAFE_NO_PAD
+        .decode(cursor.trim())
+        .map_err(|_| CursorError::Malformed)?;
+    if buf.len() != 24 || buf[16..] != mac(&buf[..16]) {
+        return Err(CursorError::Malformed);
+    }
+    if buf[8..16] != fp_hash(fingerprint) {
+        return Err(CursorError::OtherQuery);
+    }
+    let mut off = [0u8; 8];
+    off.copy_from_slice(&buf[..8]);
+    usize::try_from(u64::from_be_bytes(off)).map_err(|_| CursorError::Malformed)
+}
+
+fn fp_hash(fingerprint: &str) -> [u8; 8] {
+    let d = Sha256::digest(fingerprint.as_bytes());
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    out
+}
+
+fn mac(data: &[u8]) -> [u8; 8] {
+    let mut h = Sha256::new();
+    h.update(CURSOR_MAC_KEY);
+    h.update(data);
+    let d = h.finalize();
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d[..8]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Window;
+    use jiff::Timestamp;
+    use serde_json::value::RawValue;
+
+    #[test]
+    fn envelope_is_valid_json_and_keeps_records_verbatim() {
+        let w = Window {
+            start: Timestamp::UNIX_EPOCH,
+            end: Timestamp::UNIX_EPOCH,
+            offset_seconds: 0,
+        };
+        let raw = r#"{"sessionId":"a","n":1.50,"s":"Zoë \"q\""}"#;
+        let r = Record::new(RawValue::from_string(raw.into()).unwrap(), &w);
+        let warnings = vec!["w1".to_owned()];
+        let meta = MetaHead {
+            from: "f".into(),
+            to: "t".into(),
+            tz: "UTC",
+            total: 1,
+            returned: 1,
+            next_cursor: None,
+            complete: false,
+            stale: false,
+            warnings: &warnings,
+            windows: 1,
+        };
+        let head = json_head(&[&r], &meta);
+        let mut body = head.to_vec();
+        body.extend_from_slice(&json_tail(3, CacheStatus::Partial));
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains(raw), "record bytes unchanged");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["meta"]["upstream_calls"], 3);
+        assert_eq!(v["meta"]["cache"], "PARTIAL");
+        assert_eq!(v["meta"]["complete"], false);
+        assert_eq!(v["data"][0]["s"], "Zoë \"q\"");
+    }
+
+    #[test]
+    fn cursor_round_trips_and_refuses_tampering() {
+        let c = encode_cursor(2000, "q1");
+        assert_eq!(decode_cursor(&c, "q1"), Ok(2000));
+        assert_eq!(decode_cursor(&c, "q2"), Err(CursorError::OtherQuery));
+        let mut bytes = URL_SAFE_NO_PAD.decode(&c).unwrap();
+        bytes[7] ^= 1;
+        assert_eq!(
+            decode_cursor(&URL_SAFE_NO_PAD.encode(&bytes), "q1"),
+            Err(CursorError::Malformed)
+        );
+        for junk in ["", "abc", "!!!!", &"A".repeat(200)] {
+            assert!(decode_cursor(junk, "q1").is_err(), "{junk}");
+        }
+    }
+
+    #[test]
+    fn csv_quotes_and_flattens() {
+        let w = Window {
+            start: Timestamp::UNIX_EPOCH,
+            end: Timestamp::UNIX_EPOCH,
+            offset_seconds: 0,
+        };
+        let raw = r#"{"sessionId":"a,b","channel":"say \"hi\"\nthere","customerinfo":{"CustomerFirstName":"Zoë"},"skills":[{"id":"1"}],"csatScore":4}"#;
+        let r = Record::new(RawValue::from_string(raw.into()).unwrap(), &w);
+        let mut text = String::from_utf8(csv_header().to_vec()).unwrap();
+        text.push_str(std::str::from_utf8(&csv_rows([&r].into_iter())).unwrap());
+        let mut rd = csv::Reader::from_reader(text.as_bytes());
+        let headers = rd.headers().unwrap().clone();
+        let row = rd.records().next().unwrap().unwrap();
+        let get = |name: &str| {
+            row.get(headers.iter().position(|h| h == name).unwrap())
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(get("sessionId"), "a,b");
+        assert_eq!(get("channel"), "say \"hi\"\nthere");
+        assert_eq!(get("customerinfo.CustomerFirstName"), "Zoë");
+        assert_eq!(get("skills"), r#"[{"id":"1"}]"#);
+        assert_eq!(get("csatScore"), "4");
+        assert_eq!(get("conversationId"), "");
+        assert_eq!(headers.len(), 29);
+    }
+
+    #[test]
+    fn etags_match_weakly() {
+        let e = etag(b"abc");
+        assert!(e.starts_with("W/\""));
+        assert!(if_none_match(&e, &e));
+        assert!(if_none_match(
+            &format!("\"x\", {}", e.trim_start_matches("W/")),
+            &e
+        ));
+        assert!(if_none_match("*", &e));
+        assert!(!if_none_match("W/\"other\"", &e));
+        assert_ne!(etag(b"abc"), etag(b"abd"));
+    }
+}

@@ -1,0 +1,263 @@
+//! Test harness: the built-in simulator and the gateway, each on a real loopback socket on
+//! port 0, talking real HTTP. Every test ends with [`Harness::finish`], which fails the test
+//! if the simulator recorded any breach of the vendor's rules.
+
+#![allow(dead_code)]
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
+use kore_gateway::{
+    AppState,
+    config::{ApiKey, BudgetSettings, CacheSettings, OffsetMode, Rate, Settings, UpstreamSettings},
+    sim::{Faults, SimConfig, SimFilter, Simulator},
+};
+use secrecy::SecretString;
+use serde_json::Value;
+
+pub const KEY: &str = "team-a-key-0001";
+pub const KEY_B: &str = "team-b-key-0002";
+pub const ADMIN_KEY: &str = "admin-key-0003";
+pub const ALL_FIELDS: [&str; 4] = [
+    "customerinfo",
+    "sessionleveltags",
+    "skills",
+    "userleveltags",
+];
+
+/// Knobs a test may turn.
+#[derive(Clone)]
+pub struct Opts {
+    pub rate: Rate,
+    pub concurrency: u32,
+    pub max_wait: Duration,
+    pub retries: u32,
+    pub timeout: Duration,
+    pub sim_latency: Duration,
+    pub sim_rate_limit: Option<(u32, Duration)>,
+    pub faults: Faults,
+    pub key_rate_limit: Option<Rate>,
+    pub cache: CacheSettings,
+    pub jti: bool,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            rate: Rate {
+                calls: 10_000,
+                period: Duration::from_secs(1),
+            },
+            concurrency: 16,
+            max_wait: Duration::from_secs(60),
+            retries: 3,
+            timeout: Duration::from_secs(10),
+            sim_latency: Duration::ZERO,
+            sim_rate_limit: None,
+            faults: Faults::default(),
+            key_rate_limit: None,
+            cache: CacheSettings {
+                max_bytes: 256 << 20,
+                ttl_past: Duration::from_secs(86_400),
+                ttl_recent: Duration::from_secs(30),
+                settle: Duration::from_secs(3600),
+                stale_grace: Duration::from_secs(86_400),
+            },
+            jti: false,
+        }
+    }
+}
+
+pub struct Harness {
+    pub sim: Simulator,
+    pub sim_addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub state: AppState,
+    server: tokio::task::JoinHandle<()>,
+}
+
+pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings {
+    let cfg = sim.config();
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream: UpstreamSettings {
+            base_url: format!("http://{sim_addr}").parse().unwrap(),
+            account_id: cfg.account_id.clone(),
+            client_id: cfg.client_id.clone(),
+            client_secret: SecretString::from(cfg.client_secret.clone()),
+            iid: Some("st-iid-test".into()),
+            timeout: o.timeout,
+            jwt_ttl: Duration::from_secs(300),
+            jwt_jti: o.jti,
+            retries: o.retries,
+            offset_mode: OffsetMode::Page,
+        },
+        budget: BudgetSettings {
+            rate: o.rate,
+            max_wait: o.max_wait,
+            concurrency: o.concurrency,
+        },
+        api_keys: vec![
+            ApiKey {
+                name: "team-a".into(),
+                key: SecretString::from(KEY.to_owned()),
+            },
+            ApiKey {
+                name: "team-b".into(),
+                key: SecretString::from(KEY_B.to_owned()),
+            },
+            ApiKey {
+                name: "admin-ops".into(),
+                key: SecretString::from(ADMIN_KEY.to_owned()),
+            },
+        ],
+        key_rate_limit: o.key_rate_limit,
+        allow_anonymous: false,
+        cors_origins: vec!["https://dash.example".into()],
+        request_timeout: Duration::from_secs(120),
+        cache: o.cache,
+        max_range_days: 92,
+    }
+}
+
+impl Harness {
+    pub async fn start(o: Opts) -> Self {
+        let mut cfg = SimConfig::demo();
+        cfg.latency = o.sim_latency;
+        cfg.rate_limit = o.sim_rate_limit;
+        cfg.faults = o.faults.clone();
+        cfg.require_jti = o.jti;
+        let (sim, sim_addr) = Simulator::spawn(cfg).await.expect("simulator starts");
+        let state = kore_gateway::build(settings_for(&sim, sim_addr, &o)).expect("gateway builds");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = kore_gateway::app(state.clone());
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap();
+        Harness {
+            sim,
+            sim_addr,
+            base: format!("http://{addr}"),
+            http,
+            state,
+            server,
+        }
+    }
+
+    pub async fn get_with(&self, path: &str, key: Option<&str>) -> reqwest::Response {
+        let mut req = self.http.get(format!("{}{}", self.base, path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send().await.expect("gateway answers")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.get_with(path, Some(KEY)).await
+    }
+
+    /// GET and decode a 200 JSON body.
+    pub async fn json(&self, path: &str) -> Value {
+        let resp = self.get(path).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, 200, "{path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Upstream calls the simulator saw.
+    pub fn calls(&self) -> usize {
+        self.sim.call_count()
+    }
+
+    /// Fails the test if the simulator saw any rule breach.
+    pub fn finish(self) {
+        let v = self.sim.violations();
+        assert!(
+            v.is_empty(),
+            "the simulator recorded {} violation(s): {:#?}",
+            v.len(),
+            &v[..v.len().min(5)]
+        );
+        self.server.abort();
+    }
+}
+
+/// Instant of a local time in `tz`.
+pub fn at(local: &str, tz: &str) -> Timestamp {
+    let tz = TimeZone::get(tz).unwrap();
+    let dt: DateTime = local.parse().unwrap();
+    tz.to_ambiguous_timestamp(dt).compatible().unwrap()
+}
+
+pub fn filter(channels: &[&str], queues: &[&str], bots: &[&str], fields: &[&str]) -> SimFilter {
+    SimFilter {
+        channels: channels.iter().map(|s| (*s).to_owned()).collect(),
+        queues: queues.iter().map(|s| (*s).to_owned()).collect(),
+        bots: bots.iter().map(|s| (*s).to_owned()).collect(),
+        selected_fields: Some(fields.iter().map(|s| (*s).to_owned()).collect()),
+    }
+}
+
+pub fn all_fields() -> SimFilter {
+    filter(&[], &[], &[], &ALL_FIELDS)
+}
+
+/// (sessionId, conversationId) identity of a record.
+pub fn id(v: &Value) -> (String, Option<String>) {
+    (
+        v["sessionId"].as_str().unwrap_or_default().to_owned(),
+        v.get("conversationId")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    )
+}
+
+/// Asserts `got` holds exactly the records of `truth`, each once, value for value.
+pub fn assert_same_records(got: &[Value], truth: &[Value]) {
+    let mut by_id: HashMap<(String, Option<String>), &Value> = HashMap::new();
+    for v in got {
+        assert!(
+            by_id.insert(id(v), v).is_none(),
+            "record {:?} returned twice",
+            id(v)
+        );
+    }
+    let missing: Vec<_> = truth
+        .iter()
+        .filter(|t| !by_id.contains_key(&id(t)))
+        .map(id)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} records missing, e.g. {:?}",
+        missing.len(),
+        truth.len(),
+        &missing[..missing.len().min(3)]
+    );
+    assert_eq!(got.len(), truth.len(), "extra records returned");
+    for t in truth {
+        assert_eq!(by_id[&id(t)], t, "record {:?} differs", id(t));
+    }
+}
+
+/// Asserts records are in (start instant, sessionId) order given one offset for all.
+pub fn assert_sorted_by_start(got: &[Value]) {
+    for pair in got.windows(2) {
+        let a = (
+            pair[0]["sessionStartTime"].as_str().unwrap(),
+            pair[0]["sessionId"].as_str().unwrap(),
+        );
+        let b = (
+            pair[1]["sessionStartTime"].as_str().unwrap(),
+            pair[1]["sessionId"].as_str().unwrap(),
+        );
+        assert!(a <= b, "out of order: {a:?} then {b:?}");
+    }
+}
