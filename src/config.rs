@@ -26,6 +26,14 @@ pub struct Cli {
     #[arg(long, conflicts_with = "demo")]
     pub simulator: bool,
 
+    /// Simulator latency per call, for --demo and --simulator.
+    #[arg(long, env = "SIM_LATENCY", default_value = "50ms", value_parser = parse_duration)]
+    pub sim_latency: Duration,
+
+    /// Simulator's own rate limit (`N/s`, `N/min`), for --demo and --simulator; unset = none.
+    #[arg(long, env = "SIM_RATE_LIMIT")]
+    pub sim_rate_limit: Option<Rate>,
+
     /// Bind address.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub gateway_listen: SocketAddr,

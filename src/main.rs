@@ -52,8 +52,11 @@ fn init_tracing(format: LogFormat) {
 }
 
 async fn run(mut cli: Cli) -> Result<(), String> {
+    let mut sim_cfg = SimConfig::demo();
+    sim_cfg.latency = cli.sim_latency;
+    sim_cfg.rate_limit = cli.sim_rate_limit.map(|r| (r.calls, r.period));
     if cli.simulator {
-        let cfg = SimConfig::demo();
+        let cfg = sim_cfg;
         println!(
             "upstream simulator on http://{} (account {}, client {})",
             cli.gateway_listen, cfg.account_id, cfg.client_id
@@ -64,7 +67,7 @@ async fn run(mut cli: Cli) -> Result<(), String> {
     }
     let demo = cli.demo;
     if demo {
-        let cfg = SimConfig::demo();
+        let cfg = sim_cfg;
         let (_sim, addr) = sim::Simulator::spawn(cfg.clone())
             .await
             .map_err(|e| format!("cannot start the simulator: {e}"))?;
