@@ -34,6 +34,13 @@ use crate::{
     upstream::{Filters, MAX_PAGE, MAX_REACH, PAGE_LIMIT, Page, UpstreamClient, UpstreamError},
 };
 
+/// The records of one window or part of one, with the warnings of any part whose count did
+/// not check out.
+struct Part {
+    records: Vec<Record>,
+    warnings: Vec<String>,
+}
+
 /// Who is asking, for fairness and tracing.
 #[derive(Debug, Clone)]
 pub struct CallContext {
@@ -191,7 +198,7 @@ impl Fetcher {
         filters: &'a Filters,
         ctx: &'a CallContext,
         calls: &'a AtomicU32,
-    ) -> BoxFuture<'a, Result<(Vec<Record>, Vec<String>), UpstreamError>> {
+    ) -> BoxFuture<'a, Result<Part, UpstreamError>> {
         async move {
             let first = self.call(&window, filters, 0, ctx, calls).await?;
             let reported = first.num_results;
@@ -236,7 +243,7 @@ impl Fetcher {
                 .collect();
             dedupe_and_sort(&mut records);
             warnings.extend(cross_check(&window, records.len(), reported));
-            Ok((records, warnings))
+            Ok(Part { records, warnings })
         }
         .boxed()
     }
@@ -248,15 +255,15 @@ impl Fetcher {
         filters: &Filters,
         ctx: &CallContext,
         calls: &AtomicU32,
-    ) -> Result<(Vec<Record>, Vec<String>), UpstreamError> {
-        let ((mut ra, mut wa), (rb, wb)) = try_join(
+    ) -> Result<Part, UpstreamError> {
+        let (mut first, second) = try_join(
             self.fetch_part(a, filters, ctx, calls),
             self.fetch_part(b, filters, ctx, calls),
         )
         .await?;
-        ra.extend(rb);
-        wa.extend(wb);
-        Ok((ra, wa))
+        first.records.extend(second.records);
+        first.warnings.extend(second.warnings);
+        Ok(first)
     }
 
     /// Fetches one window from the upstream, bypassing the cache.
@@ -270,7 +277,10 @@ impl Fetcher {
         ctx: CallContext,
     ) -> Result<WindowData, UpstreamError> {
         let calls = AtomicU32::new(0);
-        let (mut records, warnings) = self.fetch_part(window, &filters, &ctx, &calls).await?;
+        let Part {
+            mut records,
+            warnings,
+        } = self.fetch_part(window, &filters, &ctx, &calls).await?;
         // Parts are disjoint, but a record seen twice across them is still one record.
         dedupe_and_sort(&mut records);
         Ok(WindowData::new(

@@ -64,7 +64,8 @@ pub struct SimConfig {
     /// Added before every answer.
     pub latency: Duration,
     /// At most `N` calls in any `period` (a sliding window), like the vendor's per-account
-    /// limit; `None` = unlimited.
+    /// limit; `None` = unlimited. Every call counts whatever its outcome, except the ones
+    /// the limit itself refuses.
     pub rate_limit: Option<(u32, Duration)>,
     /// Injected faults at start (see [`Simulator::set_faults`]).
     pub faults: Faults,
@@ -93,8 +94,8 @@ impl SimConfig {
     /// Fixed demo credentials, 50 ms latency, no faults, no rate limit, seed 1.
     pub fn demo() -> Self {
         SimConfig {
-            account_id: "66bc4a29bdaafdb08461d3m0".into(),
-            client_id: "cs-173508e1-29f2-5e90-9532-122ec6b9d3m0".into(),
+            account_id: "66bc4a29bdaafdb08461de30".into(),
+            client_id: "cs-173508e1-29f2-5e90-9532-122ec6b9de30".into(),
             client_secret: "demo-secret-not-for-production-0123456789".into(),
             latency: Duration::from_millis(50),
             rate_limit: None,
@@ -159,7 +160,8 @@ pub struct CallLog {
     pub at: std::time::Instant,
     /// Status sent (200 also for `DropConnection` / `TruncatedBody`).
     pub status: u16,
-    /// The injected fault, if any.
+    /// The injected fault, if any, by name: `Status503`, `TooManyRequests(7s)`,
+    /// `Slow(200ms)`, `DropConnection`, …
     pub fault: Option<String>,
     /// Range start, if the body was valid.
     pub start_utc: Option<Timestamp>,
@@ -448,13 +450,21 @@ impl Simulator {
         let Some((max, period)) = self.inner.cfg.rate_limit else {
             return Ok(());
         };
-        while rt.window.front().is_some_and(|t| *t + period <= now) {
+        while rt
+            .window
+            .front()
+            .is_some_and(|t| t.checked_add(period).is_some_and(|end| end <= now))
+        {
             rt.window.pop_front();
         }
         if rt.window.len() >= max as usize {
-            let free_at = rt.window.front().map(|t| *t + period).unwrap_or(now);
+            let free_at = rt
+                .window
+                .front()
+                .and_then(|t| t.checked_add(period))
+                .unwrap_or(now);
             let wait = free_at.saturating_duration_since(now);
-            return Err(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+            return Err((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1));
         }
         rt.window.push_back(now);
         Ok(())
@@ -606,7 +616,7 @@ async fn interaction_details(
         return error_response(500, "internal error");
     };
     let delay = match &fault {
-        Some(FaultKind::Slow(extra)) => latency + *extra,
+        Some(FaultKind::Slow(extra)) => latency.saturating_add(*extra),
         _ => latency,
     };
 
