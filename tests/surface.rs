@@ -1,0 +1,409 @@
+//! The API surface: OpenAPI and Swagger UI, streaming formats, the drop-in route, metrics,
+//! request ids, CORS, compression and graceful shutdown.
+
+mod common;
+
+use std::{collections::HashSet, time::Duration};
+
+use common::*;
+use kore_gateway::sim::{SimConfig, mint_test_jwt};
+use serde_json::Value;
+
+#[test]
+fn the_committed_openapi_document_is_fresh() {
+    let generated = kore_gateway::api::docs::generate();
+    let committed = kore_gateway::api::docs::OPENAPI_JSON;
+    assert!(
+        generated == committed,
+        "openapi/openapi.json is stale: run `cargo run -q -- --print-openapi > openapi/openapi.json`"
+    );
+    let doc: Value = serde_json::from_str(committed).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/v1/interactions",
+        "/v1/cache",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is documented");
+    }
+    assert!(
+        doc["components"]["securitySchemes"]
+            .get("api_key")
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn openapi_json_is_served_byte_for_byte_and_docs_load_from_the_gateway() {
+    let h = Harness::start(Opts::default()).await;
+    let spec = h.get_with("/openapi.json", None).await;
+    assert_eq!(spec.status(), 200);
+    assert_eq!(
+        spec.text().await.unwrap(),
+        kore_gateway::api::docs::OPENAPI_JSON
+    );
+
+    let html = h.get_with("/docs/", None).await;
+    assert_eq!(html.status(), 200);
+    let html = html.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(
+        !html.contains("https://") && !html.contains("http://"),
+        "no CDN or remote asset in the page"
+    );
+    // Every script and stylesheet the page names is served by the gateway itself.
+    let mut assets = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        for part in html.split(attr).skip(1) {
+            let url = part.split('"').next().unwrap();
+            if url.ends_with(".js") || url.ends_with(".css") {
+                assets.push(url.trim_start_matches("./").to_owned());
+            }
+        }
+    }
+    assert!(assets.len() >= 3, "{assets:?}");
+    for a in &assets {
+        let r = h.get_with(&format!("/docs/{a}"), None).await;
+        assert_eq!(r.status(), 200, "{a}");
+        assert!(!r.bytes().await.unwrap().is_empty(), "{a}");
+    }
+    let init = h
+        .get_with("/docs/swagger-initializer.js", None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        init.contains("/openapi.json"),
+        "the UI points at our own document: {init}"
+    );
+    h.finish();
+}
+
+#[tokio::test]
+async fn ndjson_and_csv_hold_exactly_the_json_total() {
+    let h = Harness::start(Opts::default()).await;
+    let range = "/v1/interactions?from=2024-08-20&to=2024-09-25&tz=Asia/Kolkata";
+    let json = h.json(&format!("{range}&limit=10000")).await;
+    let total = json["meta"]["total"].as_u64().unwrap() as usize;
+    assert!(total > 1000);
+
+    let nd = h.get(&format!("{range}&format=ndjson")).await;
+    assert_eq!(nd.headers()["content-type"], "application/x-ndjson");
+    let nd = nd.text().await.unwrap();
+    let lines: Vec<Value> = nd
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), total);
+    assert_eq!(
+        &lines,
+        json["data"].as_array().unwrap(),
+        "same records, same order"
+    );
+
+    let csv_resp = h
+        .http
+        .get(format!("{}{range}", h.base))
+        .bearer_auth(KEY)
+        .header("Accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        csv_resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let text = csv_resp.text().await.unwrap();
+    let mut rd = csv::Reader::from_reader(text.as_bytes());
+    let headers = rd.headers().unwrap().clone();
+    assert_eq!(&headers[0], "sessionId");
+    assert!(headers.iter().any(|h| h == "customerinfo.CustomerEmail"));
+    let rows: Vec<csv::StringRecord> = rd.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), total, "one row per record, quoting intact");
+    let ids: HashSet<&str> = rows.iter().map(|r| r.get(0).unwrap()).collect();
+    let json_ids: HashSet<&str> = json["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["sessionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, json_ids);
+    h.finish();
+}
+
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    auth: (&str, &str),
+    body: &Value,
+) -> (u16, Value) {
+    let r = http
+        .post(url)
+        .header(auth.0, auth.1)
+        .header("accountId", SimConfig::demo().account_id)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_drop_in_route_answers_like_the_vendor() {
+    let h = Harness::start(Opts::default()).await;
+    let cfg = SimConfig::demo();
+    let path = format!(
+        "/agentassist/api/public/analytics/account/{}/v2/interactionDetails",
+        cfg.account_id
+    );
+    let body = serde_json::json!({
+        "startDate": "2024-09-20 00:00:00", "endDate": "2024-09-26 23:59:59", "timeZoneOffset": -330,
+        "selectedFields": ["userleveltags", "sessionleveltags", "customerinfo", "skills"], "channels": ["voice", "rtm"]
+    });
+    let jwt = mint_test_jwt(&cfg.client_id, &cfg.client_secret, None);
+    let mut vendor = Vec::new();
+    let mut gateway = Vec::new();
+    let mut totals = (0, 0);
+    for page in 0..=10 {
+        let (s1, v) = post_json(
+            &h.http,
+            &format!("http://{}{path}?offset={page}&limit=100", h.sim_addr),
+            ("auth", &jwt),
+            &body,
+        )
+        .await;
+        let (s2, g) = post_json(
+            &h.http,
+            &format!("{}{path}?offset={page}&limit=100", h.base),
+            ("authorization", &format!("Bearer {KEY}")),
+            &body,
+        )
+        .await;
+        assert_eq!((s1, s2), (200, 200), "{g}");
+        totals = (
+            v["numResults"].as_u64().unwrap(),
+            g["numResults"].as_u64().unwrap(),
+        );
+        let (vd, gd) = (
+            v["data"].as_array().unwrap().clone(),
+            g["data"].as_array().unwrap().clone(),
+        );
+        assert_eq!(vd.len(), gd.len(), "page {page} has as many records");
+        let done = vd.len() < 100;
+        vendor.extend(vd);
+        gateway.extend(gd);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(totals.0, totals.1);
+    assert!(totals.0 > 100, "more than one page");
+    assert_same_records(&gateway, &vendor);
+    // The vendor's rules apply: more than 7 days is refused before any upstream call.
+    h.sim.reset_log();
+    let long = serde_json::json!({"startDate": "2024-09-01", "endDate": "2024-09-30", "timeZoneOffset": 0});
+    let (s, p) = post_json(
+        &h.http,
+        &format!("{}{path}", h.base),
+        ("x-api-key", KEY),
+        &long,
+    )
+    .await;
+    assert_eq!(s, 400, "{p}");
+    assert_eq!(h.calls(), 0);
+    let (s, _) = post_json(&h.http, &format!("{}{path}", h.base), ("auth", &jwt), &body).await;
+    assert_eq!(s, 401, "a vendor JWT is not a gateway key");
+    h.finish();
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_count_requests() {
+    let h = Harness::start(Opts::default()).await;
+    let count = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("gateway_requests_total{")
+                    && l.contains("route=\"/v1/interactions\"")
+                    && l.contains("status=\"200\"")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let before = h.get_with("/metrics", None).await.text().await.unwrap();
+    h.json("/v1/interactions?from=2024-09-01&to=2024-09-01")
+        .await;
+    let resp = h.get_with("/metrics", None).await;
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let after = resp.text().await.unwrap();
+    for line in after
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (name_labels, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line}"));
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad value in: {line}"));
+        let name = name_labels.split('{').next().unwrap();
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad name in: {line}"
+        );
+        if let Some(labels) = name_labels.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "bad labels: {line}"
+            );
+        }
+    }
+    assert!(
+        count(&after) >= count(&before) + 1.0,
+        "the request was counted"
+    );
+    for name in [
+        "gateway_request_duration_seconds_bucket",
+        "gateway_upstream_calls_total",
+        "gateway_cache_bytes",
+        "gateway_budget_wait_seconds_sum",
+    ] {
+        assert!(after.contains(name), "{name} exposed");
+    }
+    assert!(
+        !after.contains(&SimConfig::demo().client_secret),
+        "no secret in metrics"
+    );
+    h.finish();
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_and_forwarded_upstream() {
+    let h = Harness::start(Opts::default()).await;
+    let r = h
+        .http
+        .get(format!(
+            "{}/v1/interactions?from=2024-09-03&to=2024-09-03",
+            h.base
+        ))
+        .bearer_auth(KEY)
+        .header("X-Request-Id", "trace-abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-abc-123");
+    assert!(
+        h.sim
+            .calls()
+            .iter()
+            .all(|c| c.request_id.as_deref() == Some("trace-abc-123"))
+    );
+    let r = h.get_with("/healthz", None).await;
+    let generated = r.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(generated.len(), 36, "a generated UUID-like id: {generated}");
+    let bad = h.get_with("/v1/interactions", None).await;
+    assert!(
+        bad.headers().contains_key("x-request-id"),
+        "errors carry the id too"
+    );
+    h.finish();
+}
+
+#[tokio::test]
+async fn cors_preflight_and_compression() {
+    let h = Harness::start(Opts::default()).await;
+    let pre = h
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/interactions", h.base),
+        )
+        .header("Origin", "https://dash.example")
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(pre.status().is_success(), "{}", pre.status());
+    assert_eq!(
+        pre.headers()["access-control-allow-origin"],
+        "https://dash.example"
+    );
+    let other = h
+        .http
+        .get(format!("{}/healthz", h.base))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        !other.headers().contains_key("access-control-allow-origin"),
+        "origins outside the allow-list get no CORS grant"
+    );
+
+    let gz = h
+        .http
+        .get(format!(
+            "{}/v1/interactions?from=2024-09-01&to=2024-09-07",
+            h.base
+        ))
+        .bearer_auth(KEY)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    h.finish();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let mut cfg = SimConfig::demo();
+    cfg.latency = Duration::from_millis(600);
+    let (sim, sim_addr) = kore_gateway::sim::Simulator::spawn(cfg).await.unwrap();
+    let state = kore_gateway::build(settings_for(&sim, sim_addr, &Opts::default())).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, kore_gateway::app(state))
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    let http = reqwest::Client::new();
+    let in_flight = tokio::spawn(async move {
+        http.get(format!(
+            "http://{addr}/v1/interactions?from=2024-09-03&to=2024-09-03"
+        ))
+        .bearer_auth(KEY)
+        .send()
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_tx.send(()).unwrap();
+    let resp = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request was answered");
+    assert_eq!(resp.status(), 200);
+    assert!(resp.json::<Value>().await.unwrap()["meta"]["complete"] == true);
+    server.await.unwrap().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+    assert!(sim.violations().is_empty());
+}
