@@ -170,7 +170,10 @@ fn number(p: &Params, name: &'static str, min: u32, max: u32) -> Result<Option<u
 }
 
 /// The vendor's body → one window and its filters, by the vendor's rules.
-fn parse_body(body: &[u8]) -> Result<(Window, Filters), AppError> {
+///
+/// # Errors
+/// 400 for anything the vendor would refuse.
+pub fn parse_body(body: &[u8]) -> Result<(Window, Filters), AppError> {
     let b: VendorBody = serde_json::from_slice(body).map_err(|e| {
         let msg: String = e.to_string().chars().take(200).collect();
         AppError::BadBody(msg)
