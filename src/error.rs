@@ -34,6 +34,9 @@ pub enum AppError {
     Forbidden,
     #[error("no such route")]
     NotFound,
+    /// The body is larger than the route accepts.
+    #[error("request body too large")]
+    PayloadTooLarge,
     #[error("method not allowed")]
     MethodNotAllowed,
     /// This caller exceeded GATEWAY_KEY_RATE_LIMIT.
@@ -75,6 +78,7 @@ impl AppError {
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::Forbidden => StatusCode::FORBIDDEN,
             AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::KeyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::BudgetExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,6 +95,7 @@ impl AppError {
             AppError::Unauthorized => ("/problems/unauthorized", "Missing or unknown API key"),
             AppError::Forbidden => ("/problems/forbidden", "Not allowed for this API key"),
             AppError::NotFound => ("/problems/not-found", "Not found"),
+            AppError::PayloadTooLarge => ("/problems/payload-too-large", "Request body too large"),
             AppError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
             AppError::KeyRateLimited { .. } => ("/problems/rate-limited", "Too many requests"),
             AppError::BudgetExhausted { .. } => {

@@ -127,6 +127,7 @@ pub struct InteractionsParams {
     /// Bot ids, comma-separated.
     bots: Option<String>,
     /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`. Default: all four.
+    #[param(min_length = 1)]
     fields: Option<String>,
     /// Records in this response (JSON), 1..10000, default 1000.
     #[param(minimum = 1, maximum = 10000)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::{
     Extension,
     body::Bytes,
-    extract::{Path, RawQuery, State},
+    extract::{Path, RawQuery, State, rejection::BytesRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -58,8 +58,8 @@ struct VendorBody {
     tag = "vendor-compatible",
     params(
         ("accountId" = String, Path, description = "The configured account id"),
-        ("offset" = Option<u32>, Query, description = "Page index 0..10"),
-        ("limit" = Option<u32>, Query, description = "Records per page, 1..100 (default 100)"),
+        ("offset" = Option<u32>, Query, minimum = 0, maximum = 10, description = "Page index 0..10"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Records per page, 1..100 (default 100)"),
     ),
     request_body(content = crate::api::docs::VendorRequest, content_type = "application/json"),
     responses(
@@ -67,6 +67,7 @@ struct VendorBody {
         (status = 400, description = "Bad body or parameters", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not the configured account", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than 64 KiB", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 502, description = "Upstream failed after retries", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Upstream budget exhausted", body = crate::api::docs::Problem, content_type = "application/problem+json"),
     ),
@@ -79,8 +80,12 @@ pub async fn interaction_details(
     Path(account_id): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
+        _ => AppError::BadBody("the body could not be read".into()),
+    })?;
     if account_id != state.settings.upstream.account_id {
         return Err(AppError::NotFound);
     }
