@@ -32,6 +32,7 @@ pub mod merge;
 pub mod plan;
 pub mod render;
 pub mod sim;
+pub mod summary;
 pub mod upstream;
 
 use std::sync::{Arc, OnceLock};

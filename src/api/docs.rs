@@ -34,6 +34,7 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
     ),
     paths(
         crate::api::interactions::get_interactions,
+        crate::api::summary::get_summary,
         crate::api::dropin::interaction_details,
         crate::api::admin::cache_stats,
         crate::api::admin::cache_purge,
@@ -41,7 +42,8 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
         crate::api::ops::readyz,
         crate::api::ops::metrics,
     ),
-    components(schemas(InteractionsResponse, Meta, Record, Problem, CacheStats, VendorRequest, VendorResponse, Health)),
+    components(schemas(InteractionsResponse, Meta, Record, Problem, CacheStats, VendorRequest, VendorResponse, Health,
+        crate::api::summary::SummaryResponse, crate::api::summary::SummaryGroup, crate::api::summary::SummaryMeta, crate::api::summary::DurationStats)),
     modifiers(&Security),
     tags(
         (name = "interactions", description = "Interaction records"),

@@ -7,6 +7,7 @@ pub mod dropin;
 pub mod interactions;
 pub mod ops;
 pub mod query;
+pub mod summary;
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(auth::require_admin));
     let keyed = Router::new()
         .route("/v1/interactions", get(interactions::get_interactions))
+        .route("/v1/interactions/summary", get(summary::get_summary))
         .route(crate::sim::VENDOR_PATH, post(dropin::interaction_details))
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(

@@ -1,0 +1,454 @@
+//! `GET /v1/interactions/summary`: counts and durations per group, for dashboards that
+//! would otherwise download every record to count it.
+//!
+//! The same pipeline as `/v1/interactions` up to the merge — same parameters, same windows,
+//! same window cache (a range already fetched costs no upstream call) — then
+//! [`summary::summarise`](crate::summary::summarise) instead of the record renderer. The
+//! answer is small, so it is built whole: JSON with the same `meta` (`complete`, `stale`,
+//! `warnings`), or CSV with one row per group.
+
+use std::sync::Arc;
+
+use axum::{
+    Extension,
+    extract::{RawQuery, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{
+    AppState,
+    api::{
+        RequestId,
+        auth::Caller,
+        query::{Format, Params, RANGE_PARAMS, RangeQuery, format_from_accept, pairs, parse_range},
+        wants_refresh,
+    },
+    cache::{Source, WindowOutcome},
+    error::AppError,
+    fetch::{CallContext, RangeFetch},
+    merge::merge_runs,
+    plan::{PlanError, plan},
+    render::CacheStatus,
+    summary::{Dimension, GroupsJson, Metric, summarise, to_csv},
+};
+
+/// A parsed `GET /v1/interactions/summary`.
+#[derive(Debug, Clone)]
+pub struct SummaryQuery {
+    pub range: RangeQuery,
+    pub group_by: Vec<Dimension>,
+    pub metrics: Vec<Metric>,
+    /// JSON or CSV only: a summary is one small document, never a stream.
+    pub format: Format,
+}
+
+/// Parses the whole summary query: the range parameters of `/v1/interactions`, plus
+/// `group_by`, `metrics` and `format`.
+///
+/// # Errors
+/// 400 naming the parameter at fault.
+pub fn parse_summary(
+    raw: Option<&str>,
+    accept: Option<&str>,
+    max_range_days: u32,
+) -> Result<SummaryQuery, AppError> {
+    let mut allowed: Vec<&'static str> = RANGE_PARAMS.to_vec();
+    allowed.extend(["group_by", "metrics", "format"]);
+    let p = Params::new(pairs(raw), &allowed)?;
+    let range = parse_range(&p, max_range_days)?;
+    let group_by =
+        Dimension::parse_list(&p.list("group_by")?).map_err(|d| AppError::param("group_by", d))?;
+    let metrics =
+        Metric::parse_list(&p.list("metrics")?).map_err(|d| AppError::param("metrics", d))?;
+    let format = match p.one("format")? {
+        Some(f) => match f.trim().to_ascii_lowercase().as_str() {
+            "json" => Format::Json,
+            "csv" => Format::Csv,
+            _ => {
+                return Err(AppError::param(
+                    "format",
+                    "`format` must be json or csv for a summary",
+                ));
+            }
+        },
+        // NDJSON makes no sense for one document: anything but CSV is JSON.
+        None => match format_from_accept(accept) {
+            Format::Csv => Format::Csv,
+            _ => Format::Json,
+        },
+    };
+    Ok(SummaryQuery {
+        range,
+        group_by,
+        metrics,
+        format,
+    })
+}
+
+/// Counts and duration statistics of a date range, grouped.
+#[utoipa::path(
+    get,
+    path = "/v1/interactions/summary",
+    tag = "interactions",
+    params(SummaryParams),
+    responses(
+        (status = 200, description = "One entry per group, sorted by key (time by instant, missing values last)",
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String)),
+            content(
+                (SummaryResponse = "application/json"),
+                (String = "text/csv", example = json!("day,channel,count,interactionDuration.count,interactionDuration.sum,interactionDuration.mean,interactionDuration.p50,interactionDuration.p90,interactionDuration.max\n2024-09-26,voice,12,7,3907,558.1428571428571,540,1023,1107\n2024-09-26,(none),1,0,0,,,,\n")),
+            )),
+        (status = 400, description = "Bad parameter", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "This key's rate limit exceeded", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "Upstream failed after retries (or, for CSV, part of the range could not be cross-checked)", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Upstream budget exhausted", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "Upstream timed out", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn get_summary(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, AppError> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let q = parse_summary(raw.as_deref(), accept, state.settings.max_range_days)?;
+    // The same planning and mapping of refusals as `/v1/interactions`, so both routes ask
+    // for (and cache) the very same windows.
+    let windows = plan(q.range.from, q.range.to, &q.range.tz).map_err(|e| match e {
+        PlanError::Inverted => AppError::param("from", "`from` is after `to`"),
+        other => AppError::param("tz", other.to_string()),
+    })?;
+    let range = RangeFetch {
+        fetcher: Arc::clone(&state.fetcher),
+        cache: Arc::clone(&state.windows),
+        filters: Arc::new(q.range.filters.clone()),
+        ctx: CallContext {
+            caller: Arc::clone(&caller.name),
+            request_id,
+        },
+        refresh: caller.admin && wants_refresh(&headers),
+    };
+    let outcomes = range.all(&windows).await?;
+    let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+    let summary = summarise(&records, &q.range.tz, &q.group_by, &q.metrics);
+    let (complete, stale, warnings) = assess(&outcomes);
+    let status = cache_status(&outcomes);
+    let calls: u32 = outcomes.iter().map(|o| o.calls).sum();
+
+    let (content_type, body) = match q.format {
+        Format::Csv => {
+            // CSV has no `meta` to say a part is missing, so, like the record stream, it is
+            // refused rather than passed off as whole.
+            if !complete {
+                return Err(AppError::Upstream(warnings.join("; ")));
+            }
+            ("text/csv; charset=utf-8", to_csv(&summary))
+        }
+        _ => {
+            let body = Body {
+                groups: GroupsJson(&summary),
+                meta: Meta {
+                    from: q.range.local_rfc3339(q.range.from),
+                    to: q.range.local_rfc3339(q.range.to),
+                    tz: &q.range.tz_name,
+                    total: summary.records,
+                    groups: summary.groups.len(),
+                    complete,
+                    stale,
+                    warnings: &warnings,
+                    windows: windows.len(),
+                    upstream_calls: calls,
+                    cache: status.as_str(),
+                },
+            };
+            let bytes = serde_json::to_vec(&body)
+                .map_err(|e| AppError::Internal(format!("summary serialisation: {e}")))?;
+            ("application/json", bytes)
+        }
+    };
+    let mut resp = (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::HeaderName::from_static("x-cache"),
+                HeaderValue::from_static(status.as_str()),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-cache"),
+            ),
+        ],
+        body,
+    )
+        .into_response();
+    if q.format == Format::Csv {
+        let name = format!(
+            "attachment; filename=\"summary-{}-{}.csv\"",
+            q.range.from.as_second(),
+            q.range.to.as_second()
+        );
+        if let Ok(v) = HeaderValue::from_str(&name) {
+            resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(resp)
+}
+
+#[derive(Serialize)]
+struct Body<'s, 'a> {
+    groups: GroupsJson<'s, 'a>,
+    meta: Meta<'s>,
+}
+
+#[derive(Serialize)]
+struct Meta<'s> {
+    from: String,
+    to: String,
+    tz: &'s str,
+    total: usize,
+    groups: usize,
+    complete: bool,
+    stale: bool,
+    warnings: &'s [String],
+    windows: usize,
+    upstream_calls: u32,
+    cache: &'static str,
+}
+
+/// Whether every window checked out, whether any was stale, and why not — the same
+/// judgement `/v1/interactions` makes of the same windows.
+fn assess(outcomes: &[WindowOutcome]) -> (bool, bool, Vec<String>) {
+    let mut warnings: Vec<String> = outcomes
+        .iter()
+        .flat_map(|o| o.data.warnings.iter().cloned())
+        .collect();
+    let complete = warnings.is_empty();
+    let mut stale = false;
+    for o in outcomes.iter().filter(|o| o.source == Source::Stale) {
+        stale = true;
+        warnings.push(format!(
+            "window {} .. {} could not be refreshed from the upstream; served from a copy fetched {} s ago",
+            o.data.window.vendor_start(),
+            o.data.window.vendor_end(),
+            o.data.fetched_at.elapsed().as_secs()
+        ));
+    }
+    (complete, stale, warnings)
+}
+
+fn cache_status(outcomes: &[WindowOutcome]) -> CacheStatus {
+    let hits = outcomes.iter().filter(|o| o.source != Source::Miss).count();
+    if hits == outcomes.len() {
+        CacheStatus::Hit
+    } else if hits == 0 {
+        CacheStatus::Miss
+    } else {
+        CacheStatus::Partial
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// OpenAPI: the parameters and the JSON shape, documented next to the handler.
+
+/// Query parameters of `GET /v1/interactions/summary`.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct SummaryParams {
+    /// Start, local to `tz`: `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]`.
+    #[param(example = "2024-09-26")]
+    from: String,
+    /// End, inclusive, local to `tz`; a coarser value means the end of its unit.
+    #[param(example = "2024-09-26")]
+    to: String,
+    /// IANA time zone or fixed offset; `day` and `hour` buckets are in it. Default `UTC`.
+    #[param(example = "America/New_York")]
+    tz: Option<String>,
+    /// Channels, comma-separated (the parameter may also repeat).
+    channels: Option<String>,
+    /// Queue ids, comma-separated.
+    queues: Option<String>,
+    /// Bot ids, comma-separated.
+    bots: Option<String>,
+    /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`. Default: all four
+    /// (`direction` falls back to `customerinfo.Direction`; the default also shares the
+    /// cache with `/v1/interactions`).
+    fields: Option<String>,
+    /// Up to three of `day`, `hour`, `channel`, `queue`, `bot`, `agent`, `finalStatus`,
+    /// `smartStatus`, `direction`, `disposition`, comma-separated, each once. None: one
+    /// group for the whole range. `hour` buckets carry their offset, so a 25-hour day has 25;
+    /// `queue`, `agent` and `disposition` may put one record in several groups.
+    #[param(example = "day,channel")]
+    group_by: Option<String>,
+    /// Any of `count`, `interactionDuration`, `firstResponseDuration`,
+    /// `afterCallWorkDuration`, `queueWait`, comma-separated. Default `count`. Durations are
+    /// per agent segment, in seconds: count, sum, mean, p50, p90 (nearest rank), max.
+    #[param(example = "count,interactionDuration")]
+    metrics: Option<String>,
+    /// `json` (default) or `csv`; `Accept: text/csv` works too.
+    #[param(pattern = "^(json|csv)$")]
+    format: Option<String>,
+}
+
+/// Statistics of one duration metric over a group, in seconds. Missing values are skipped,
+/// never counted as 0; `count` is the number of values (agent segments), and the others are
+/// null when it is 0.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"count": 7, "sum": 3907, "mean": 558.1428571428571, "p50": 540, "p90": 1023, "max": 1107}))]
+pub struct DurationStats {
+    count: u64,
+    sum: f64,
+    #[schema(required = true)]
+    mean: Option<f64>,
+    /// Nearest rank: the ⌈0.5·n⌉-th smallest value.
+    #[schema(required = true)]
+    p50: Option<f64>,
+    /// Nearest rank: the ⌈0.9·n⌉-th smallest value.
+    #[schema(required = true)]
+    p90: Option<f64>,
+    #[schema(required = true)]
+    max: Option<f64>,
+}
+
+/// One group. `key` has one member per `group_by` dimension (in that order; null for
+/// records without the value); then each requested metric.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"key": {"day": "2024-09-26", "channel": "voice"}, "count": 12,
+    "interactionDuration": {"count": 7, "sum": 3907, "mean": 558.1428571428571, "p50": 540, "p90": 1023, "max": 1107}}))]
+#[allow(non_snake_case)]
+pub struct SummaryGroup {
+    #[schema(value_type = Object, example = json!({"hour": "2024-11-03T01:00-05:00", "queue": null}))]
+    key: serde_json::Value,
+    /// Records in the group (present when `count` is requested).
+    count: Option<u64>,
+    interactionDuration: Option<DurationStats>,
+    firstResponseDuration: Option<DurationStats>,
+    afterCallWorkDuration: Option<DurationStats>,
+    queueWait: Option<DurationStats>,
+}
+
+/// About this summary.
+#[derive(Serialize, ToSchema)]
+pub struct SummaryMeta {
+    #[schema(example = "2024-09-26T00:00:00-04:00")]
+    from: String,
+    #[schema(example = "2024-09-26T23:59:59-04:00")]
+    to: String,
+    #[schema(example = "America/New_York")]
+    tz: String,
+    /// Records summarised (the same as `/v1/interactions` would return in all).
+    total: u64,
+    /// Groups in `groups`.
+    groups: u64,
+    /// False whenever any part of the range could not be fetched and cross-checked (see `warnings`).
+    complete: bool,
+    /// True when part of the answer is an expired copy served because the upstream failed.
+    stale: bool,
+    warnings: Vec<String>,
+    /// Upstream windows the range was split into.
+    windows: u64,
+    /// Upstream calls this request made (0 when every window was cached).
+    upstream_calls: u64,
+    #[schema(example = "HIT", pattern = "^(HIT|MISS|PARTIAL)$")]
+    cache: String,
+}
+
+/// `GET /v1/interactions/summary` answer (JSON).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "groups": [
+        {"key": {"day": "2024-09-26", "channel": "voice"}, "count": 12,
+         "interactionDuration": {"count": 7, "sum": 3907, "mean": 558.1428571428571, "p50": 540, "p90": 1023, "max": 1107}},
+        {"key": {"day": "2024-09-26", "channel": null}, "count": 1,
+         "interactionDuration": {"count": 0, "sum": 0, "mean": null, "p50": null, "p90": null, "max": null}}
+    ],
+    "meta": {"from": "2024-09-26T00:00:00-04:00", "to": "2024-09-26T23:59:59-04:00", "tz": "America/New_York",
+             "total": 13, "groups": 2, "complete": true, "stale": false, "warnings": [],
+             "windows": 1, "upstream_calls": 0, "cache": "HIT"}
+}))]
+pub struct SummaryResponse {
+    groups: Vec<SummaryGroup>,
+    meta: SummaryMeta,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(s: &str) -> Result<SummaryQuery, AppError> {
+        parse_summary(Some(s), None, 92)
+    }
+
+    fn param_of(e: AppError) -> &'static str {
+        match e {
+            AppError::BadParam { param, .. } => param,
+            other => panic!("not a parameter error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_groupings_metrics_and_format() {
+        let s = q("from=2024-09-01&to=2024-09-02&group_by=day,channel&group_by=queue&metrics=count,queueWait")
+            .unwrap();
+        assert_eq!(
+            s.group_by,
+            [Dimension::Day, Dimension::Channel, Dimension::Queue]
+        );
+        assert_eq!(s.metrics, [Metric::Count, Metric::QueueWait]);
+        assert_eq!(s.format, Format::Json);
+        let d = q("from=2024-09-01&to=2024-09-02").unwrap();
+        assert!(d.group_by.is_empty());
+        assert_eq!(d.metrics, [Metric::Count]);
+        let csv =
+            parse_summary(Some("from=2024-09-01&to=2024-09-02"), Some("text/csv"), 92).unwrap();
+        assert_eq!(csv.format, Format::Csv);
+        let nd = parse_summary(
+            Some("from=2024-09-01&to=2024-09-02"),
+            Some("application/x-ndjson"),
+            92,
+        )
+        .unwrap();
+        assert_eq!(nd.format, Format::Json);
+    }
+
+    #[test]
+    fn every_bad_parameter_is_named() {
+        let cases = [
+            ("from=2024-09-01&to=2024-09-02&group_by=week", "group_by"),
+            ("from=2024-09-01&to=2024-09-02&group_by=day,day", "group_by"),
+            (
+                "from=2024-09-01&to=2024-09-02&group_by=day&group_by=Day",
+                "group_by",
+            ),
+            (
+                "from=2024-09-01&to=2024-09-02&group_by=day,hour,channel,queue",
+                "group_by",
+            ),
+            ("from=2024-09-01&to=2024-09-02&metrics=avg", "metrics"),
+            (
+                "from=2024-09-01&to=2024-09-02&metrics=count,count",
+                "metrics",
+            ),
+            ("from=2024-09-01&to=2024-09-02&format=ndjson", "format"),
+            (
+                "from=2024-09-01&to=2024-09-02&format=csv&format=json",
+                "format",
+            ),
+            ("from=2024-09-01&to=2024-09-02&limit=10", "query"),
+            ("to=2024-09-02&group_by=day", "from"),
+            ("from=2024-09-03&to=2024-09-02", "from"),
+        ];
+        for (query, param) in cases {
+            let err = q(query).expect_err(query);
+            assert_eq!(param_of(err), param, "{query}");
+        }
+    }
+}
