@@ -32,7 +32,10 @@ use tokio::{
     time::Instant,
 };
 
-use crate::config::{BudgetSettings, Rate};
+use crate::{
+    cluster::Cluster,
+    config::{BudgetSettings, Rate},
+};
 
 /// A sliding-window log of event times.
 #[derive(Debug, Default)]
@@ -71,10 +74,17 @@ pub struct CallPermit {
     shared: Arc<Shared>,
     /// False for a permit that was never handed to a caller (so no call was made).
     used: bool,
+    /// The slot in the replicas' shared budget, when there is one.
+    global: Option<(Arc<Cluster>, String)>,
 }
 
 impl Drop for CallPermit {
     fn drop(&mut self) {
+        if let Some((cluster, member)) = self.global.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { cluster.release_slot(&member).await });
+        }
         if self.used {
             let mut q = lock(&self.shared.queues);
             q.log.times.push_back(Instant::now());
@@ -139,6 +149,10 @@ struct Shared {
     max_wait: Duration,
     granted: AtomicU64,
     waited_micros: AtomicU64,
+    /// The replicas' shared budget (REDIS_URL), asked before every grant when present.
+    global: Option<Arc<Cluster>>,
+    /// How long a shared-budget slot of a call in flight counts if its replica dies.
+    lease: Duration,
 }
 
 impl std::fmt::Debug for Shared {
@@ -167,8 +181,10 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// Creates the budget and starts its dispatcher task (needs a Tokio runtime).
-    pub fn new(s: &BudgetSettings) -> Self {
+    /// Creates the budget and starts its dispatcher task (needs a Tokio runtime). With a
+    /// `global` cluster, every grant also takes a slot of the replicas' shared budget;
+    /// `lease` bounds how long a slot of a dead replica's call keeps counting.
+    pub fn new(s: &BudgetSettings, global: Option<Arc<Cluster>>, lease: Duration) -> Self {
         // Completion times already bound arrivals; the small margin only absorbs clock
         // granularity between the two hosts.
         let margin =
@@ -184,6 +200,8 @@ impl Budget {
             max_wait: s.max_wait,
             granted: AtomicU64::new(0),
             waited_micros: AtomicU64::new(0),
+            global,
+            lease,
         });
         tokio::spawn(dispatch(Arc::clone(&shared)));
         Budget { shared }
@@ -198,9 +216,11 @@ impl Budget {
         let rx = {
             let mut q = lock(&self.shared.queues);
             q.log.prune(started, self.shared.span);
-            // Fast path: nobody queued and room now.
+            // Fast path: nobody queued and room now (only without a shared budget, which
+            // the dispatcher must ask).
             let in_flight = self.shared.in_flight.load(Ordering::Acquire);
-            if q.waiting == 0
+            if self.shared.global.is_none()
+                && q.waiting == 0
                 && in_flight < self.shared.concurrency
                 && q.log.times.len() + (in_flight as usize) < self.shared.rate.calls as usize
             {
@@ -209,6 +229,7 @@ impl Budget {
                 return Ok(CallPermit {
                     shared: Arc::clone(&self.shared),
                     used: true,
+                    global: None,
                 });
             }
             let (tx, rx) = oneshot::channel();
@@ -258,6 +279,13 @@ impl Budget {
     }
 }
 
+#[cfg(test)]
+impl Budget {
+    fn new_local(s: &BudgetSettings) -> Self {
+        Budget::new(s, None, Duration::from_secs(30))
+    }
+}
+
 impl Drop for Budget {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
@@ -277,35 +305,38 @@ async fn dispatch(shared: Arc<Shared>) {
             *lock(&shared.queues) = Queues::default();
             return;
         }
-        let wake_at = {
-            let mut q = lock(&shared.queues);
-            loop {
+        let wake_at = match next_step(&shared) {
+            Step::Wait(t) => t,
+            Step::AskGlobal(cluster) => {
+                let (calls, period) = (shared.rate.calls, shared.rate.period);
+                let share = calls / cluster.replicas();
                 let now = Instant::now();
-                q.log.prune(now, shared.span);
-                let in_flight = shared.in_flight.load(Ordering::Acquire);
-                if q.waiting == 0 || in_flight >= shared.concurrency {
-                    break None;
-                }
-                if q.log.times.len() + in_flight as usize >= shared.rate.calls as usize {
-                    // Full: the next slot frees when the oldest completion leaves the window,
-                    // or when a call in flight completes (a notify) — whichever comes first.
-                    break q.log.next_free(shared.span);
-                }
-                let Some(w) = q.next_waiter() else { break None };
-                shared.in_flight.fetch_add(1, Ordering::AcqRel);
-                let permit = CallPermit {
-                    shared: Arc::clone(&shared),
-                    used: true,
-                };
-                match w.tx.send(permit) {
-                    Ok(()) => {
-                        shared.granted.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(mut unused) => {
-                        // The waiter gave up between the check and the send: no call is made,
-                        // so nothing is logged (and we hold the lock Drop would take).
-                        unused.used = false;
-                    }
+                let changed = cluster.transitions();
+                // Just regained: calls made on local shares during the outage are not in the
+                // shared log, so for one period a grant needs room in the local share too.
+                let recovering = changed.regained_at.is_some_and(|t| now < t + shared.span);
+                match recovering.then(|| local_room(&shared, share)).flatten() {
+                    Some(wait) => wait,
+                    None => match cluster.acquire_slot(calls, period, shared.lease).await {
+                        Some(Ok(member)) => {
+                            grant(&shared, Some((Arc::clone(&cluster), member)));
+                            continue;
+                        }
+                        // Full across the replicas: look again soon (other replicas'
+                        // completions do not notify us), or when one of ours completes.
+                        Some(Err(wait)) => Some(Instant::now() + wait.min(GLOBAL_POLL)),
+                        // A blip (Redis not yet counted as lost): ask again shortly.
+                        None if cluster.is_up() => Some(Instant::now() + GLOBAL_POLL),
+                        // Redis lost. The other replicas' recent calls are unknown, so one
+                        // quiet period first; then this replica's share, kept locally.
+                        None => match cluster.transitions().lost_at.map(|t| t + shared.span) {
+                            Some(quiet_until) if Instant::now() < quiet_until => Some(quiet_until),
+                            _ => match local_step(&shared, share) {
+                                Step::Wait(t) => t,
+                                Step::AskGlobal(_) => None,
+                            },
+                        },
+                    },
                 }
             }
         };
@@ -317,6 +348,101 @@ async fn dispatch(shared: Arc<Shared>) {
                 }
             }
             None => shared.wake.notified().await,
+        }
+    }
+}
+
+/// How often a replica asks the shared budget again while it is full.
+const GLOBAL_POLL: Duration = Duration::from_millis(50);
+
+enum Step {
+    /// Nothing to grant now: wait for a notify, or until this instant.
+    Wait(Option<Instant>),
+    /// Calls are waiting and a concurrency slot is free: ask the shared budget.
+    AskGlobal(Arc<Cluster>),
+}
+
+/// Grants what the local state allows; returns what to do next.
+fn next_step(shared: &Arc<Shared>) -> Step {
+    {
+        let q = lock(&shared.queues);
+        if q.waiting == 0 || shared.in_flight.load(Ordering::Acquire) >= shared.concurrency {
+            return Step::Wait(None);
+        }
+    }
+    match &shared.global {
+        Some(c) => Step::AskGlobal(Arc::clone(c)),
+        None => local_step(shared, shared.rate.calls),
+    }
+}
+
+/// `None` when the local log has room under `limit`; otherwise what to wait for.
+fn local_room(shared: &Arc<Shared>, limit: u32) -> Option<Option<Instant>> {
+    let mut q = lock(&shared.queues);
+    q.log.prune(Instant::now(), shared.span);
+    let in_flight = shared.in_flight.load(Ordering::Acquire) as usize;
+    (q.log.times.len() + in_flight >= limit.max(1) as usize).then(|| q.log.next_free(shared.span))
+}
+
+/// Grants queued calls against the local log while fewer than `limit` calls completed
+/// within the period or are in flight.
+fn local_step(shared: &Arc<Shared>, limit: u32) -> Step {
+    let limit = limit.max(1) as usize;
+    loop {
+        let next_free = {
+            let mut q = lock(&shared.queues);
+            q.log.prune(Instant::now(), shared.span);
+            let in_flight = shared.in_flight.load(Ordering::Acquire);
+            if q.waiting == 0 || in_flight >= shared.concurrency {
+                return Step::Wait(None);
+            }
+            if q.log.times.len() + in_flight as usize >= limit {
+                // Full: a slot frees when the oldest completion leaves the window, or when a
+                // call in flight completes (a notify) — whichever comes first.
+                Some(q.log.next_free(shared.span))
+            } else {
+                None
+            }
+        };
+        match next_free {
+            Some(t) => return Step::Wait(t),
+            None => {
+                if !grant(shared, None) {
+                    return Step::Wait(None);
+                }
+            }
+        }
+    }
+}
+
+/// Hands one permit to the next live waiter (round-robin across callers). A shared-budget
+/// slot that finds nobody waiting is given back. Returns whether a waiter got it.
+fn grant(shared: &Arc<Shared>, global: Option<(Arc<Cluster>, String)>) -> bool {
+    let mut q = lock(&shared.queues);
+    let Some(w) = q.next_waiter() else {
+        drop(q);
+        if let Some((c, member)) = global {
+            tokio::spawn(async move { c.release_slot(&member).await });
+        }
+        return false;
+    };
+    shared.in_flight.fetch_add(1, Ordering::AcqRel);
+    let permit = CallPermit {
+        shared: Arc::clone(shared),
+        used: true,
+        global,
+    };
+    match w.tx.send(permit) {
+        Ok(()) => {
+            shared.granted.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Err(mut unused) => {
+            // The waiter gave up between the check and the send: no call is made, so
+            // nothing is logged locally (and we hold the lock Drop would take); a shared slot
+            // is released by Drop.
+            unused.used = false;
+            true
         }
     }
 }
@@ -374,7 +500,7 @@ mod tests {
     /// Grants never put more than N calls in any interval of the period's length.
     #[tokio::test(start_paused = true)]
     async fn sliding_window_never_exceeds_n_in_any_period() {
-        let budget = Arc::new(Budget::new(&settings(5, 1000, 100, 60_000)));
+        let budget = Arc::new(Budget::new_local(&settings(5, 1000, 100, 60_000)));
         let caller: Arc<str> = "t".into();
         let mut tasks = Vec::new();
         for _ in 0..23 {
@@ -409,7 +535,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrency_slots_are_released_on_drop() {
-        let budget = Budget::new(&settings(1000, 1000, 2, 60_000));
+        let budget = Budget::new_local(&settings(1000, 1000, 2, 60_000));
         let c: Arc<str> = "t".into();
         let a = budget.acquire(&c).await.unwrap();
         let _b = budget.acquire(&c).await.unwrap();
@@ -423,7 +549,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn exhausted_budget_answers_with_retry_after() {
-        let budget = Budget::new(&settings(1, 60_000, 10, 500));
+        let budget = Budget::new_local(&settings(1, 60_000, 10, 500));
         let c: Arc<str> = "t".into();
         let _first = budget.acquire(&c).await.unwrap();
         let err = budget.acquire(&c).await.unwrap_err();
@@ -433,7 +559,7 @@ mod tests {
     /// One caller's long queue does not starve another caller's single call.
     #[tokio::test(start_paused = true)]
     async fn callers_are_served_round_robin() {
-        let budget = Arc::new(Budget::new(&settings(2, 1000, 100, 600_000)));
+        let budget = Arc::new(Budget::new_local(&settings(2, 1000, 100, 600_000)));
         let big: Arc<str> = "big".into();
         let small: Arc<str> = "small".into();
         let start = Instant::now();

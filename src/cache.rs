@@ -37,7 +37,8 @@ use moka::Expiry;
 use tokio::time::Instant;
 
 use crate::{
-    config::CacheSettings, merge::Record, plan::Window, upstream::Filters, upstream::UpstreamError,
+    cluster::Cluster, config::CacheSettings, merge::Record, plan::Window, upstream::Filters,
+    upstream::UpstreamError,
 };
 
 /// Everything that changes an upstream answer for a window.
@@ -74,6 +75,8 @@ pub struct WindowData {
     pub fresh_for: Duration,
     pub fetched_at: Instant,
     pub weight: u32,
+    /// Fetched by another replica and taken from the shared L2 cache.
+    pub shared: bool,
 }
 
 impl WindowData {
@@ -87,6 +90,7 @@ impl WindowData {
             fresh_for: Duration::ZERO,
             fetched_at: Instant::now(),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
+            shared: false,
         }
     }
 
@@ -154,6 +158,8 @@ pub struct CacheCounters {
 /// The window cache with request coalescing.
 pub struct WindowCache {
     store: moka::future::Cache<WindowKey, Arc<WindowData>>,
+    /// The L2 cache and cross-replica lock, when REDIS_URL is set.
+    cluster: Option<Arc<Cluster>>,
     inflight: Arc<Mutex<HashMap<WindowKey, InFlight>>>,
     policy: CacheSettings,
     pub counters: Arc<CacheCounters>,
@@ -184,7 +190,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl WindowCache {
-    pub fn new(policy: CacheSettings, counters: Arc<CacheCounters>) -> Self {
+    pub fn new(
+        policy: CacheSettings,
+        counters: Arc<CacheCounters>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
         let store = moka::future::Cache::builder()
             .max_capacity(policy.max_bytes / 4 * 3)
             .weigher(|_k: &WindowKey, v: &Arc<WindowData>| v.weight)
@@ -194,6 +204,7 @@ impl WindowCache {
             .build();
         WindowCache {
             store,
+            cluster,
             inflight: Arc::new(Mutex::new(HashMap::new())),
             policy,
             counters,
@@ -239,28 +250,20 @@ impl WindowCache {
                 Some(f) => (f.clone(), false),
                 None => {
                     let fut = fetch();
-                    let store = self.store.clone();
-                    let policy = self.policy;
-                    let task_key = key.clone();
+                    let lead = Leader {
+                        store: self.store.clone(),
+                        cluster: self.cluster.clone(),
+                        policy: self.policy,
+                        key: key.clone(),
+                        refresh,
+                    };
                     let guard = InflightGuard {
                         map: Arc::clone(&self.inflight),
                         key: key.clone(),
                     };
                     let task = tokio::spawn(async move {
                         let _guard = guard;
-                        // A leader that finished just before we looked may have filled it.
-                        if !refresh
-                            && let Some(d) = store.get(&task_key).await.filter(|d| d.is_fresh())
-                        {
-                            return Ok(d);
-                        }
-                        let mut data = fut.await?;
-                        data.fresh_for =
-                            freshness(&policy, &data.window, data.complete(), Timestamp::now());
-                        data.fetched_at = Instant::now();
-                        let data = Arc::new(data);
-                        store.insert(task_key, Arc::clone(&data)).await;
-                        Ok(data)
+                        lead.run(fut).await
                     });
                     let shared = async move {
                         match task.await {
@@ -280,6 +283,15 @@ impl WindowCache {
         };
         match flight.await {
             Ok(data) => {
+                if data.shared {
+                    // Another replica fetched it: a hit as far as the upstream is concerned.
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(WindowOutcome {
+                        data,
+                        source: Source::Hit,
+                        calls: 0,
+                    });
+                }
                 if leader {
                     self.counters.misses.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -318,6 +330,110 @@ impl WindowCache {
         (self.store.entry_count(), self.store.weighted_size())
     }
 }
+
+/// The work of the one task that fills a cold window: L1 again (a leader may just have
+/// finished), then the replicas' L2, then — holding the cross-replica lock so no other
+/// replica fetches it too — the upstream; the result goes to both levels.
+struct Leader {
+    store: moka::future::Cache<WindowKey, Arc<WindowData>>,
+    cluster: Option<Arc<Cluster>>,
+    policy: CacheSettings,
+    key: WindowKey,
+    refresh: bool,
+}
+
+impl Leader {
+    async fn run<Fut>(self, fetch: Fut) -> FetchResult
+    where
+        Fut: Future<Output = Result<WindowData, UpstreamError>>,
+    {
+        if !self.refresh
+            && let Some(d) = self.store.get(&self.key).await.filter(|d| d.is_fresh())
+        {
+            return Ok(d);
+        }
+        let mut locked = false;
+        if let Some(c) = &self.cluster {
+            if !self.refresh
+                && let Some(d) = c.get_window(&self.key).await
+            {
+                return Ok(self.keep(d).await);
+            }
+            // Become the one replica that fetches, or wait for the one that does. If a holder
+            // gives up without publishing, the waiters compete for the lock again, so a
+            // failure costs one more fetch, not one per waiting replica.
+            for _ in 0..5 {
+                match c.try_lock(&self.key).await {
+                    Some(true) => {
+                        locked = true;
+                        // The previous holder may have published between our look and our lock.
+                        if !self.refresh
+                            && let Some(d) = c.get_window(&self.key).await
+                        {
+                            c.unlock(&self.key).await;
+                            return Ok(self.keep(d).await);
+                        }
+                        break;
+                    }
+                    Some(false) => {
+                        if let Some(d) = c.wait_for_window(&self.key, LOCK_WAIT).await {
+                            return Ok(self.keep(d).await);
+                        }
+                        tracing::debug!(
+                            start = self.key.start,
+                            "lock holder gave up without publishing"
+                        );
+                    }
+                    None => {
+                        tracing::debug!(
+                            start = self.key.start,
+                            "redis unavailable for the lock: fetching locally"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+        let result = fetch.await;
+        let out = match result {
+            Ok(mut data) => {
+                data.fresh_for = freshness(
+                    &self.policy,
+                    &data.window,
+                    data.complete(),
+                    Timestamp::now(),
+                );
+                data.fetched_at = Instant::now();
+                let data = self.keep_fetched(data).await;
+                if let Some(c) = &self.cluster {
+                    c.put_window(&self.key, &data, self.policy.stale_grace)
+                        .await;
+                }
+                Ok(data)
+            }
+            Err(e) => Err(e),
+        };
+        if locked && let Some(c) = &self.cluster {
+            c.unlock(&self.key).await;
+        }
+        out
+    }
+
+    /// Keeps a copy another replica fetched (no upstream call was made for it here).
+    async fn keep(&self, mut data: WindowData) -> Arc<WindowData> {
+        data.shared = true;
+        self.keep_fetched(data).await
+    }
+
+    async fn keep_fetched(&self, data: WindowData) -> Arc<WindowData> {
+        let data = Arc::new(data);
+        self.store.insert(self.key.clone(), Arc::clone(&data)).await;
+        data
+    }
+}
+
+/// How long a replica waits for another replica's fetch of the same window.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// The TTL policy: settled windows live long, recent or incomplete ones briefly.
 fn freshness(policy: &CacheSettings, w: &Window, complete: bool, now: Timestamp) -> Duration {
@@ -455,7 +571,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn recent_windows_expire_after_the_short_ttl_and_past_ones_do_not() {
-        let cache = WindowCache::new(policy(), Arc::default());
+        let cache = WindowCache::new(policy(), Arc::default(), None);
         let count = Arc::new(AtomicU32::new(0));
         let recent = window_ending(Timestamp::now());
         let past = window_ending(
@@ -507,7 +623,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_misses_make_one_fetch() {
-        let cache = Arc::new(WindowCache::new(policy(), Arc::default()));
+        let cache = Arc::new(WindowCache::new(policy(), Arc::default(), None));
         let count = Arc::new(AtomicU32::new(0));
         let w = window_ending(Timestamp::from_second(1_700_000_000).unwrap());
         let mut tasks = Vec::new();
@@ -530,7 +646,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_expired_copy_stands_in_when_the_upstream_fails() {
-        let cache = WindowCache::new(policy(), Arc::default());
+        let cache = WindowCache::new(policy(), Arc::default(), None);
         let count = Arc::new(AtomicU32::new(0));
         let w = window_ending(Timestamp::now());
         cache

@@ -114,6 +114,16 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_REQUEST_TIMEOUT", default_value = "300s", value_parser = parse_duration)]
     pub gateway_request_timeout: Duration,
 
+    /// Redis shared by replicas (L2 cache, shared budget, cross-replica coalescing), e.g.
+    /// redis://127.0.0.1:6379; unset = this replica alone. May carry a password: never shown.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_parser = parse_secret)]
+    pub redis_url: Option<SecretString>,
+
+    /// Replicas expected to share the account; while Redis is unreachable each takes
+    /// KORE_RATE_LIMIT / max(this, replicas last seen) of the budget.
+    #[arg(long, env = "GATEWAY_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub gateway_replicas: u32,
+
     /// Bound on cached data, in bytes (window records and rendered responses together).
     #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 268_435_456)]
     pub cache_max_bytes: u64,
@@ -156,6 +166,9 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub cache: CacheSettings,
     pub max_range_days: u32,
+    pub redis_url: Option<SecretString>,
+    /// Floor of the replica count used for the local budget share while Redis is down.
+    pub replicas: u32,
 }
 
 /// Where and how to call the vendor.
@@ -488,6 +501,10 @@ impl Cli {
                 stale_grace: self.cache_stale_grace,
             },
             max_range_days: self.max_range_days,
+            redis_url: self
+                .redis_url
+                .filter(|u| !u.expose_secret().trim().is_empty()),
+            replicas: self.gateway_replicas,
         })
     }
 }

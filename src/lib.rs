@@ -18,6 +18,8 @@
 //!   coalesces identical misses; [`upstream`] is the vendor client (JWT, body, statuses).
 //! * [`merge`] de-duplicates and orders records, which stay raw JSON byte for byte;
 //!   [`render`] writes the envelope, cursors and ETags.
+//! * [`cluster`] shares the cache and the budget between replicas through Redis, when
+//!   `REDIS_URL` is set.
 //! * [`sim`] is the built-in upstream simulator used by `--demo` and the tests.
 //!
 //! [`build`] makes the shared [`AppState`]; [`app`] turns it into the `Router`.
@@ -25,6 +27,7 @@
 pub mod api;
 pub mod budget;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fetch;
@@ -44,6 +47,7 @@ use crate::{
     api::auth::KeyRing,
     budget::{Budget, KeyLimiter},
     cache::{CacheCounters, ResponseCache, WindowCache},
+    cluster::Cluster,
     config::Settings,
     fetch::Fetcher,
     upstream::UpstreamClient,
@@ -61,6 +65,8 @@ pub struct App {
     pub key_limiter: Option<KeyLimiter>,
     pub metrics: PrometheusHandle,
     pub health: api::ops::Health,
+    /// What replicas share through Redis, when REDIS_URL is set.
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 /// Cheap-to-clone handle on the [`App`].
@@ -102,7 +108,17 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// The upstream client cannot be built from the settings.
 pub fn build(settings: Settings) -> Result<AppState, String> {
     let client = UpstreamClient::new(&settings.upstream)?;
-    let budget = Budget::new(&settings.budget);
+    let cluster = match &settings.redis_url {
+        Some(url) => {
+            let c = Cluster::new(url, &settings.upstream.account_id, settings.replicas)?;
+            c.spawn_heartbeat();
+            Some(c)
+        }
+        None => None,
+    };
+    // A shared-budget slot of a call whose replica died counts until the call must be over.
+    let lease = settings.upstream.timeout + std::time::Duration::from_secs(5);
+    let budget = Budget::new(&settings.budget, cluster.clone(), lease);
     let fetcher = Arc::new(Fetcher::new(
         client,
         budget,
@@ -110,7 +126,11 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         settings.budget.max_wait,
     ));
     let counters = Arc::new(CacheCounters::default());
-    let windows = Arc::new(WindowCache::new(settings.cache, Arc::clone(&counters)));
+    let windows = Arc::new(WindowCache::new(
+        settings.cache,
+        Arc::clone(&counters),
+        cluster.clone(),
+    ));
     let responses = ResponseCache::new(&settings.cache);
     let keys = KeyRing::new(&settings.api_keys, settings.allow_anonymous);
     let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
@@ -124,6 +144,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         key_limiter,
         metrics: metrics_handle(),
         health: api::ops::Health::default(),
+        cluster,
     })))
 }
 

@@ -44,9 +44,20 @@ pub async fn healthz() -> Json<docs::Health> {
     responses((status = 200, description = "Ready", body = docs::Health),
               (status = 503, description = "Upstream not answering", body = docs::Health)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    // Redis is an optimisation: its absence is reported, never a reason to be unready.
+    let redis = state.cluster.as_ref().map(|c| {
+        if c.is_up() {
+            format!(
+                "redis: up, {} replica(s) sharing cache and budget",
+                c.replicas()
+            )
+        } else {
+            "redis: unavailable, using the local cache and a local share of the budget".to_owned()
+        }
+    });
     let now = jiff::Timestamp::now().as_second();
     if now - state.fetcher.last_ok() < RECENT {
-        return ready(Ok(()));
+        return ready(Ok(()), redis);
     }
     let cached = state
         .health
@@ -73,28 +84,29 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             v
         }
     };
-    ready(verdict)
+    ready(verdict, redis)
 }
 
-fn ready(v: Result<(), String>) -> Response {
-    match v {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(docs::Health {
-                status: "ready".into(),
-                detail: None,
-            }),
-        )
-            .into_response(),
+fn ready(v: Result<(), String>, redis: Option<String>) -> Response {
+    let (status, word, detail) = match v {
+        Ok(()) => (StatusCode::OK, "ready", redis),
         Err(d) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(docs::Health {
-                status: "not ready".into(),
-                detail: Some(d),
+            "not ready",
+            Some(match redis {
+                Some(r) => format!("{d}; {r}"),
+                None => d,
             }),
-        )
-            .into_response(),
-    }
+        ),
+    };
+    (
+        status,
+        Json(docs::Health {
+            status: word.into(),
+            detail,
+        }),
+    )
+        .into_response()
 }
 
 /// Prometheus text exposition.
@@ -121,6 +133,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("gateway_budget_waiting_calls").set(b.waiting as f64);
     metrics::gauge!("gateway_budget_calls_in_window").set(b.used_in_window as f64);
     metrics::gauge!("gateway_upstream_in_flight").set(f64::from(b.in_flight));
+    if let Some(c) = &state.cluster {
+        let st = &c.stats;
+        metrics::gauge!("gateway_redis_up").set(if c.is_up() { 1.0 } else { 0.0 });
+        metrics::gauge!("gateway_redis_replicas").set(f64::from(c.replicas()));
+        metrics::gauge!("gateway_redis_l2_hits").set(st.l2_hits.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("gateway_redis_l2_writes").set(st.l2_writes.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("gateway_redis_lock_waits")
+            .set(st.lock_waits.load(Ordering::Relaxed) as f64);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -118,6 +118,8 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
         request_timeout: Duration::from_secs(120),
         cache: o.cache,
         max_range_days: 92,
+        redis_url: None,
+        replicas: 1,
     }
 }
 

@@ -1,0 +1,299 @@
+//! Three gateway replicas sharing one quota and one cache through a real Redis
+//! (Debian's redis-server, started here on a free loopback port and stopped by its pid).
+//! `.ci/run` installs redis-server; without it this test is skipped locally and fails in CI.
+
+mod common;
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use futures_util::future::join_all;
+use kore_gateway::{
+    AppState,
+    config::Rate,
+    sim::{SimConfig, Simulator},
+};
+use secrecy::SecretString;
+use serde_json::Value;
+
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if started.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Redis { child, port })
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A replica: the same settings as the harness, plus Redis and the shared rate.
+async fn replica(
+    sim: &Simulator,
+    sim_addr: std::net::SocketAddr,
+    redis_port: Option<u16>,
+    rate: Rate,
+) -> (AppState, String) {
+    let opts = Opts {
+        rate,
+        concurrency: 8,
+        ..Opts::default()
+    };
+    let mut settings = settings_for(sim, sim_addr, &opts);
+    settings.redis_url = redis_port.map(|p| SecretString::from(format!("redis://127.0.0.1:{p}/")));
+    settings.replicas = 3;
+    let state = kore_gateway::build(settings).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = kore_gateway::app(state.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (state, base)
+}
+
+const QUERIES: [&str; 6] = [
+    "from=2024-09-01&to=2024-09-21",
+    "from=2024-09-10&to=2024-09-30",
+    "from=2024-09-01&to=2024-09-30&tz=Asia/Kolkata",
+    "from=2024-09-15&to=2024-09-15&channels=voice",
+    "from=2024-08-20&to=2024-09-05",
+    "from=2024-09-02&to=2024-09-08&fields=skills",
+];
+
+const LATER: [&str; 4] = [
+    "from=2024-06-01&to=2024-06-20",
+    "from=2024-06-10&to=2024-06-30",
+    "from=2024-07-01&to=2024-07-14",
+    "from=2024-05-20&to=2024-06-05",
+];
+
+async fn get(http: &reqwest::Client, base: &str, q: &str) -> (u16, Value) {
+    let r = http
+        .get(format!("{base}/v1/interactions?{q}&limit=10000"))
+        .bearer_auth(KEY)
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.json().await.unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_quota_and_one_cache_and_survive_redis_dying() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("kore_gateway::cluster=debug,kore_gateway::cache=debug")
+        .with_ansi(false)
+        .try_init();
+    let Some(mut redis) = Redis::start() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is needed (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: redis-server not found");
+        return;
+    };
+    let rate = Rate {
+        calls: 10,
+        period: Duration::from_secs(1),
+    };
+    let mut cfg = SimConfig::demo();
+    cfg.latency = Duration::from_millis(20);
+    cfg.rate_limit = Some((10, Duration::from_secs(1)));
+
+    // One replica's cold pass of the distinct queries: the calls the cluster may make.
+    let (lone_sim, lone_addr) = Simulator::spawn(cfg.clone()).await.unwrap();
+    let (_lone, lone_base) = replica(&lone_sim, lone_addr, None, rate).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let mut truth = Vec::new();
+    for q in QUERIES {
+        let (s, body) = get(&http, &lone_base, q).await;
+        assert_eq!(s, 200);
+        truth.push(body["data"].clone());
+    }
+    let one_pass = lone_sim.call_count();
+
+    // Three replicas, one Redis, one simulator that refuses any call over 10/s.
+    let (sim, sim_addr) = Simulator::spawn(cfg).await.unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(replica(&sim, sim_addr, Some(redis.port), rate).await);
+    }
+    let bases: Arc<Vec<String>> = Arc::new(replicas.iter().map(|(_, b)| b.clone()).collect());
+    // Every query asked four times, each time of another replica (0, 1, 2, 0), all at once.
+    let requests = (0..QUERIES.len() * 4).map(|i| {
+        let (http, bases) = (http.clone(), Arc::clone(&bases));
+        async move {
+            let (q, r) = (i % QUERIES.len(), (i / QUERIES.len()) % 3);
+            let (s, body) = get(&http, &bases[r], QUERIES[q]).await;
+            (q, s, body)
+        }
+    });
+    let answers = join_all(requests).await;
+    for (q, s, body) in &answers {
+        assert_eq!(*s, 200, "query {q}");
+        assert_eq!(body["meta"]["complete"], true);
+        assert_eq!(
+            &body["data"], &truth[*q],
+            "query {q} gives the same records on every replica"
+        );
+    }
+    let cluster_calls = sim.call_count();
+    if cluster_calls != one_pass {
+        let mut seen = std::collections::HashMap::new();
+        for c in sim.calls() {
+            *seen
+                .entry((
+                    c.start_utc,
+                    c.end_utc,
+                    c.offset_minutes,
+                    c.page,
+                    c.channels.clone(),
+                    c.selected_fields.clone(),
+                ))
+                .or_insert(0) += 1;
+        }
+        let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        let statuses: std::collections::BTreeMap<u16, usize> =
+            sim.calls().iter().fold(Default::default(), |mut m, c| {
+                *m.entry(c.status).or_default() += 1;
+                m
+            });
+        eprintln!(
+            "DUPS {} pages fetched twice, statuses {statuses:?}, e.g. {:?}",
+            dups.len(),
+            &dups[..dups.len().min(3)]
+        );
+    }
+    assert_eq!(
+        cluster_calls, one_pass,
+        "each window fetched once across the three replicas"
+    );
+    assert_eq!(sim.count_status(429), 0);
+    let l2_hits: u64 = replicas
+        .iter()
+        .map(|(s, _)| {
+            s.cluster
+                .as_ref()
+                .unwrap()
+                .stats
+                .l2_hits
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    let lock_waits: u64 = replicas
+        .iter()
+        .map(|(s, _)| {
+            s.cluster
+                .as_ref()
+                .unwrap()
+                .stats
+                .lock_waits
+                .load(std::sync::atomic::Ordering::Relaxed)
+        })
+        .sum();
+    assert!(
+        l2_hits > 0 && lock_waits > 0,
+        "replicas waited for and used each other's windows ({l2_hits} L2 hits, {lock_waits} lock waits)"
+    );
+
+    // New cold queries; Redis dies while they run. No request may fail or be short.
+    let started = Instant::now();
+    let later = (0..LATER.len() * 3).map(|i| {
+        let (http, bases) = (http.clone(), Arc::clone(&bases));
+        async move { get(&http, &bases[(i / LATER.len()) % 3], LATER[i % LATER.len()]).await }
+    });
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        redis.kill();
+    };
+    let (later, ()) = tokio::join!(join_all(later), killer);
+    for (s, body) in &later {
+        assert_eq!(*s, 200, "{body}");
+        assert_eq!(body["meta"]["complete"], true);
+    }
+    let ready: Value = http
+        .get(format!("{}/readyz", bases[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ready["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("redis: unavailable"),
+        "{ready}"
+    );
+    let served = answers.len() + later.len();
+    println!(
+        "replicas: {served} requests served by 3 replicas, {cluster_calls} upstream calls for the first {} (one replica alone: {one_pass}), \
+         {} calls in all, {} answered 429; Redis killed mid-run, the last {} requests took {:?}",
+        answers.len(),
+        sim.call_count(),
+        sim.count_status(429),
+        later.len(),
+        started.elapsed()
+    );
+    assert_eq!(
+        sim.count_status(429),
+        0,
+        "the vendor's limit held through the outage"
+    );
+    assert!(
+        sim.violations().is_empty(),
+        "{:?}",
+        &sim.violations()[..sim.violations().len().min(3)]
+    );
+    assert!(lone_sim.violations().is_empty());
+}
