@@ -126,9 +126,11 @@ async fn get(http: &reqwest::Client, base: &str, q: &str) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_quota_and_one_cache_and_survive_redis_dying() {
+    // Shown only when the test fails: which path each window's leader took.
     let _ = tracing_subscriber::fmt()
         .with_env_filter("kore_gateway::cluster=debug,kore_gateway::cache=debug")
         .with_ansi(false)
+        .with_test_writer()
         .try_init();
     let Some(mut redis) = Redis::start() else {
         assert!(
