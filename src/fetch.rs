@@ -28,9 +28,10 @@ use futures_util::{
 
 use crate::{
     budget::Budget,
-    cache::{WindowCache, WindowData, WindowKey, WindowOutcome},
+    cache::{Source, WindowCache, WindowData, WindowKey, WindowOutcome},
     merge::{Record, cross_check, dedupe_and_sort},
     plan::Window,
+    render::CacheStatus,
     upstream::{Filters, MAX_PAGE, MAX_REACH, PAGE_LIMIT, Page, UpstreamClient, UpstreamError},
 };
 
@@ -352,6 +353,56 @@ impl RangeFetch {
             })
             .buffered(lookahead.max(1))
             .boxed()
+    }
+}
+
+/// What the outcomes of a range's windows say about the whole answer; one judgement for
+/// every route that answers from windows.
+#[derive(Debug)]
+pub struct Assessment {
+    /// Every window's count checked out.
+    pub complete: bool,
+    /// Some window is an expired copy served because the upstream failed.
+    pub stale: bool,
+    /// Why not complete, and which windows are stale.
+    pub warnings: Vec<String>,
+    /// HIT when no window needed the upstream, MISS when all did, PARTIAL otherwise.
+    pub cache: CacheStatus,
+    /// Upstream calls this request made.
+    pub calls: u32,
+}
+
+/// Judges a range's window outcomes.
+pub fn assess(outcomes: &[WindowOutcome]) -> Assessment {
+    let mut warnings: Vec<String> = outcomes
+        .iter()
+        .flat_map(|o| o.data.warnings.iter().cloned())
+        .collect();
+    let complete = warnings.is_empty();
+    let mut stale = false;
+    for o in outcomes.iter().filter(|o| o.source == Source::Stale) {
+        stale = true;
+        warnings.push(format!(
+            "window {} .. {} could not be refreshed from the upstream; served from a copy fetched {} s ago",
+            o.data.window.vendor_start(),
+            o.data.window.vendor_end(),
+            o.data.fetched_at.elapsed().as_secs()
+        ));
+    }
+    let hits = outcomes.iter().filter(|o| o.source != Source::Miss).count();
+    let cache = if hits == outcomes.len() {
+        CacheStatus::Hit
+    } else if hits == 0 {
+        CacheStatus::Miss
+    } else {
+        CacheStatus::Partial
+    };
+    Assessment {
+        complete,
+        stale,
+        warnings,
+        cache,
+        calls: outcomes.iter().map(|o| o.calls).sum(),
     }
 }
 

@@ -21,12 +21,12 @@ use crate::{
     api::{
         RequestId,
         auth::Caller,
-        query::{Format, InteractionsQuery, parse_interactions},
+        query::{Format, InteractionsQuery, RangeQuery, parse_interactions},
         wants_refresh,
     },
-    cache::{Rendered, Source, WindowOutcome},
+    cache::{Rendered, WindowOutcome},
     error::AppError,
-    fetch::{CallContext, RangeFetch},
+    fetch::{Assessment, CallContext, RangeFetch, assess},
     merge::merge_runs,
     plan::{PlanError, Window, plan},
     render::{self, CacheStatus, CursorError, MetaHead},
@@ -64,7 +64,7 @@ pub async fn get_interactions(
 ) -> Result<Response, AppError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let q = parse_interactions(raw.as_deref(), accept, state.settings.max_range_days)?;
-    let windows = plan_windows(&q)?;
+    let windows = plan_windows(&q.range)?;
     let range = RangeFetch {
         fetcher: Arc::clone(&state.fetcher),
         cache: Arc::clone(&state.windows),
@@ -85,8 +85,8 @@ pub async fn get_interactions(
 ///
 /// # Errors
 /// 400 for an inverted range or an offset the vendor cannot express.
-pub fn plan_windows(q: &InteractionsQuery) -> Result<Vec<Window>, AppError> {
-    plan(q.range.from, q.range.to, &q.range.tz).map_err(|e| match e {
+pub fn plan_windows(range: &RangeQuery) -> Result<Vec<Window>, AppError> {
+    plan(range.from, range.to, &range.tz).map_err(|e| match e {
         PlanError::Inverted => AppError::param("from", "`from` is after `to`"),
         other => AppError::param("tz", other.to_string()),
     })
@@ -139,7 +139,13 @@ async fn json(
     }
     let end = (offset + q.limit).min(total);
     let page = &records[offset..end];
-    let (complete, stale, warnings) = assess(&outcomes);
+    let Assessment {
+        complete,
+        stale,
+        warnings,
+        cache: status,
+        calls,
+    } = assess(&outcomes);
     let meta = MetaHead {
         from: q.range.local_rfc3339(q.range.from),
         to: q.range.local_rfc3339(q.range.to),
@@ -154,8 +160,6 @@ async fn json(
     };
     let head = render::json_head(page, &meta);
     let etag = render::etag(&head);
-    let status = cache_status(&outcomes);
-    let calls = outcomes.iter().map(|o| o.calls).sum();
     if complete && !stale {
         let fresh_until = outcomes
             .iter()
@@ -178,37 +182,6 @@ async fn json(
         status,
         headers,
     ))
-}
-
-/// Whether everything checked out, whether anything was stale, and why not.
-fn assess(outcomes: &[WindowOutcome]) -> (bool, bool, Vec<String>) {
-    let mut warnings: Vec<String> = outcomes
-        .iter()
-        .flat_map(|o| o.data.warnings.iter().cloned())
-        .collect();
-    let complete = warnings.is_empty();
-    let mut stale = false;
-    for o in outcomes.iter().filter(|o| o.source == Source::Stale) {
-        stale = true;
-        warnings.push(format!(
-            "window {} .. {} could not be refreshed from the upstream; served from a copy fetched {} s ago",
-            o.data.window.vendor_start(),
-            o.data.window.vendor_end(),
-            o.data.fetched_at.elapsed().as_secs()
-        ));
-    }
-    (complete, stale, warnings)
-}
-
-fn cache_status(outcomes: &[WindowOutcome]) -> CacheStatus {
-    let hits = outcomes.iter().filter(|o| o.source != Source::Miss).count();
-    if hits == outcomes.len() {
-        CacheStatus::Hit
-    } else if hits == 0 {
-        CacheStatus::Miss
-    } else {
-        CacheStatus::Partial
-    }
 }
 
 fn json_reply(

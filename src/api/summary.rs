@@ -23,15 +23,13 @@ use crate::{
     api::{
         RequestId,
         auth::Caller,
+        interactions::plan_windows,
         query::{Format, Params, RANGE_PARAMS, RangeQuery, format_from_accept, pairs, parse_range},
         wants_refresh,
     },
-    cache::{Source, WindowOutcome},
     error::AppError,
-    fetch::{CallContext, RangeFetch},
+    fetch::{Assessment, CallContext, RangeFetch, assess},
     merge::merge_runs,
-    plan::{PlanError, plan},
-    render::CacheStatus,
     summary::{Dimension, GroupsJson, Metric, summarise, to_csv},
 };
 
@@ -121,10 +119,7 @@ pub async fn get_summary(
     let q = parse_summary(raw.as_deref(), accept, state.settings.max_range_days)?;
     // The same planning and mapping of refusals as `/v1/interactions`, so both routes ask
     // for (and cache) the very same windows.
-    let windows = plan(q.range.from, q.range.to, &q.range.tz).map_err(|e| match e {
-        PlanError::Inverted => AppError::param("from", "`from` is after `to`"),
-        other => AppError::param("tz", other.to_string()),
-    })?;
+    let windows = plan_windows(&q.range)?;
     let range = RangeFetch {
         fetcher: Arc::clone(&state.fetcher),
         cache: Arc::clone(&state.windows),
@@ -138,9 +133,13 @@ pub async fn get_summary(
     let outcomes = range.all(&windows).await?;
     let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     let summary = summarise(&records, &q.range.tz, &q.group_by, &q.metrics);
-    let (complete, stale, warnings) = assess(&outcomes);
-    let status = cache_status(&outcomes);
-    let calls: u32 = outcomes.iter().map(|o| o.calls).sum();
+    let Assessment {
+        complete,
+        stale,
+        warnings,
+        cache: status,
+        calls,
+    } = assess(&outcomes);
 
     let (content_type, body) = match q.format {
         Format::Csv => {
@@ -221,38 +220,6 @@ struct Meta<'s> {
     windows: usize,
     upstream_calls: u32,
     cache: &'static str,
-}
-
-/// Whether every window checked out, whether any was stale, and why not — the same
-/// judgement `/v1/interactions` makes of the same windows.
-fn assess(outcomes: &[WindowOutcome]) -> (bool, bool, Vec<String>) {
-    let mut warnings: Vec<String> = outcomes
-        .iter()
-        .flat_map(|o| o.data.warnings.iter().cloned())
-        .collect();
-    let complete = warnings.is_empty();
-    let mut stale = false;
-    for o in outcomes.iter().filter(|o| o.source == Source::Stale) {
-        stale = true;
-        warnings.push(format!(
-            "window {} .. {} could not be refreshed from the upstream; served from a copy fetched {} s ago",
-            o.data.window.vendor_start(),
-            o.data.window.vendor_end(),
-            o.data.fetched_at.elapsed().as_secs()
-        ));
-    }
-    (complete, stale, warnings)
-}
-
-fn cache_status(outcomes: &[WindowOutcome]) -> CacheStatus {
-    let hits = outcomes.iter().filter(|o| o.source != Source::Miss).count();
-    if hits == outcomes.len() {
-        CacheStatus::Hit
-    } else if hits == 0 {
-        CacheStatus::Miss
-    } else {
-        CacheStatus::Partial
-    }
 }
 
 // ---------------------------------------------------------------------------------------
