@@ -21,6 +21,7 @@ use axum::{
 };
 use tower::ServiceBuilder;
 use tower_http::{
+    catch_panic::CatchPanicLayer,
     compression::CompressionLayer,
     cors::{AllowOrigin, Any, CorsLayer},
     trace::TraceLayer,
@@ -77,20 +78,25 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
         // 1. Request id first, so every later layer, log line and upstream call can use it,
         //    and every response (errors included) carries it back.
         .layer(middleware::from_fn(request_id))
-        // 2. Tracing inside the id, so spans carry it; logs method, route, status, latency.
+        // 2. A bug must never drop the connection: a panic below becomes a logged 500
+        //    problem+json (and the id layer above still stamps it).
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            AppError::Internal("a handler panicked".into()).into_response()
+        }))
+        // 3. Tracing inside the id, so spans carry it; logs method, route, status, latency.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.extensions().get::<RequestId>().map(|r| r.0.to_string()).unwrap_or_default();
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
-        // 3. Metrics see the final status of everything below, including auth refusals.
+        // 4. Metrics see the final status of everything below, including auth refusals.
         .layer(middleware::from_fn(record_metrics))
-        // 4. CORS before auth: a browser's preflight carries no key and must still pass.
+        // 5. CORS before auth: a browser's preflight carries no key and must still pass.
         .layer(cors(&state.settings.cors_origins))
-        // 5. Compression of large JSON/CSV bodies (gzip or br, as the client accepts).
+        // 6. Compression of large JSON/CSV bodies (gzip or br, as the client accepts).
         .layer(CompressionLayer::new())
-        // 6. One deadline for the whole request: a 504 problem, never a hung socket.
+        // 7. One deadline for the whole request: a 504 problem, never a hung socket.
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
-        // 7. Bodies are small by nature here; refuse big ones before reading them.
+        // 8. Bodies are small by nature here; refuse big ones before reading them.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
     )
 }

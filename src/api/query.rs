@@ -372,6 +372,11 @@ pub fn parse_tz(name: &str) -> Result<TimeZone, AppError> {
 fn parse_fixed_offset(s: &str) -> Option<Offset> {
     let sign = if s.starts_with('-') { -1 } else { 1 };
     let body = &s[1..];
+    // Byte positions below assume ASCII; anything else is not an offset (and slicing
+    // inside a multi-byte character would panic).
+    if !body.is_ascii() {
+        return None;
+    }
     let (h, m) = match (body.len(), body.split_once(':')) {
         (_, Some((h, m))) => (h, m),
         (4, None) => body.split_at(2),
