@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Where the time goes, for the targets BENCHMARKS.md reports as missed: `perf record` with
+# DWARF call graphs, folded by bench/fold.py into a text summary (self and inclusive time)
+# plus folded stacks (input of flamegraph.pl / inferno-flamegraph).
+#   bench/profile.sh hit    the release gateway serving the cached 7-day GET under wrk (3)
+#   bench/profile.sh miss   the in-process miss scenario of `cargo bench --bench gateway` (4)
+#   bench/profile.sh merge  criterion's merge_runs benchmark (6)
+# Needs `perf` (Debian: linux-perf) and a kernel that lets root sample user space.
+# Loopback only; bounded; stops only what it started.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+RESULTS="${RESULTS:-bench/results}"
+mkdir -p "$RESULTS"
+mode="${1:-hit}"
+need_tools perf wrk curl python3
+TMP="$(mktemp -d /tmp/kore-bench-prof.XXXXXX)"
+trap 'stop_all; rm -rf "$TMP"' EXIT
+
+bench_exe() { # newest bench binary of that name
+  cargo bench --no-run --bench "$1" --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("executable") and m.get("target", {}).get("kind") == ["bench"]:
+        print(m["executable"])' | tail -1
+}
+
+case "$mode" in
+  hit)
+    SIM_PORT=$(free_port)
+    start_simulator "$SIM_PORT" 0ms
+    GW_PORT=$(free_port)
+    start_gateway "$GW_PORT" "$SIM_PORT"
+    url="http://127.0.0.1:$GW_PORT/v1/interactions?from=2024-09-02&to=2024-09-08&tz=UTC&limit=100"
+    curl -s -o /dev/null -H "Authorization: Bearer $BENCH_KEY" "$url"
+    timeout 30 wrk -t1 -c32 -d8s -H "Authorization: Bearer $BENCH_KEY" "$url" >"$TMP/wrk.txt" &
+    wrk_pid=$!
+    sleep 1
+    perf record -F 499 --call-graph dwarf,32768 -o "$TMP/perf.data" -p "$GW_PID" -- sleep 5 2>/dev/null
+    wait "$wrk_pid"
+    ;;
+  miss)
+    exe=$(bench_exe gateway)
+    perf record -F 999 --call-graph dwarf,32768 -o "$TMP/perf.data" "$exe" --bench miss >"$TMP/run.txt" 2>/dev/null
+    grep RESULT "$TMP/run.txt"
+    ;;
+  merge)
+    exe=$(bench_exe hot)
+    perf record -F 499 --call-graph dwarf,16384 -o "$TMP/perf.data" "$exe" --bench merge_runs --profile-time 3 >/dev/null 2>&1
+    ;;
+  *) echo "usage: $0 hit|miss|merge" >&2; exit 2 ;;
+esac
+perf script -i "$TMP/perf.data" 2>/dev/null | python3 bench/fold.py "$TMP/folded.txt" | tee "$RESULTS/profile-$mode.txt"
+cp "$TMP/folded.txt" "/tmp/kore-bench-$mode.folded"
+echo "folded stacks: /tmp/kore-bench-$mode.folded (flamegraph.pl or inferno-flamegraph renders them)"
