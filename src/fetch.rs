@@ -2,7 +2,9 @@
 //!
 //! Each window asks for its first page; `numResults` then says how many more pages to ask
 //! for, all at once. A window holding more than the 1,100 records its 11 pages can reach is
-//! split in halves until each part fits, so no record is left behind. A page that comes back
+//! cut into enough parts on its local grid (days, then 6 h, hours, …) that each should fit,
+//! fetched at once, and cut again if one still does not — so no record is left behind, in
+//! few round trips, and parts of overlapping windows line up. A page that comes back
 //! full past what `numResults` promised means it understated, so paging goes on. Each part's
 //! unique count is cross-checked against its `numResults`; a mismatch becomes a warning that
 //! makes the response say `complete: false`.
@@ -22,7 +24,7 @@ use std::{
 
 use futures_util::{
     FutureExt, StreamExt,
-    future::{BoxFuture, try_join, try_join_all},
+    future::{BoxFuture, try_join_all},
     stream::BoxStream,
 };
 
@@ -203,10 +205,11 @@ impl Fetcher {
         async move {
             let first = self.call(&window, filters, 0, ctx, calls).await?;
             let reported = first.num_results;
-            if reported.is_some_and(|n| n > MAX_REACH)
-                && let Some((a, b)) = window.split()
-            {
-                return self.fetch_halves(a, b, filters, ctx, calls).await;
+            if let Some(n) = reported.filter(|n| *n > MAX_REACH) {
+                let parts = window.cut_on_grid((2 * n).div_ceil(MAX_REACH).max(2));
+                if parts.len() > 1 {
+                    return self.fetch_parts(parts, filters, ctx, calls).await;
+                }
             }
             let limit = u64::from(PAGE_LIMIT);
             let promised_pages =
@@ -228,8 +231,9 @@ impl Fetcher {
             let mut warnings = Vec::new();
             if pages.last().is_some_and(|p| p.data.len() as u64 >= limit) && next > MAX_PAGE {
                 // Every reachable page is full: more records exist than one query can reach.
-                if let Some((a, b)) = window.split() {
-                    return self.fetch_halves(a, b, filters, ctx, calls).await;
+                let parts = window.cut_on_grid(2);
+                if parts.len() > 1 {
+                    return self.fetch_parts(parts, filters, ctx, calls).await;
                 }
                 warnings.push(format!(
                     "window {} .. {} holds more records than the upstream lets one query reach",
@@ -249,22 +253,28 @@ impl Fetcher {
         .boxed()
     }
 
-    async fn fetch_halves(
+    async fn fetch_parts(
         &self,
-        a: Window,
-        b: Window,
+        parts: Vec<Window>,
         filters: &Filters,
         ctx: &CallContext,
         calls: &AtomicU32,
     ) -> Result<Part, UpstreamError> {
-        let (mut first, second) = try_join(
-            self.fetch_part(a, filters, ctx, calls),
-            self.fetch_part(b, filters, ctx, calls),
+        let done = try_join_all(
+            parts
+                .into_iter()
+                .map(|w| self.fetch_part(w, filters, ctx, calls)),
         )
         .await?;
-        first.records.extend(second.records);
-        first.warnings.extend(second.warnings);
-        Ok(first)
+        let mut all = Part {
+            records: Vec::new(),
+            warnings: Vec::new(),
+        };
+        for p in done {
+            all.records.extend(p.records);
+            all.warnings.extend(p.warnings);
+        }
+        Ok(all)
     }
 
     /// Fetches one window from the upstream, bypassing the cache.

@@ -79,6 +79,35 @@ impl Window {
         ))
     }
 
+    /// This window cut on its local grid (days, 6 h, hours, 15 min, minutes, seconds), at the
+    /// coarsest step that gives at least `k` parts.
+    pub fn cut_on_grid(&self, k: u64) -> Vec<Window> {
+        let off = i64::from(self.offset_seconds);
+        let (a, b) = (self.start.as_second(), self.end.as_second());
+        for step in [86_400, 21_600, 3_600, 900, 60, 1] {
+            let mut parts = Vec::new();
+            let mut start = a;
+            while start <= b {
+                let next = (start + off).div_euclid(step) * step + step - off;
+                let end = (next - 1).min(b);
+                let (Ok(s), Ok(e)) = (Timestamp::from_second(start), Timestamp::from_second(end))
+                else {
+                    return vec![*self];
+                };
+                parts.push(Window {
+                    start: s,
+                    end: e,
+                    offset_seconds: self.offset_seconds,
+                });
+                start = end + 1;
+            }
+            if parts.len() as u64 >= k || step == 1 {
+                return parts;
+            }
+        }
+        vec![*self]
+    }
+
     /// Converts a vendor record time (`YYYY-MM-DDTHH:MM:SS`, local to this window's offset,
     /// no zone suffix) to Unix seconds. `None` when the text is not such a time.
     pub fn record_time_to_unix(&self, text: &str) -> Option<i64> {
@@ -341,6 +370,44 @@ mod tests {
     }
 
     #[test]
+    fn cut_on_grid_uses_the_coarsest_local_step_that_gives_enough_parts() {
+        let tz = TimeZone::get("Asia/Kolkata").unwrap();
+        let week = plan(
+            ts("2024-09-02T00:00:00", &tz),
+            ts("2024-09-08T23:59:59", &tz),
+            &tz,
+        )
+        .unwrap()[0];
+        let days = week.cut_on_grid(4);
+        assert_eq!(days.len(), 7, "local days of the week");
+        assert_eq!(days[1].vendor_start(), "2024-09-03 00:00:00");
+        assert_eq!(days[1].vendor_end(), "2024-09-03 23:59:59");
+        let day = days[1];
+        let quarters = day.cut_on_grid(3);
+        assert_eq!(quarters.len(), 4, "6-hour parts");
+        assert_eq!(quarters[1].vendor_start(), "2024-09-03 06:00:00");
+        // A part that starts mid-grid is cut on the same grid as the whole, so parts of
+        // overlapping windows line up.
+        let partial = Window {
+            start: ts("2024-09-03T10:30:00", &tz),
+            ..day
+        };
+        let p = partial.cut_on_grid(2);
+        assert_eq!(p[0].vendor_start(), "2024-09-03 10:30:00");
+        assert_eq!(p[0].vendor_end(), "2024-09-03 11:59:59");
+        assert_eq!(p[1], quarters[2]);
+        let one = Window {
+            start: week.start,
+            end: week.start,
+            offset_seconds: week.offset_seconds,
+        };
+        assert_eq!(
+            one.cut_on_grid(2),
+            vec![one],
+            "a single second cannot be cut"
+        );
+    }
+    #[test]
     fn inverted_and_sub_minute_offsets_are_refused() {
         let tz = TimeZone::UTC;
         assert_eq!(
@@ -378,6 +445,30 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn grid_cuts_tile_the_window(
+            zone in proptest::sample::select(ZONES),
+            start in 946_684_800i64..2_208_988_800i64,
+            len in 0i64..(7 * 86_400),
+            k in 2u64..40,
+        ) {
+            let tz = TimeZone::get(zone).unwrap();
+            let ws = plan(Timestamp::from_second(start).unwrap(), Timestamp::from_second(start + len).unwrap(), &tz).unwrap();
+            for w in ws {
+                let parts = w.cut_on_grid(k);
+                prop_assert_eq!(parts[0].start, w.start);
+                prop_assert_eq!(parts[parts.len() - 1].end, w.end);
+                for pair in parts.windows(2) {
+                    prop_assert_eq!(pair[1].start.as_second(), pair[0].end.as_second() + 1);
+                }
+                for p in &parts {
+                    prop_assert!(p.start <= p.end);
+                    prop_assert_eq!(p.offset_seconds, w.offset_seconds);
+                }
+                prop_assert!(parts.len() as u64 >= k.min(w.len_seconds() as u64) || parts.len() as i64 == w.len_seconds());
+            }
+        }
+
         #[test]
         fn windows_tile_the_range(
             zone in proptest::sample::select(ZONES),
