@@ -3,8 +3,6 @@
 //! vendor's rules, mints the JWT, and answers from the same window cache and budget as
 //! `/v1/interactions`, in the vendor's shape (`numResults` + one page of `data`).
 
-use std::sync::Arc;
-
 use axum::{
     Extension,
     body::Bytes,
@@ -22,12 +20,11 @@ use crate::{
         RequestId,
         auth::Caller,
         query::{Bound, FIELDS, Params, pairs, parse_local},
-        wants_refresh,
+        range_fetch,
     },
     cache::Source,
     config::OffsetMode,
     error::AppError,
-    fetch::{CallContext, RangeFetch},
     plan::{MAX_WINDOW_SECONDS, Window},
     upstream::{Filters, MAX_PAGE, PAGE_LIMIT},
 };
@@ -96,16 +93,7 @@ pub async fn interaction_details(
         OffsetMode::Record => number(&p, "offset", 0, MAX_PAGE * PAGE_LIMIT)?.unwrap_or(0) / limit,
     };
     let (window, filters) = parse_body(&body)?;
-    let range = RangeFetch {
-        fetcher: Arc::clone(&state.fetcher),
-        cache: Arc::clone(&state.windows),
-        filters: Arc::new(filters),
-        ctx: CallContext {
-            caller: Arc::clone(&caller.name),
-            request_id,
-        },
-        refresh: caller.admin && wants_refresh(&headers),
-    };
+    let range = range_fetch(&state, &caller, request_id, filters, &headers);
     let outcome = range.window(window).await?;
     let records = &outcome.data.records;
     let start = (offset as usize)

@@ -22,11 +22,11 @@ use crate::{
         RequestId,
         auth::Caller,
         query::{Format, InteractionsQuery, RangeQuery, parse_interactions},
-        wants_refresh,
+        range_fetch,
     },
     cache::{Rendered, WindowOutcome},
     error::AppError,
-    fetch::{Assessment, CallContext, RangeFetch, assess},
+    fetch::{Assessment, RangeFetch, assess},
     merge::merge_runs,
     plan::{PlanError, Window, plan},
     render::{self, CacheStatus, CursorError, MetaHead},
@@ -65,16 +65,13 @@ pub async fn get_interactions(
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let q = parse_interactions(raw.as_deref(), accept, state.settings.max_range_days)?;
     let windows = plan_windows(&q.range)?;
-    let range = RangeFetch {
-        fetcher: Arc::clone(&state.fetcher),
-        cache: Arc::clone(&state.windows),
-        filters: Arc::new(q.range.filters.clone()),
-        ctx: CallContext {
-            caller: Arc::clone(&caller.name),
-            request_id,
-        },
-        refresh: caller.admin && wants_refresh(&headers),
-    };
+    let range = range_fetch(
+        &state,
+        &caller,
+        request_id,
+        q.range.filters.clone(),
+        &headers,
+    );
     match q.format {
         Format::Json => json(&state, &q, &windows, &range, &headers).await,
         Format::Ndjson | Format::Csv => streamed(&q, windows, range).await,

@@ -185,6 +185,27 @@ async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Re
     }
 }
 
+/// The windows of one request, through the cache and the shared budget, on behalf of its
+/// caller (fairness) and under its request id (tracing); an admin's `no-cache` refreshes.
+pub fn range_fetch(
+    state: &AppState,
+    caller: &auth::Caller,
+    request_id: std::sync::Arc<str>,
+    filters: crate::upstream::Filters,
+    headers: &axum::http::HeaderMap,
+) -> crate::fetch::RangeFetch {
+    crate::fetch::RangeFetch {
+        fetcher: std::sync::Arc::clone(&state.fetcher),
+        cache: std::sync::Arc::clone(&state.windows),
+        filters: std::sync::Arc::new(filters),
+        ctx: crate::fetch::CallContext {
+            caller: std::sync::Arc::clone(&caller.name),
+            request_id,
+        },
+        refresh: caller.admin && wants_refresh(headers),
+    }
+}
+
 /// Whether the request asks to bypass caches (`Cache-Control: no-cache` or `Pragma: no-cache`).
 pub fn wants_refresh(headers: &axum::http::HeaderMap) -> bool {
     let has = |name: header::HeaderName| {

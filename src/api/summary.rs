@@ -7,8 +7,6 @@
 //! answer is small, so it is built whole: JSON with the same `meta` (`complete`, `stale`,
 //! `warnings`), or CSV with one row per group.
 
-use std::sync::Arc;
-
 use axum::{
     Extension,
     extract::{RawQuery, State},
@@ -25,10 +23,10 @@ use crate::{
         auth::Caller,
         interactions::plan_windows,
         query::{Format, Params, RANGE_PARAMS, RangeQuery, format_from_accept, pairs, parse_range},
-        wants_refresh,
+        range_fetch,
     },
     error::AppError,
-    fetch::{Assessment, CallContext, RangeFetch, assess},
+    fetch::{Assessment, assess},
     merge::merge_runs,
     summary::{Dimension, GroupsJson, Metric, summarise, to_csv},
 };
@@ -120,16 +118,13 @@ pub async fn get_summary(
     // The same planning and mapping of refusals as `/v1/interactions`, so both routes ask
     // for (and cache) the very same windows.
     let windows = plan_windows(&q.range)?;
-    let range = RangeFetch {
-        fetcher: Arc::clone(&state.fetcher),
-        cache: Arc::clone(&state.windows),
-        filters: Arc::new(q.range.filters.clone()),
-        ctx: CallContext {
-            caller: Arc::clone(&caller.name),
-            request_id,
-        },
-        refresh: caller.admin && wants_refresh(&headers),
-    };
+    let range = range_fetch(
+        &state,
+        &caller,
+        request_id,
+        q.range.filters.clone(),
+        &headers,
+    );
     let outcomes = range.all(&windows).await?;
     let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     let summary = summarise(&records, &q.range.tz, &q.group_by, &q.metrics);
