@@ -4,7 +4,8 @@
 //! for, all at once. A window holding more than the 1,100 records its 11 pages can reach is
 //! cut into enough parts on its local grid (days, then 6 h, hours, …) that each should fit,
 //! fetched at once, and cut again if one still does not — so no record is left behind, in
-//! few round trips, and parts of overlapping windows line up. A page that comes back
+//! few round trips. Each part goes through the window cache under its own key, and parts of
+//! overlapping windows line up on the grid, so they share what they have in common. A page that comes back
 //! full past what `numResults` promised means it understated, so paging goes on. Each part's
 //! unique count is cross-checked against its `numResults`; a mismatch becomes a warning that
 //! makes the response say `complete: false`.
@@ -42,6 +43,14 @@ use crate::{
 struct Part {
     records: Vec<Record>,
     warnings: Vec<String>,
+}
+
+/// What fetching one window gave.
+enum Fetched {
+    /// Its records (de-duplicated, ordered) and warnings.
+    Part(Part),
+    /// It holds more than one query reaches: fetch these parts instead.
+    Cut(Vec<Window>),
 }
 
 /// Who is asking, for fairness and tracing.
@@ -193,22 +202,22 @@ impl Fetcher {
             .map(drop)
     }
 
-    /// All records of `window` (split as needed), with the warnings of any part whose count
-    /// did not check out.
-    fn fetch_part<'a>(
-        &'a self,
+    /// The records of `window`, or — when it holds more than its pages can reach — the
+    /// parts to fetch instead (each goes through the cache on its own: see [`RangeFetch`]).
+    async fn fetch_part(
+        &self,
         window: Window,
-        filters: &'a Filters,
-        ctx: &'a CallContext,
-        calls: &'a AtomicU32,
-    ) -> BoxFuture<'a, Result<Part, UpstreamError>> {
-        async move {
+        filters: &Filters,
+        ctx: &CallContext,
+        calls: &AtomicU32,
+    ) -> Result<Fetched, UpstreamError> {
+        {
             let first = self.call(&window, filters, 0, ctx, calls).await?;
             let reported = first.num_results;
             if let Some(n) = reported.filter(|n| *n > MAX_REACH) {
                 let parts = window.cut_on_grid((2 * n).div_ceil(MAX_REACH).max(2));
                 if parts.len() > 1 {
-                    return self.fetch_parts(parts, filters, ctx, calls).await;
+                    return Ok(Fetched::Cut(parts));
                 }
             }
             let limit = u64::from(PAGE_LIMIT);
@@ -233,7 +242,7 @@ impl Fetcher {
                 // Every reachable page is full: more records exist than one query can reach.
                 let parts = window.cut_on_grid(2);
                 if parts.len() > 1 {
-                    return self.fetch_parts(parts, filters, ctx, calls).await;
+                    return Ok(Fetched::Cut(parts));
                 }
                 warnings.push(format!(
                     "window {} .. {} holds more records than the upstream lets one query reach",
@@ -248,58 +257,8 @@ impl Fetcher {
                 .collect();
             dedupe_and_sort(&mut records);
             warnings.extend(cross_check(&window, records.len(), reported));
-            Ok(Part { records, warnings })
+            Ok(Fetched::Part(Part { records, warnings }))
         }
-        .boxed()
-    }
-
-    async fn fetch_parts(
-        &self,
-        parts: Vec<Window>,
-        filters: &Filters,
-        ctx: &CallContext,
-        calls: &AtomicU32,
-    ) -> Result<Part, UpstreamError> {
-        let done = try_join_all(
-            parts
-                .into_iter()
-                .map(|w| self.fetch_part(w, filters, ctx, calls)),
-        )
-        .await?;
-        let mut all = Part {
-            records: Vec::new(),
-            warnings: Vec::new(),
-        };
-        for p in done {
-            all.records.extend(p.records);
-            all.warnings.extend(p.warnings);
-        }
-        Ok(all)
-    }
-
-    /// Fetches one window from the upstream, bypassing the cache.
-    ///
-    /// # Errors
-    /// The first part that failed after retries.
-    pub async fn fetch_window(
-        self: Arc<Self>,
-        window: Window,
-        filters: Arc<Filters>,
-        ctx: CallContext,
-    ) -> Result<WindowData, UpstreamError> {
-        let calls = AtomicU32::new(0);
-        let Part {
-            mut records,
-            warnings,
-        } = self.fetch_part(window, &filters, &ctx, &calls).await?;
-        // Parts are disjoint, but a record seen twice across them is still one record.
-        dedupe_and_sort(&mut records);
-        Ok(WindowData::new(
-            window,
-            records,
-            warnings,
-            calls.load(Ordering::Relaxed),
-        ))
     }
 }
 
@@ -331,14 +290,46 @@ impl RangeFetch {
     /// Upstream failure with no stale copy to stand in.
     pub async fn window(&self, window: Window) -> Result<WindowOutcome, UpstreamError> {
         let key = WindowKey::new(&window, &self.filters);
-        let fetcher = Arc::clone(&self.fetcher);
-        let filters = Arc::clone(&self.filters);
-        let ctx = self.ctx.clone();
+        let this = self.clone();
         self.cache
-            .get_or_fetch(key, self.refresh, move || {
-                fetcher.fetch_window(window, filters, ctx)
-            })
+            .get_or_fetch(key, self.refresh, move || this.fetch_uncached(window))
             .await
+    }
+
+    /// Fetches one window from the upstream. A window too full for one query is cut into
+    /// parts on its local grid, and each part goes through the cache under its own key, so
+    /// overlapping windows share the parts they have in common and concurrent requests
+    /// fetch each part once.
+    fn fetch_uncached(
+        self,
+        window: Window,
+    ) -> BoxFuture<'static, Result<WindowData, UpstreamError>> {
+        async move {
+            let calls = AtomicU32::new(0);
+            let fetched = self
+                .fetcher
+                .fetch_part(window, &self.filters, &self.ctx, &calls)
+                .await?;
+            let mut calls = calls.load(Ordering::Relaxed);
+            let (mut records, warnings) = match fetched {
+                Fetched::Part(p) => (p.records, p.warnings),
+                Fetched::Cut(parts) => {
+                    let outcomes = try_join_all(parts.into_iter().map(|p| self.window(p))).await?;
+                    let mut records = Vec::new();
+                    let mut warnings = Vec::new();
+                    for o in outcomes {
+                        calls += o.calls;
+                        records.extend(o.data.records.iter().cloned());
+                        warnings.extend(o.data.warnings.iter().cloned());
+                    }
+                    (records, warnings)
+                }
+            };
+            // Parts are disjoint, but a record seen twice across them is still one record.
+            dedupe_and_sort(&mut records);
+            Ok(WindowData::new(window, records, warnings, calls))
+        }
+        .boxed()
     }
 
     /// All windows at once, in order; fails fast on the first error (fetches already under

@@ -385,3 +385,57 @@ async fn per_key_limit_answers_429_and_an_exhausted_budget_503() {
     );
     h.finish();
 }
+
+#[tokio::test]
+async fn parts_of_a_crowded_window_are_shared_by_overlapping_windows() {
+    let h = Harness::start(Opts::default()).await;
+    // A dense day that is not a Monday, and its grid week (Monday .. Sunday, UTC).
+    let mut day = jiff::civil::Date::constant(2024, 8, 1);
+    while !(kore_gateway::sim::is_dense_day(day) && day.weekday() != jiff::civil::Weekday::Monday) {
+        day = day.tomorrow().unwrap();
+    }
+    let monday = day
+        .checked_sub(jiff::Span::new().days(i64::from(day.weekday().to_monday_zero_offset())))
+        .unwrap();
+    let sunday = monday.checked_add(jiff::Span::new().days(6)).unwrap();
+    let tuesday = monday.tomorrow().unwrap();
+    let whole = h
+        .json(&format!(
+            "/v1/interactions?from={monday}&to={sunday}&limit=1"
+        ))
+        .await;
+    assert!(
+        whole["meta"]["total"].as_u64().unwrap() > 1100,
+        "the week is too full for one query"
+    );
+    h.sim.reset_log();
+    // Tuesday .. Sunday is another window (another cache key), cut into the same day parts.
+    let edge = h
+        .json(&format!(
+            "/v1/interactions?from={tuesday}&to={sunday}&limit=1"
+        ))
+        .await;
+    assert_eq!(edge["meta"]["complete"], true);
+    let calls = h.sim.calls();
+    assert_eq!(
+        calls.len(),
+        1,
+        "only the probe of the new window; its day parts came from the cache: {:?}",
+        calls
+            .iter()
+            .map(|c| (c.start_utc, c.end_utc, c.page))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(edge["meta"]["upstream_calls"], 1);
+    let truth = h.sim.truth(
+        at(&format!("{tuesday}T00:00:00"), "UTC"),
+        at(&format!("{sunday}T23:59:59"), "UTC"),
+        0,
+        &all_fields(),
+    );
+    assert_eq!(
+        edge["meta"]["total"].as_u64().unwrap() as usize,
+        truth.len()
+    );
+    h.finish();
+}
