@@ -496,30 +496,10 @@ fn local_midnight(d: Date, tz: &TimeZone) -> Timestamp {
         .expect("date in range")
 }
 
-/// `w` cut on a local grid (days, 6 h, hours, 15 min, minutes, seconds): the coarsest step
-/// that gives at least `k` parts. Parts on a grid are the same whatever window they were cut
-/// from, so they can be cached and shared like planned windows.
+/// `w` cut the way the gateway cuts a crowded window (`Window::cut_on_grid`): parts on a
+/// local grid are the same whatever window they were cut from, so they are cached and shared.
 fn cut_grid(w: &Window, k: u64) -> Vec<Window> {
-    let off = i64::from(w.offset_seconds);
-    let (a, b) = (w.start.as_second(), w.end.as_second());
-    for step in [86_400, 21_600, 3_600, 900, 60, 1] {
-        let mut parts = Vec::new();
-        let mut start = a;
-        while start <= b {
-            let next = (start + off).div_euclid(step) * step + step - off;
-            let end = (next - 1).min(b);
-            parts.push(Window {
-                start: Timestamp::from_second(start).expect("instant"),
-                end: Timestamp::from_second(end).expect("instant"),
-                offset_seconds: w.offset_seconds,
-            });
-            start = end + 1;
-        }
-        if parts.len() as u64 >= k || step == 1 {
-            return parts;
-        }
-    }
-    vec![*w]
+    w.cut_on_grid(k)
 }
 
 /// Upstream calls a gateway would make for all of `requests` if every window *and every part
