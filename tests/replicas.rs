@@ -13,6 +13,7 @@ use std::{
 
 use common::*;
 use futures_util::future::join_all;
+use kore_gateway::cluster::ClusterStats;
 use kore_gateway::{
     AppState,
     config::Rate,
@@ -20,6 +21,7 @@ use kore_gateway::{
 };
 use secrecy::SecretString;
 use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 struct Redis {
     child: Child,
@@ -220,28 +222,15 @@ async fn three_replicas_share_one_quota_and_one_cache_and_survive_redis_dying() 
         "each window fetched once across the three replicas"
     );
     assert_eq!(sim.count_status(429), 0);
-    let l2_hits: u64 = replicas
-        .iter()
-        .map(|(s, _)| {
-            s.cluster
-                .as_ref()
-                .unwrap()
-                .stats
-                .l2_hits
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
-    let lock_waits: u64 = replicas
-        .iter()
-        .map(|(s, _)| {
-            s.cluster
-                .as_ref()
-                .unwrap()
-                .stats
-                .lock_waits
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
+    // A counter of the cluster stats, summed over the three replicas.
+    let total = |counter: fn(&ClusterStats) -> &AtomicU64| -> u64 {
+        replicas
+            .iter()
+            .map(|(s, _)| counter(&s.cluster.as_ref().unwrap().stats).load(Ordering::Relaxed))
+            .sum()
+    };
+    let l2_hits = total(|st| &st.l2_hits);
+    let lock_waits = total(|st| &st.lock_waits);
     assert!(
         l2_hits > 0 && lock_waits > 0,
         "replicas waited for and used each other's windows ({l2_hits} L2 hits, {lock_waits} lock waits)"
