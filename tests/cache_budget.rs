@@ -183,6 +183,7 @@ async fn with_20_percent_faults_every_answer_is_whole_and_true_or_an_explicit_er
             FaultKind::DropConnection,
             FaultKind::TruncatedBody,
         ],
+        ..Faults::default()
     };
     let h = Harness::start(Opts {
         faults,

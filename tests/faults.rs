@@ -79,6 +79,7 @@ async fn with_fault(kind: FaultKind, rate: f64, timeout: Duration) -> Tally {
         faults: Faults {
             error_rate: rate,
             kinds: vec![kind],
+            ..Faults::default()
         },
         timeout,
         retries: 3,

@@ -529,14 +529,28 @@ fn gen_skel(seed: u64, hour: i64, idx: u16) -> GenSkel {
 
 /// Every record whose `sessionStartTime` lies in `[start, end]` (Unix seconds, inclusive)
 /// and passes `filter`, sorted by `sessionId`.
+#[cfg(test)]
 pub(crate) fn matching(seed: u64, start: i64, end: i64, filter: &Filter) -> Vec<Skel> {
+    matching_at_volume(seed, 1, start, end, filter)
+}
+
+/// [`matching`] with every hour's count multiplied by `volume` (a busier account).
+pub(crate) fn matching_at_volume(
+    seed: u64,
+    volume: u32,
+    start: i64,
+    end: i64,
+    filter: &Filter,
+) -> Vec<Skel> {
     let mut out = Vec::new();
     if end < start {
         return out;
     }
     for hour in start.div_euclid(3600)..=end.div_euclid(3600) {
-        // Hour counts stay far below u16::MAX (~250 at the busiest).
-        let count = hour_count(seed, hour).min(u32::from(u16::MAX)) as u16;
+        // Hour counts stay far below u16::MAX (~250 at the busiest) unless `volume` is large.
+        let count = hour_count(seed, hour)
+            .saturating_mul(volume.max(1))
+            .min(u32::from(u16::MAX)) as u16;
         for idx in 0..count {
             let s = Skel::Gen(gen_skel(seed, hour, idx));
             if (start..=end).contains(&s.start()) && filter.matches(&s) {

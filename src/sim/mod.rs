@@ -73,6 +73,8 @@ pub struct SimConfig {
     pub require_jti: bool,
     /// Seeds the data and the fault draws.
     pub seed: u64,
+    /// Multiplies every hour's record count (1 = the demo's volume; 180 ≈ 50,000 a week).
+    pub volume: u32,
 }
 
 impl fmt::Debug for SimConfig {
@@ -86,6 +88,7 @@ impl fmt::Debug for SimConfig {
             .field("faults", &self.faults)
             .field("require_jti", &self.require_jti)
             .field("seed", &self.seed)
+            .field("volume", &self.volume)
             .finish()
     }
 }
@@ -102,6 +105,7 @@ impl SimConfig {
             faults: Faults::default(),
             require_jti: false,
             seed: 1,
+            volume: 1,
         }
     }
 }
@@ -115,6 +119,23 @@ pub struct Faults {
     pub error_rate: f64,
     /// The faults to draw from; empty = none.
     pub kinds: Vec<FaultKind>,
+    /// How `numResults` relates to the truth on every answered page (not drawn).
+    pub count: CountLie,
+}
+
+/// A vendor whose `numResults` is wrong on every page, the way a real one can be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CountLie {
+    /// The true count.
+    #[default]
+    Truthful,
+    /// Always this number, whatever the query holds.
+    Fixed(u64),
+    /// The true count plus this (never below zero).
+    OffBy(i64),
+    /// The true count plus `step` times the number of calls answered so far: a count that
+    /// grows with every call.
+    Growing { step: u64 },
 }
 
 /// One kind of injected fault. Injected faults are never [`Violation`]s.
@@ -239,6 +260,11 @@ struct Runtime {
     jtis: JtiLog,
     /// Arrival times of the calls inside the current rate-limit period.
     window: VecDeque<Instant>,
+    /// `sessionId`s left out of every answer (not of [`Simulator::truth`]): records the
+    /// vendor has not published yet.
+    hidden: std::collections::HashSet<String>,
+    /// Pages answered with data so far (for [`CountLie::Growing`]).
+    answered: u64,
 }
 
 #[derive(Default)]
@@ -278,6 +304,8 @@ impl Simulator {
             rng: fastrand::Rng::with_seed(cfg.seed ^ 0xFA17_FA17),
             jtis: JtiLog::default(),
             window: VecDeque::new(),
+            hidden: std::collections::HashSet::new(),
+            answered: 0,
         };
         let inner = Inner {
             key: DecodingKey::from_secret(cfg.client_secret.as_bytes()),
@@ -290,6 +318,13 @@ impl Simulator {
         Simulator {
             inner: Arc::new(inner),
         }
+    }
+
+    /// Leaves the records with these `sessionId`s out of every answer from now on (an empty
+    /// set publishes everything again), as a vendor does with sessions it has not finished
+    /// processing: a window fetched before and after differs.
+    pub fn set_hidden(&self, session_ids: impl IntoIterator<Item = String>) {
+        lock(&self.inner.runtime).hidden = session_ids.into_iter().collect();
     }
 
     /// The configuration given at start (later `set_faults` / `set_latency` not included).
@@ -387,8 +422,9 @@ impl Simulator {
             .as_deref()
             .map(FieldMask::from_names)
             .unwrap_or_default();
-        let all = data::matching(
+        let all = data::matching_at_volume(
             self.inner.cfg.seed,
+            self.inner.cfg.volume,
             start.as_second(),
             end_inclusive.as_second(),
             &f,
@@ -626,7 +662,21 @@ async fn interaction_details(
         return r;
     }
 
-    let all = data::matching(sim.inner.cfg.seed, query.start, query.end, &query.filter);
+    let mut all = data::matching_at_volume(
+        sim.inner.cfg.seed,
+        sim.inner.cfg.volume,
+        query.start,
+        query.end,
+        &query.filter,
+    );
+    let (lie, answered) = {
+        let mut rt = lock(&sim.inner.runtime);
+        if !rt.hidden.is_empty() {
+            all.retain(|s| std::str::from_utf8(s.id()).map_or(true, |id| !rt.hidden.contains(id)));
+        }
+        rt.answered += 1;
+        (rt.faults.count.clone(), rt.answered)
+    };
     let from = (paging.page as usize)
         .saturating_mul(paging.limit as usize)
         .min(all.len());
@@ -638,6 +688,12 @@ async fn interaction_details(
         total + skew.unsigned_abs()
     } else {
         total.saturating_add_signed(skew)
+    };
+    let num_results = match lie {
+        CountLie::Truthful => num_results,
+        CountLie::Fixed(n) => n,
+        CountLie::OffBy(d) => num_results.saturating_add_signed(d),
+        CountLie::Growing { step } => num_results.saturating_add(step.saturating_mul(answered)),
     };
     let answer = page_body(&sim.inner.records, num_results, page, query);
     sim.record(
@@ -705,7 +761,9 @@ fn fault_status(kind: &FaultKind) -> Option<(u16, Response)> {
 /// Draws this call's fault, and for [`FaultKind::WrongNumResults`] how far off
 /// `numResults` is (1–3 either way, never below zero once applied).
 fn draw_fault(rt: &mut Runtime) -> (Option<FaultKind>, i64) {
-    let Faults { error_rate, kinds } = &rt.faults;
+    let Faults {
+        error_rate, kinds, ..
+    } = &rt.faults;
     // Written so a NaN rate draws nothing.
     let hit = rt.rng.f64() < *error_rate;
     if kinds.is_empty() || !hit {

@@ -888,6 +888,7 @@ async fn with_fault(kind: FaultKind) -> (Simulator, Answer, Vec<Value>) {
     sim.set_faults(Faults {
         error_rate: 1.0,
         kinds: vec![kind],
+        ..Faults::default()
     });
     let b = body("2024-09-26", "2024-09-26", -330);
     let a = post(&sim, "limit=5", &b).await;
@@ -980,7 +981,11 @@ async fn fault_draws_are_reproducible_and_respect_the_rate() {
         let kinds = kinds.clone();
         async move {
             let sim = Simulator::new(cfg());
-            sim.set_faults(Faults { error_rate, kinds });
+            sim.set_faults(Faults {
+                error_rate,
+                kinds,
+                ..Faults::default()
+            });
             let b = body("2024-09-26", "2024-09-26", -330);
             for _ in 0..40 {
                 post(&sim, "limit=1", &b).await;
@@ -1025,6 +1030,7 @@ async fn serves_over_a_real_socket_and_breaks_connections_for_real() {
     sim.set_faults(Faults {
         error_rate: 1.0,
         kinds: vec![FaultKind::DropConnection],
+        ..Faults::default()
     });
     let broken = raw_call(b).await;
     assert!(broken.starts_with("HTTP/1.1 200"), "{broken}");
