@@ -494,6 +494,7 @@ mod tests {
             },
             max_wait: Duration::from_millis(max_wait_ms),
             concurrency,
+            max_calls_per_request: 1000,
         }
     }
 

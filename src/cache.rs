@@ -59,6 +59,106 @@ impl WindowKey {
             filters: Arc::clone(filters),
         }
     }
+
+    /// Digest of the whole key in the unambiguous [`KeyEncoder`] encoding: the name of this
+    /// window in tiers that store it outside this process (Redis).
+    pub fn digest(&self) -> [u8; 32] {
+        let mut e = KeyEncoder::default();
+        e.text("window");
+        e.int(self.start);
+        e.int(self.end);
+        e.int(i64::from(self.offset_seconds));
+        for list in [
+            &self.filters.channels,
+            &self.filters.queues,
+            &self.filters.bots,
+            &self.filters.fields,
+        ] {
+            e.list(list);
+        }
+        e.finish()
+    }
+}
+
+/// Everything that selects the records of a request (range, zone as asked, filters,
+/// fields), as a typed value. Its [`QueryKey::digest`] — SHA-256 over a length-prefixed
+/// encoding, so no choice of filter value can make two different queries equal — keys the
+/// rendered-response cache and binds cursors.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryKey<'a> {
+    /// Which answer this is (`interactions`, `summary`, …): equal ranges of different routes
+    /// never share a key.
+    pub route: &'static str,
+    pub from: i64,
+    pub to: i64,
+    /// The zone as the caller wrote it (it is echoed in `meta.tz`).
+    pub tz: &'a str,
+    pub filters: &'a Filters,
+}
+
+impl QueryKey<'_> {
+    /// The key's digest.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut e = KeyEncoder::default();
+        e.text(self.route);
+        e.int(self.from);
+        e.int(self.to);
+        e.text(self.tz);
+        for list in [
+            &self.filters.channels,
+            &self.filters.queues,
+            &self.filters.bots,
+            &self.filters.fields,
+        ] {
+            e.list(list);
+        }
+        e.finish()
+    }
+}
+
+/// Unambiguous key encoding: every value carries its length, every list its count, so
+/// two different sequences of values never encode alike (then hashed with SHA-256).
+#[derive(Default)]
+pub struct KeyEncoder {
+    hash: sha2::Sha256,
+}
+
+impl KeyEncoder {
+    pub fn bytes(&mut self, b: &[u8]) {
+        use sha2::Digest;
+        self.hash.update((b.len() as u64).to_be_bytes());
+        self.hash.update(b);
+    }
+
+    pub fn text(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+
+    pub fn int(&mut self, v: i64) {
+        self.bytes(&v.to_be_bytes());
+    }
+
+    pub fn list(&mut self, items: &[String]) {
+        self.int(items.len() as i64);
+        for i in items {
+            self.text(i);
+        }
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        use sha2::Digest;
+        self.hash.finalize().into()
+    }
+}
+
+/// Hex text of a digest (response-cache keys).
+pub fn hex(d: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(d.len() * 2);
+    for b in d {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
 /// The records of one window, as fetched, merged and cross-checked.
@@ -674,6 +774,80 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(o.source, Source::Miss);
+    }
+
+    /// What the old `|`/`=`-joined fingerprint made of a query: the encoding this replaces.
+    fn joined(k: &QueryKey<'_>) -> String {
+        let f = k.filters;
+        format!(
+            "{}|{}|{}|c={}|q={}|b={}|f={}",
+            k.from,
+            k.to,
+            k.tz,
+            f.channels.join(","),
+            f.queues.join(","),
+            f.bots.join(","),
+            f.fields.join(",")
+        )
+    }
+
+    #[test]
+    fn the_issues_separator_pair_gets_two_keys() {
+        let a = Filters {
+            channels: vec!["voice".into(), "x|q=qu-1".into()],
+            ..Default::default()
+        };
+        let b = Filters {
+            channels: vec!["voice".into(), "x".into()],
+            queues: vec!["qu-1|q=".into()],
+            ..Default::default()
+        };
+        let key = |f| QueryKey {
+            route: "interactions",
+            from: 0,
+            to: 1,
+            tz: "UTC",
+            filters: f,
+        };
+        assert_eq!(joined(&key(&a)), joined(&key(&b)), "the old key collided");
+        assert_ne!(key(&a).digest(), key(&b).digest());
+    }
+
+    /// Values drawn from the separators a naive key would use, so that different queries
+    /// often join to the same text.
+    fn value() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::string::string_regex("[|=,:;a\\\x00]{0,4}").expect("regex")
+    }
+
+    fn lists() -> impl proptest::strategy::Strategy<Value = Vec<String>> {
+        proptest::collection::vec(value(), 0..3)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        /// Distinct queries get distinct digests, equal ones equal digests; the window key
+        /// likewise.
+        #[test]
+        fn distinct_queries_get_distinct_keys(
+            a in (lists(), lists(), lists(), lists(), value()),
+            b in (lists(), lists(), lists(), lists(), value()),
+            bounds in (0i64..3, 0i64..3),
+        ) {
+            let fa = Filters { channels: a.0, queues: a.1, bots: a.2, fields: a.3 };
+            let fb = Filters { channels: b.0, queues: b.1, bots: b.2, fields: b.3 };
+            let ka = QueryKey { route: "interactions", from: bounds.0, to: 5, tz: &a.4, filters: &fa };
+            let kb = QueryKey { route: "interactions", from: bounds.1, to: 5, tz: &b.4, filters: &fb };
+            let same = fa == fb && a.4 == b.4 && bounds.0 == bounds.1;
+            proptest::prop_assert_eq!(ka.digest() == kb.digest(), same);
+            let w = Window {
+                start: Timestamp::from_second(bounds.0).unwrap(),
+                end: Timestamp::from_second(5).unwrap(),
+                offset_seconds: 0,
+            };
+            let wa = WindowKey::new(&w, &Arc::new(fa.clone()));
+            let wb = WindowKey::new(&w, &Arc::new(fb.clone()));
+            proptest::prop_assert_eq!(wa.digest() == wb.digest(), fa == fb);
+        }
     }
 
     #[test]

@@ -29,7 +29,6 @@ use redis::{Script, aio::ConnectionManager};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::{
@@ -307,16 +306,16 @@ impl Cluster {
         }
     }
 
+    /// The Redis key of a window: its bounds for people reading Redis, and the digest of
+    /// the whole typed key (bounds, offset, every filter list) for uniqueness.
     fn window_key(&self, key: &WindowKey, kind: &str) -> String {
-        let filters = serde_json::to_vec(&*key.filters).unwrap_or_default();
-        let digest = Sha256::digest(&filters);
-        let mut f = String::with_capacity(16);
-        for b in &digest[..8] {
-            f.push_str(&format!("{b:02x}"));
-        }
         format!(
-            "{}{kind}:{}:{}:{}:{f}",
-            self.prefix, key.start, key.end, key.offset_seconds
+            "{}{kind}:{}:{}:{}:{}",
+            self.prefix,
+            key.start,
+            key.end,
+            key.offset_seconds,
+            crate::cache::hex(&key.digest())
         )
     }
 

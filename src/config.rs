@@ -74,6 +74,15 @@ pub struct Cli {
     #[arg(long, env = "KORE_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub kore_concurrency: u32,
 
+    /// Most upstream calls one request may cause (its planned and discovered calls together);
+    /// past it the request stops fetching and answers 503 or `complete: false`.
+    #[arg(long, env = "MAX_CALLS_PER_REQUEST", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_calls_per_request: u32,
+
+    /// Largest upstream body accepted, in bytes; a larger one is a transient upstream error.
+    #[arg(long, env = "KORE_MAX_BODY_BYTES", default_value_t = 33_554_432, value_parser = clap::value_parser!(u64).range(1024..=1_073_741_824))]
+    pub kore_max_body_bytes: u64,
+
     /// Timeout of one upstream call.
     #[arg(long, env = "KORE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub kore_timeout: Duration,
@@ -184,6 +193,8 @@ pub struct UpstreamSettings {
     pub jwt_jti: bool,
     pub retries: u32,
     pub offset_mode: OffsetMode,
+    /// KORE_MAX_BODY_BYTES: a larger answer is a transient failure.
+    pub max_body_bytes: usize,
 }
 
 /// The shared upstream budget.
@@ -192,6 +203,8 @@ pub struct BudgetSettings {
     pub rate: Rate,
     pub max_wait: Duration,
     pub concurrency: u32,
+    /// MAX_CALLS_PER_REQUEST: upstream calls one request may cause.
+    pub max_calls_per_request: u32,
 }
 
 /// Cache bounds and freshness policy.
@@ -482,11 +495,13 @@ impl Cli {
                 jwt_jti: self.kore_jwt_jti,
                 retries: self.kore_retries,
                 offset_mode: self.kore_offset_mode,
+                max_body_bytes: usize::try_from(self.kore_max_body_bytes).unwrap_or(usize::MAX),
             },
             budget: BudgetSettings {
                 rate: self.kore_rate_limit,
                 max_wait: self.kore_max_wait,
                 concurrency: self.kore_concurrency,
+                max_calls_per_request: self.max_calls_per_request,
             },
             api_keys,
             key_rate_limit: self.gateway_key_rate_limit,

@@ -46,6 +46,12 @@ pub enum AppError {
     #[error("upstream budget exhausted")]
     BudgetExhausted { retry_after: Duration },
     /// The upstream failed after retries.
+    #[error("the request needs about {estimate} upstream calls, more than the {limit} allowed")]
+    TooMuchWork {
+        estimate: u64,
+        limit: u32,
+        retry_after: Duration,
+    },
     #[error("upstream failed: {0}")]
     Upstream(String),
     /// The upstream did not answer in time.
@@ -81,7 +87,9 @@ impl AppError {
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::KeyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::BudgetExhausted { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::BudgetExhausted { .. } | AppError::TooMuchWork { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Upstream(_) => StatusCode::BAD_GATEWAY,
             AppError::UpstreamTimeout | AppError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -101,6 +109,10 @@ impl AppError {
             AppError::BudgetExhausted { .. } => {
                 ("/problems/budget-exhausted", "Upstream budget exhausted")
             }
+            AppError::TooMuchWork { .. } => (
+                "/problems/too-much-work",
+                "Request needs more upstream calls than allowed",
+            ),
             AppError::Upstream(_) => ("/problems/upstream-failed", "Upstream failed"),
             AppError::UpstreamTimeout => ("/problems/upstream-timeout", "Upstream timed out"),
             AppError::RequestTimeout => ("/problems/request-timeout", "Request timed out"),
@@ -122,6 +134,15 @@ impl From<UpstreamError> for AppError {
         match e {
             UpstreamError::Timeout => AppError::UpstreamTimeout,
             UpstreamError::Budget { retry_after } => AppError::BudgetExhausted { retry_after },
+            UpstreamError::OverCallBudget {
+                estimate,
+                limit,
+                retry_after,
+            } => AppError::TooMuchWork {
+                estimate,
+                limit,
+                retry_after,
+            },
             other => AppError::Upstream(other.to_string()),
         }
     }
@@ -152,6 +173,17 @@ impl IntoResponse for AppError {
                 ),
                 None,
             ),
+            AppError::TooMuchWork {
+                estimate,
+                limit,
+                retry_after,
+            } => (
+                format!(
+                    "this request needs an estimated {estimate} upstream calls, more than the {limit} one request may make (MAX_CALLS_PER_REQUEST); what was fetched is cached. Ask for a shorter range or narrower filters, or retry in {} s",
+                    retry_after_secs(*retry_after)
+                ),
+                None,
+            ),
             AppError::Upstream(_) => (
                 "the upstream API failed after retries; nothing partial was returned".into(),
                 None,
@@ -178,7 +210,8 @@ impl IntoResponse for AppError {
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let AppError::KeyRateLimited { retry_after }
-        | AppError::BudgetExhausted { retry_after } = &self
+        | AppError::BudgetExhausted { retry_after }
+        | AppError::TooMuchWork { retry_after, .. } = &self
         {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -24,9 +24,8 @@ use std::{
 };
 
 use futures_util::{
-    FutureExt, StreamExt,
+    FutureExt,
     future::{BoxFuture, try_join_all},
-    stream::BoxStream,
 };
 
 use crate::{
@@ -58,6 +57,8 @@ enum Fetched {
 pub struct CallContext {
     pub caller: Arc<str>,
     pub request_id: Arc<str>,
+    /// What this request may still spend (shared by all its windows).
+    pub allowance: Arc<Allowance>,
 }
 
 /// Upstream client, budget and retry policy, shared by every fetch task.
@@ -129,6 +130,7 @@ impl Fetcher {
         let mut attempt = 0;
         let mut reminted = false;
         loop {
+            ctx.allowance.take()?;
             let permit = self.permit(ctx).await?;
             let started = std::time::Instant::now();
             let result = self
@@ -195,6 +197,7 @@ impl Fetcher {
         let ctx = CallContext {
             caller: "readyz".into(),
             request_id: crate::api::new_request_id().into(),
+            allowance: Arc::new(Allowance::unlimited()),
         };
         let calls = AtomicU32::new(0);
         self.call(&window, &Filters::default(), 0, &ctx, &calls)
@@ -204,6 +207,13 @@ impl Fetcher {
 
     /// The records of `window`, or — when it holds more than its pages can reach — the
     /// parts to fetch instead (each goes through the cache on its own: see [`RangeFetch`]).
+    ///
+    /// `numResults` is a hint and the pages are the evidence: a page shorter than the limit
+    /// ends the window whatever the count says; a window is cut only when its first page came
+    /// back full *and* either the count (when believable within the request's allowance) or
+    /// the eleventh page says it overflows; a cut makes at most [`MAX_PARTS_PER_CUT`] parts,
+    /// and a part of [`MIN_PART_SECONDS`] or less is never cut again. Any disagreement
+    /// between count and pages is a warning (so `complete: false`), never another call.
     async fn fetch_part(
         &self,
         window: Window,
@@ -211,53 +221,194 @@ impl Fetcher {
         ctx: &CallContext,
         calls: &AtomicU32,
     ) -> Result<Fetched, UpstreamError> {
+        let limit = PAGE_LIMIT as usize;
+        let first = self.call(&window, filters, 0, ctx, calls).await?;
+        let reported = first.num_results;
+        let hint = reported.unwrap_or(0);
+        let cuttable = window.len_seconds() > MIN_PART_SECONDS;
+        // Pages by index, as far as fetched.
+        let mut pages: Vec<Option<Page>> = (0..=MAX_PAGE).map(|_| None).collect();
+        let first_full = first.data.len() >= limit;
+        pages[0] = Some(first);
+        // How many pages to ask for at once next: what the count promises when it is
+        // believable, one otherwise (then doubling), so a wrong count costs few calls.
+        let mut batch = 1;
+        if first_full {
+            let estimate = estimated_calls(hint);
+            let believable = estimate <= u64::from(ctx.allowance.left());
+            if hint > MAX_REACH && cuttable && believable {
+                return Ok(Fetched::Cut(window.cut_bounded(
+                    parts_for(hint),
+                    MAX_PARTS_PER_CUT,
+                    MIN_PART_SECONDS,
+                )));
+            }
+            if hint > MAX_REACH {
+                // Not believable within this request's allowance (or too short to cut):
+                // ask the last reachable page whether the window really overflows.
+                let last = self.call(&window, filters, MAX_PAGE, ctx, calls).await?;
+                let overflows = last.data.len() >= limit;
+                pages[MAX_PAGE as usize] = Some(last);
+                if overflows && cuttable {
+                    return Err(UpstreamError::OverCallBudget {
+                        estimate,
+                        limit: ctx.allowance.limit(),
+                        retry_after: ctx.allowance.refill(),
+                    });
+                }
+            } else {
+                batch = (hint.div_ceil(PAGE_LIMIT as u64) as usize)
+                    .saturating_sub(1)
+                    .max(1);
+            }
+        }
+        // Page on while the last page seen is full.
+        let mut next = 1usize;
+        while next <= MAX_PAGE as usize
+            && pages[next - 1]
+                .as_ref()
+                .is_some_and(|p| p.data.len() >= limit)
         {
-            let first = self.call(&window, filters, 0, ctx, calls).await?;
-            let reported = first.num_results;
-            if let Some(n) = reported.filter(|n| *n > MAX_REACH) {
-                let parts = window.cut_on_grid((2 * n).div_ceil(MAX_REACH).max(2));
-                if parts.len() > 1 {
-                    return Ok(Fetched::Cut(parts));
-                }
+            let upto = (next + batch - 1).min(MAX_PAGE as usize);
+            let wanted: Vec<usize> = (next..=upto).filter(|i| pages[*i].is_none()).collect();
+            let got = try_join_all(
+                wanted
+                    .iter()
+                    .map(|i| self.call(&window, filters, *i as u32, ctx, calls)),
+            )
+            .await?;
+            for (i, p) in wanted.into_iter().zip(got) {
+                pages[i] = Some(p);
             }
-            let limit = u64::from(PAGE_LIMIT);
-            let promised_pages =
-                reported.map_or(1, |n| n.div_ceil(limit).clamp(1, u64::from(MAX_PAGE) + 1)) as u32;
-            let mut pages = vec![first];
-            if promised_pages > 1 {
-                let rest = try_join_all(
-                    (1..promised_pages).map(|p| self.call(&window, filters, p, ctx, calls)),
-                )
-                .await?;
-                pages.extend(rest);
+            // The first short page ends the window; pages after it are not asked for.
+            match (next..=upto).find(|i| pages[*i].as_ref().is_some_and(|p| p.data.len() < limit)) {
+                Some(short) => next = short + 1,
+                None => next = upto + 1,
             }
-            // A full last page means numResults understated: keep paging until a short page.
-            let mut next = promised_pages;
-            while pages.last().is_some_and(|p| p.data.len() as u64 >= limit) && next <= MAX_PAGE {
-                pages.push(self.call(&window, filters, next, ctx, calls).await?);
-                next += 1;
+            batch = batch.saturating_mul(2);
+        }
+        let mut warnings = Vec::new();
+        let reached_end = next > MAX_PAGE as usize
+            && pages[MAX_PAGE as usize]
+                .as_ref()
+                .is_some_and(|p| p.data.len() >= limit);
+        if reached_end {
+            // Eleven full pages: the pages themselves say more records exist than one query
+            // reaches.
+            if cuttable {
+                let hinted = if estimated_calls(hint) <= u64::from(ctx.allowance.left()) {
+                    parts_for(hint)
+                } else {
+                    2
+                };
+                return Ok(Fetched::Cut(window.cut_bounded(
+                    hinted,
+                    MAX_PARTS_PER_CUT,
+                    MIN_PART_SECONDS,
+                )));
             }
-            let mut warnings = Vec::new();
-            if pages.last().is_some_and(|p| p.data.len() as u64 >= limit) && next > MAX_PAGE {
-                // Every reachable page is full: more records exist than one query can reach.
-                let parts = window.cut_on_grid(2);
-                if parts.len() > 1 {
-                    return Ok(Fetched::Cut(parts));
-                }
-                warnings.push(format!(
-                    "window {} .. {} holds more records than the upstream lets one query reach",
-                    window.vendor_start(),
-                    window.vendor_end()
-                ));
-            }
-            let mut records: Vec<Record> = pages
-                .into_iter()
-                .flat_map(|p| p.data)
-                .map(|raw| Record::new(raw, &window))
-                .collect();
-            dedupe_and_sort(&mut records);
-            warnings.extend(cross_check(&window, records.len(), reported));
-            Ok(Fetched::Part(Part { records, warnings }))
+            warnings.push(format!(
+                "window {} .. {} holds more records than the upstream lets one query reach, even cut to {MIN_PART_SECONDS} s",
+                window.vendor_start(),
+                window.vendor_end()
+            ));
+        }
+        // Only pages up to the one that ended the window count; a page after a short one
+        // (fetched in the same batch) should be empty, and its records still are records.
+        let mut records: Vec<Record> = pages
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p.data)
+            .map(|raw| Record::new(raw, &window))
+            .collect();
+        dedupe_and_sort(&mut records);
+        warnings.extend(cross_check(&window, records.len(), reported));
+        Ok(Fetched::Part(Part { records, warnings }))
+    }
+}
+
+/// Most parts one cut of a window makes (a week on its hourly grid). A cut that the count
+/// asks for is made only when the count is believable within the request's allowance, so
+/// this bounds a step, and the allowance bounds the whole.
+pub const MAX_PARTS_PER_CUT: u64 = 168;
+/// A part this short (seconds) is never cut again: if it still overflows, it is reported
+/// incomplete.
+pub const MIN_PART_SECONDS: i64 = 60;
+
+/// Parts a window reported to hold `n` records is cut into, so each should hold about half
+/// of what one query reaches.
+fn parts_for(n: u64) -> u64 {
+    (2 * n).div_ceil(MAX_REACH).max(2)
+}
+
+/// Upstream calls a window of `n` records costs at least: every page, plus one first page
+/// per part when it must be cut.
+pub fn estimated_calls(n: u64) -> u64 {
+    let pages = n.div_ceil(u64::from(PAGE_LIMIT)).max(1);
+    if n > MAX_REACH {
+        pages + parts_for(n)
+    } else {
+        pages
+    }
+}
+
+/// The upstream calls one request may still cause (`MAX_CALLS_PER_REQUEST`); every call,
+/// retries included, takes one before it waits for the shared budget.
+#[derive(Debug)]
+pub struct Allowance {
+    limit: u32,
+    used: AtomicU32,
+    /// How long the shared budget takes to serve `limit` calls: when a retry of a request
+    /// that ran out can expect to go on (what it fetched stays cached).
+    refill: Duration,
+}
+
+impl Allowance {
+    /// `limit` calls for a request; the shared budget's `rate` says how soon a retry helps.
+    pub fn new(limit: u32, rate: crate::config::Rate) -> Self {
+        let periods = limit.div_ceil(rate.calls.max(1));
+        Allowance {
+            limit,
+            used: AtomicU32::new(0),
+            refill: rate.period.saturating_mul(periods.max(1)),
+        }
+    }
+
+    /// No limit (the readiness probe).
+    pub fn unlimited() -> Self {
+        Allowance {
+            limit: u32::MAX,
+            used: AtomicU32::new(0),
+            refill: Duration::ZERO,
+        }
+    }
+
+    /// When a retry of a request that ran out of calls can expect to go on.
+    pub fn refill(&self) -> Duration {
+        self.refill
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// Calls still allowed.
+    pub fn left(&self) -> u32 {
+        self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
+    }
+
+    /// Takes one call, or says the request has spent its allowance.
+    fn take(&self) -> Result<(), UpstreamError> {
+        let before = self.used.fetch_add(1, Ordering::Relaxed);
+        if before < self.limit {
+            Ok(())
+        } else {
+            self.used.fetch_sub(1, Ordering::Relaxed);
+            Err(UpstreamError::OverCallBudget {
+                estimate: u64::from(self.limit) + 1,
+                limit: self.limit,
+                retry_after: self.refill,
+            })
         }
     }
 }
@@ -339,21 +490,6 @@ impl RangeFetch {
     /// The first window that failed.
     pub async fn all(&self, windows: &[Window]) -> Result<Vec<WindowOutcome>, UpstreamError> {
         try_join_all(windows.iter().map(|w| self.window(*w))).await
-    }
-
-    /// Windows in order with a bounded look-ahead, for streaming without holding the range.
-    pub fn stream(
-        self,
-        windows: Vec<Window>,
-        lookahead: usize,
-    ) -> BoxStream<'static, Result<WindowOutcome, UpstreamError>> {
-        futures_util::stream::iter(windows)
-            .map(move |w| {
-                let this = self.clone();
-                async move { this.window(w).await }
-            })
-            .buffered(lookahead.max(1))
-            .boxed()
     }
 }
 

@@ -67,6 +67,8 @@ pub struct App {
     pub health: api::ops::Health,
     /// What replicas share through Redis, when REDIS_URL is set.
     pub cluster: Option<Arc<Cluster>>,
+    /// Signs and checks cursors (derived from the client secret).
+    pub cursor_key: render::CursorKey,
 }
 
 /// Cheap-to-clone handle on the [`App`].
@@ -134,6 +136,10 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     let responses = ResponseCache::new(&settings.cache);
     let keys = KeyRing::new(&settings.api_keys, settings.allow_anonymous);
     let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
+    let cursor_key = {
+        use secrecy::ExposeSecret;
+        render::CursorKey::derive(settings.upstream.client_secret.expose_secret().as_bytes())
+    };
     Ok(AppState(Arc::new(App {
         settings,
         fetcher,
@@ -145,6 +151,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         metrics: metrics_handle(),
         health: api::ops::Health::default(),
         cluster,
+        cursor_key,
     })))
 }
 

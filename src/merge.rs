@@ -4,7 +4,9 @@
 //! local to the offset of the window that fetched them, so the order uses the instant, not
 //! the text: across a DST fall-back the wall clock repeats an hour but instants do not.
 
-use std::collections::HashSet;
+use std::{cmp::Ordering, collections::HashSet};
+
+use sha2::Digest;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -81,6 +83,58 @@ impl Record {
             self.conversation_id.as_deref().unwrap_or(""),
         )
     }
+
+    /// Breaks ties of [`Record::order_key`], which only records without a `sessionId` can
+    /// have (identities are unique after de-duplication): the digest of their text.
+    fn tie_break(&self) -> [u8; 32] {
+        match self.session_id {
+            Some(_) => [0; 32],
+            None => sha2::Sha256::digest(self.raw.get().as_bytes()).into(),
+        }
+    }
+
+    /// Where this record stands in the output order; a cursor resumes after it.
+    pub fn position(&self) -> Position {
+        let (start, session, conversation) = self.order_key();
+        Position {
+            start,
+            session: session.into(),
+            conversation: conversation.into(),
+            tie: self.tie_break(),
+        }
+    }
+}
+
+/// The output order, total: start instant, `sessionId`, `conversationId`, then (only for
+/// records without ids) the digest of the text.
+pub fn output_order(a: &Record, b: &Record) -> Ordering {
+    a.order_key()
+        .cmp(&b.order_key())
+        .then_with(|| a.tie_break().cmp(&b.tie_break()))
+}
+
+/// A place in the output order (the keyset of a cursor): every record compares strictly
+/// before or after it, except the record it was taken from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub start: i64,
+    pub session: Box<str>,
+    pub conversation: Box<str>,
+    pub tie: [u8; 32],
+}
+
+impl Position {
+    /// How `r` stands relative to this place.
+    pub fn cmp_record(&self, r: &Record) -> Ordering {
+        (self.start, &*self.session, &*self.conversation)
+            .cmp(&r.order_key())
+            .then_with(|| self.tie.cmp(&r.tie_break()))
+    }
+}
+
+/// The index of the first record of `sorted` (in [`output_order`]) that comes after `pos`.
+pub fn resume_after(sorted: &[&Record], pos: &Position) -> usize {
+    sorted.partition_point(|r| pos.cmp_record(r) != Ordering::Less)
 }
 
 /// Identity for de-duplication: (`sessionId`, `conversationId`); a record without a
@@ -108,7 +162,7 @@ pub fn dedupe_and_sort(records: &mut Vec<Record>) -> usize {
         let mut it = keep.into_iter();
         records.retain(|_| it.next().unwrap_or(true));
     }
-    records.sort_unstable_by(|a, b| a.order_key().cmp(&b.order_key()));
+    records.sort_unstable_by(output_order);
     before - records.len()
 }
 
@@ -119,7 +173,7 @@ pub fn merge_runs<'a>(runs: impl IntoIterator<Item = &'a [Record]>) -> Vec<&'a R
     let mut all: Vec<&Record> = runs.into_iter().flatten().collect();
     let mut seen: HashSet<Identity<'_>> = HashSet::with_capacity(all.len());
     all.retain(|r| seen.insert(identity(r)));
-    all.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    all.sort_by(|a, b| output_order(a, b));
     all
 }
 

@@ -108,6 +108,60 @@ impl Window {
         vec![*self]
     }
 
+    /// This window cut on its local grid into at least `k` parts where the grid allows, but
+    /// never more than `max_parts` (neighbouring cells are joined) and never on a step finer
+    /// than `min_seconds`. A window no longer than `min_seconds` comes back whole.
+    pub fn cut_bounded(&self, k: u64, max_parts: u64, min_seconds: i64) -> Vec<Window> {
+        if self.len_seconds() <= min_seconds || max_parts < 2 {
+            return vec![*self];
+        }
+        let off = i64::from(self.offset_seconds);
+        let (a, b) = (self.start.as_second(), self.end.as_second());
+        let want = k.clamp(2, max_parts);
+        let mut cells: Vec<(i64, i64)> = Vec::new();
+        for step in [86_400, 21_600, 3_600, 900, 60] {
+            if step < min_seconds && !cells.is_empty() {
+                break;
+            }
+            cells.clear();
+            let mut start = a;
+            while start <= b {
+                let next = (start + off).div_euclid(step) * step + step - off;
+                let end = (next - 1).min(b);
+                cells.push((start, end));
+                start = end + 1;
+            }
+            if cells.len() as u64 >= want {
+                break;
+            }
+        }
+        if cells.len() < 2 {
+            return vec![*self];
+        }
+        // Join neighbouring cells so that at most `max_parts` remain.
+        let per = cells
+            .len()
+            .div_ceil(usize::try_from(max_parts).unwrap_or(usize::MAX));
+        let mut parts = Vec::with_capacity(cells.len().div_ceil(per));
+        for group in cells.chunks(per) {
+            let (Some(first), Some(last)) = (group.first(), group.last()) else {
+                continue;
+            };
+            let (Ok(s), Ok(e)) = (
+                Timestamp::from_second(first.0),
+                Timestamp::from_second(last.1),
+            ) else {
+                return vec![*self];
+            };
+            parts.push(Window {
+                start: s,
+                end: e,
+                offset_seconds: self.offset_seconds,
+            });
+        }
+        parts
+    }
+
     /// Converts a vendor record time (`YYYY-MM-DDTHH:MM:SS`, local to this window's offset,
     /// no zone suffix) to Unix seconds. `None` when the text is not such a time.
     pub fn record_time_to_unix(&self, text: &str) -> Option<i64> {
@@ -466,6 +520,39 @@ mod tests {
                     prop_assert_eq!(p.offset_seconds, w.offset_seconds);
                 }
                 prop_assert!(parts.len() as u64 >= k.min(w.len_seconds() as u64) || parts.len() as i64 == w.len_seconds());
+            }
+        }
+
+        #[test]
+        fn bounded_cuts_tile_the_window_within_their_bounds(
+            zone in proptest::sample::select(ZONES),
+            start in 946_684_800i64..2_208_988_800i64,
+            len in 0i64..(7 * 86_400),
+            k in 0u64..100_000_000,
+            max_parts in 2u64..200,
+        ) {
+            let tz = TimeZone::get(zone).unwrap();
+            let ws = plan(Timestamp::from_second(start).unwrap(), Timestamp::from_second(start + len).unwrap(), &tz).unwrap();
+            for w in ws {
+                let parts = w.cut_bounded(k, max_parts, 60);
+                prop_assert_eq!(parts[0].start, w.start);
+                prop_assert_eq!(parts[parts.len() - 1].end, w.end);
+                for pair in parts.windows(2) {
+                    prop_assert_eq!(pair[1].start.as_second(), pair[0].end.as_second() + 1);
+                    // Every cut falls on the local minute grid at least.
+                    let local = pair[1].start.as_second() + i64::from(w.offset_seconds);
+                    prop_assert_eq!(local.rem_euclid(60), 0);
+                }
+                prop_assert!(parts.len() as u64 <= max_parts, "{} parts", parts.len());
+                if w.len_seconds() <= 60 {
+                    prop_assert_eq!(parts.len(), 1, "a minute is never cut");
+                } else {
+                    prop_assert!(parts.len() >= 2 || w.len_seconds() <= 120, "{:?} -> {:?}", w, parts);
+                }
+                for p in &parts {
+                    prop_assert!(p.start <= p.end);
+                    prop_assert_eq!(p.offset_seconds, w.offset_seconds);
+                }
             }
         }
 

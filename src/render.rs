@@ -11,7 +11,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::merge::Record;
+use hmac::{Hmac, Mac};
+
+use crate::merge::{Position, Record};
 
 /// The data-dependent part of `meta`.
 #[derive(Debug, Serialize)]
@@ -186,17 +188,63 @@ pub fn csv_rows<'a>(records: impl Iterator<Item = &'a Record>) -> Bytes {
     Bytes::from(w.into_inner().unwrap_or_default())
 }
 
-const CURSOR_MAC_KEY: &[u8] = b"kore-gateway cursor v1";
+/// The key cursors are signed with (HMAC-SHA256). It is derived from the client secret, so
+/// every replica and every restart accepts the cursors of the others, and nobody without the
+/// secret can forge one. `Debug` never shows it.
+#[derive(Clone)]
+pub struct CursorKey([u8; 32]);
 
-/// An opaque cursor: the record offset, bound to the query it belongs to and checksummed so
-/// a changed or foreign cursor is refused rather than silently misread. It holds no secret
-/// and is the same on every replica.
-pub fn encode_cursor(offset: usize, fingerprint: &str) -> String {
-    let mut buf = Vec::with_capacity(24);
-    buf.extend_from_slice(&(offset as u64).to_be_bytes());
-    buf.extend_from_slice(&fp_hash(fingerprint));
-    let mac = mac(&buf);
-    buf.extend_from_slice(&mac);
+impl std::fmt::Debug for CursorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CursorKey([REDACTED])")
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+impl CursorKey {
+    /// Derives the cursor key from `secret` (HMAC of a fixed label, keyed by the secret).
+    pub fn derive(secret: &[u8]) -> Self {
+        let mut m = <HmacSha256 as Mac>::new_from_slice(secret).unwrap_or_else(|_| {
+            <HmacSha256 as Mac>::new_from_slice(&[0]).expect("HMAC takes any key")
+        });
+        m.update(b"kore-gateway cursor key v2");
+        CursorKey(m.finalize().into_bytes().into())
+    }
+
+    fn mac(&self, data: &[u8]) -> HmacSha256 {
+        let mut m = <HmacSha256 as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| {
+            <HmacSha256 as Mac>::new_from_slice(&[0]).expect("HMAC takes any key")
+        });
+        m.update(data);
+        m
+    }
+}
+
+const CURSOR_VERSION: u8 = 2;
+/// Bytes of the query digest a cursor carries.
+const BINDING: usize = 16;
+/// Bytes of the (truncated) HMAC tag.
+const TAG: usize = 16;
+/// Longest cursor text accepted.
+const MAX_CURSOR_CHARS: usize = 8192;
+
+/// An opaque cursor: the place of the last record returned (see [`Position`]), bound to the
+/// query it belongs to (`binding`, the query key's digest) and signed, so a changed or
+/// foreign cursor is refused rather than silently misread. Paging resumes *after* that
+/// record, so records that appear or vanish between pages never shift the rest.
+pub fn encode_cursor(pos: &Position, binding: &[u8; 32], key: &CursorKey) -> String {
+    let mut buf = Vec::with_capacity(96 + pos.session.len() + pos.conversation.len());
+    buf.push(CURSOR_VERSION);
+    buf.extend_from_slice(&binding[..BINDING]);
+    buf.extend_from_slice(&pos.start.to_be_bytes());
+    for text in [&pos.session, &pos.conversation] {
+        buf.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        buf.extend_from_slice(text.as_bytes());
+    }
+    buf.extend_from_slice(&pos.tie);
+    let tag = key.mac(&buf).finalize().into_bytes();
+    buf.extend_from_slice(&tag[..TAG]);
     URL_SAFE_NO_PAD.encode(buf)
 }
 
@@ -207,43 +255,69 @@ pub enum CursorError {
     OtherQuery,
 }
 
-/// The offset a cursor stands for, if it is intact and belongs to this query.
+/// The place a cursor stands for, if it is intact, signed by this gateway, and belongs to
+/// this query.
 ///
 /// # Errors
-/// A cursor that does not decode, fails its checksum, or was made for another query.
-pub fn decode_cursor(cursor: &str, fingerprint: &str) -> Result<usize, CursorError> {
-    if cursor.len() > 64 {
+/// A cursor that does not decode, fails its signature, or was made for another query.
+pub fn decode_cursor(
+    cursor: &str,
+    binding: &[u8; 32],
+    key: &CursorKey,
+) -> Result<Position, CursorError> {
+    if cursor.len() > MAX_CURSOR_CHARS {
         return Err(CursorError::Malformed);
     }
     let buf = URL_SAFE_NO_PAD
         .decode(cursor.trim())
         .map_err(|_| CursorError::Malformed)?;
-    if buf.len() != 24 || buf[16..] != mac(&buf[..16]) {
+    if buf.len() < 1 + BINDING + 8 + 4 + 4 + 32 + TAG || buf[0] != CURSOR_VERSION {
         return Err(CursorError::Malformed);
     }
-    if buf[8..16] != fp_hash(fingerprint) {
+    let (body, tag) = buf.split_at(buf.len() - TAG);
+    key.mac(body)
+        .verify_truncated_left(tag)
+        .map_err(|_| CursorError::Malformed)?;
+    if body[1..1 + BINDING] != binding[..BINDING] {
         return Err(CursorError::OtherQuery);
     }
-    let mut off = [0u8; 8];
-    off.copy_from_slice(&buf[..8]);
-    usize::try_from(u64::from_be_bytes(off)).map_err(|_| CursorError::Malformed)
+    let mut rest = &body[1 + BINDING..];
+    let start = i64::from_be_bytes(take::<8>(&mut rest)?);
+    let mut texts = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let len = u32::from_be_bytes(take::<4>(&mut rest)?) as usize;
+        if len > rest.len() {
+            return Err(CursorError::Malformed);
+        }
+        let (text, after) = rest.split_at(len);
+        texts.push(
+            std::str::from_utf8(text)
+                .map_err(|_| CursorError::Malformed)?
+                .into(),
+        );
+        rest = after;
+    }
+    let tie = take::<32>(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(CursorError::Malformed);
+    }
+    let conversation = texts.pop().ok_or(CursorError::Malformed)?;
+    let session = texts.pop().ok_or(CursorError::Malformed)?;
+    Ok(Position {
+        start,
+        session,
+        conversation,
+        tie,
+    })
 }
 
-fn fp_hash(fingerprint: &str) -> [u8; 8] {
-    let d = Sha256::digest(fingerprint.as_bytes());
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&d[..8]);
-    out
-}
-
-fn mac(data: &[u8]) -> [u8; 8] {
-    let mut h = Sha256::new();
-    h.update(CURSOR_MAC_KEY);
-    h.update(data);
-    let d = h.finalize();
-    let mut out = [0u8; 8];
-    out.copy_from_slice(&d[..8]);
-    out
+fn take<const N: usize>(rest: &mut &[u8]) -> Result<[u8; N], CursorError> {
+    if rest.len() < N {
+        return Err(CursorError::Malformed);
+    }
+    let (head, tail) = rest.split_at(N);
+    *rest = tail;
+    head.try_into().map_err(|_| CursorError::Malformed)
 }
 
 #[cfg(test)]
@@ -289,17 +363,33 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_refuses_tampering() {
-        let c = encode_cursor(2000, "q1");
-        assert_eq!(decode_cursor(&c, "q1"), Ok(2000));
-        assert_eq!(decode_cursor(&c, "q2"), Err(CursorError::OtherQuery));
-        let mut bytes = URL_SAFE_NO_PAD.decode(&c).unwrap();
-        bytes[7] ^= 1;
-        assert_eq!(
-            decode_cursor(&URL_SAFE_NO_PAD.encode(&bytes), "q1"),
-            Err(CursorError::Malformed)
-        );
-        for junk in ["", "abc", "!!!!", &"A".repeat(200)] {
-            assert!(decode_cursor(junk, "q1").is_err(), "{junk}");
+        let key = CursorKey::derive(b"secret");
+        let (q1, q2) = ([1u8; 32], [2u8; 32]);
+        let pos = Position {
+            start: 1_700_000_000,
+            session: "s-1".into(),
+            conversation: "".into(),
+            tie: [0; 32],
+        };
+        let c = encode_cursor(&pos, &q1, &key);
+        assert_eq!(decode_cursor(&c, &q1, &key), Ok(pos.clone()));
+        assert_eq!(decode_cursor(&c, &q2, &key), Err(CursorError::OtherQuery));
+        // Any flipped bit is refused.
+        let bytes = URL_SAFE_NO_PAD.decode(&c).unwrap();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 1;
+            assert!(
+                decode_cursor(&URL_SAFE_NO_PAD.encode(&b), &q1, &key).is_err(),
+                "byte {i}"
+            );
+        }
+        // Another gateway's key (another secret) is refused: the tag is a real MAC.
+        let other = CursorKey::derive(b"other secret");
+        assert_eq!(decode_cursor(&c, &q1, &other), Err(CursorError::Malformed));
+        assert!(!format!("{key:?}").contains("secret"));
+        for junk in ["", "abc", "!!!!", &"A".repeat(200), &"A".repeat(10_000)] {
+            assert!(decode_cursor(junk, &q1, &key).is_err(), "{junk}");
         }
     }
 

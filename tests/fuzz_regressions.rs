@@ -6,7 +6,8 @@ use std::{fs, path::Path};
 
 use kore_gateway::{
     api::{dropin::parse_body, interactions::plan_windows, query::parse_interactions},
-    render::{decode_cursor, encode_cursor},
+    merge::Position,
+    render::{CursorKey, decode_cursor, encode_cursor},
 };
 
 /// The `query` target: `<query string>[\n<Accept>]` through parsing, planning and cursors.
@@ -19,13 +20,20 @@ fn query_target(data: &[u8]) {
     if let Ok(q) = parse_interactions(Some(raw), accept, 92) {
         assert!(q.range.from <= q.range.to, "{raw}");
         let _ = plan_windows(&q.range);
-        let fp = q.range.fingerprint();
+        let key = CursorKey::derive(b"fuzz secret");
+        let binding = q.range.key("interactions").digest();
         if let Some(c) = &q.cursor {
-            let _ = decode_cursor(c, &fp);
+            let _ = decode_cursor(c, &binding, &key);
         }
+        let pos = Position {
+            start: q.range.from.as_second(),
+            session: raw.into(),
+            conversation: q.range.tz_name.as_str().into(),
+            tie: [0; 32],
+        };
         assert_eq!(
-            decode_cursor(&encode_cursor(q.limit, &fp), &fp),
-            Ok(q.limit)
+            decode_cursor(&encode_cursor(&pos, &binding, &key), &binding, &key),
+            Ok(pos)
         );
     }
 }
@@ -99,7 +107,7 @@ fn dropin_body_seed_corpus_replays() {
 #[test]
 fn cursor_seed_corpus_replays() {
     for (_, data) in corpus("cursor") {
-        let cursor = String::from_utf8_lossy(data.get(9..).unwrap_or_default());
-        let _ = decode_cursor(&cursor, "");
+        let cursor = String::from_utf8_lossy(data.get(41..).unwrap_or_default());
+        let _ = decode_cursor(&cursor, &[0; 32], &CursorKey::derive(b"fuzz secret"));
     }
 }

@@ -1,38 +1,52 @@
 //! Cursors: `decode_cursor` never panics on any text; a cursor it accepts is exactly the one
-//! `encode_cursor` issues for that offset and query; and every issued cursor round-trips,
-//! and is refused for any other query.
+//! `encode_cursor` issues for that place and query; every issued cursor round-trips, and is
+//! refused for any other query.
 //!
-//! Input: 8 bytes offset, 1 byte fingerprint length, the fingerprint, then the cursor text.
+//! Input: 32 bytes query binding, 8 bytes start, 1 byte `sessionId` length, the `sessionId`,
+//! then the cursor text.
 
 #![no_main]
 
-use kore_gateway::render::{CursorError, decode_cursor, encode_cursor};
+use kore_gateway::{
+    merge::Position,
+    render::{CursorError, CursorKey, decode_cursor, encode_cursor},
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut off = [0u8; 8];
-    let n = data.len().min(8);
-    off[..n].copy_from_slice(&data[..n]);
-    let offset = u64::from_le_bytes(off) as usize;
-    let rest = data.get(8..).unwrap_or_default();
-    let fp_len = usize::from(rest.first().copied().unwrap_or(0)).min(rest.len().saturating_sub(1));
-    let fp = String::from_utf8_lossy(&rest.get(1..1 + fp_len).unwrap_or_default());
-    let cursor = String::from_utf8_lossy(rest.get(1 + fp_len..).unwrap_or_default());
+    let key = CursorKey::derive(b"fuzz secret");
+    let mut binding = [0u8; 32];
+    let n = data.len().min(32);
+    binding[..n].copy_from_slice(&data[..n]);
+    let rest = data.get(32..).unwrap_or_default();
+    let mut start = [0u8; 8];
+    let m = rest.len().min(8);
+    start[..m].copy_from_slice(&rest[..m]);
+    let rest = rest.get(8..).unwrap_or_default();
+    let sid_len = usize::from(rest.first().copied().unwrap_or(0)).min(rest.len().saturating_sub(1));
+    let sid = String::from_utf8_lossy(rest.get(1..1 + sid_len).unwrap_or_default());
+    let cursor = String::from_utf8_lossy(rest.get(1 + sid_len..).unwrap_or_default());
 
-    if let Ok(decoded) = decode_cursor(&cursor, &fp) {
+    if let Ok(decoded) = decode_cursor(&cursor, &binding, &key) {
         assert_eq!(
-            encode_cursor(decoded, &fp),
+            encode_cursor(&decoded, &binding, &key),
             cursor.trim(),
             "accepted a cursor the gateway would not issue"
         );
     }
 
-    let issued = encode_cursor(offset, &fp);
-    assert!(
-        issued.len() <= 64,
-        "an issued cursor is longer than decode accepts"
+    let pos = Position {
+        start: i64::from_le_bytes(start),
+        session: sid.into(),
+        conversation: "".into(),
+        tie: binding,
+    };
+    let issued = encode_cursor(&pos, &binding, &key);
+    assert_eq!(decode_cursor(&issued, &binding, &key), Ok(pos));
+    let mut other = binding;
+    other[0] ^= 1;
+    assert_eq!(
+        decode_cursor(&issued, &other, &key),
+        Err(CursorError::OtherQuery)
     );
-    assert_eq!(decode_cursor(&issued, &fp), Ok(offset));
-    let other = format!("{fp}|other");
-    assert_eq!(decode_cursor(&issued, &other), Err(CursorError::OtherQuery));
 });

@@ -11,7 +11,8 @@ use kore_gateway::{
         interactions::plan_windows,
         query::{FIELDS, MAX_LIMIT, parse_interactions},
     },
-    render::{decode_cursor, encode_cursor},
+    merge::Position,
+    render::{CursorKey, decode_cursor, encode_cursor},
 };
 use kore_gateway_fuzz::assert_tiling;
 use libfuzzer_sys::fuzz_target;
@@ -45,12 +46,19 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(windows) = plan_windows(&q.range) {
         assert_tiling(r.from, r.to, &r.tz, &windows);
     }
-    let fp = r.fingerprint();
+    let key = CursorKey::derive(b"fuzz secret");
+    let binding = r.key("interactions").digest();
     if let Some(c) = &q.cursor {
-        let _ = decode_cursor(c, &fp);
+        let _ = decode_cursor(c, &binding, &key);
     }
+    let pos = Position {
+        start: r.from.as_second(),
+        session: raw.into(),
+        conversation: r.tz_name.as_str().into(),
+        tie: [0; 32],
+    };
     assert_eq!(
-        decode_cursor(&encode_cursor(q.limit, &fp), &fp),
-        Ok(q.limit)
+        decode_cursor(&encode_cursor(&pos, &binding, &key), &binding, &key),
+        Ok(pos)
     );
 });

@@ -134,7 +134,9 @@ pub struct InteractionsParams {
     /// Records in this response (JSON), 1..10000, default 1000.
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
-    /// `meta.next_cursor` of the previous page.
+    /// `meta.next_cursor` of the previous page. The next page starts right after the last
+    /// record of that page, so records that appear or vanish meanwhile never make a page
+    /// skip or repeat one. Signed and bound to the query: a cursor of another query is a 400.
     cursor: Option<String>,
     /// `json` (default), `ndjson` or `csv`; `Accept` works too. ndjson and csv stream the whole range.
     #[param(pattern = "^(json|ndjson|csv)$")]

@@ -1,7 +1,8 @@
 //! `GET /v1/interactions`: any range, every record, one request.
 //!
-//! JSON answers are paged by an opaque cursor and cached as rendered bytes; NDJSON and CSV
-//! stream the whole range window by window, so memory stays bounded by the look-ahead.
+//! JSON answers are paged by a keyset cursor and cached as rendered bytes; NDJSON and CSV
+//! carry the whole range, with headers that say before the first byte whether it is whole
+//! (`X-Complete`) and fresh (`X-Stale`), rendered window by window.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -24,16 +25,13 @@ use crate::{
         query::{Format, InteractionsQuery, RangeQuery, parse_interactions},
         range_fetch,
     },
-    cache::{Rendered, WindowOutcome},
+    cache::{KeyEncoder, Rendered, WindowOutcome, hex},
     error::AppError,
     fetch::{Assessment, RangeFetch, assess},
-    merge::merge_runs,
+    merge::{merge_runs, resume_after},
     plan::{PlanError, Window, plan},
     render::{self, CacheStatus, CursorError, MetaHead},
 };
-
-/// Windows fetched ahead of the one being streamed.
-const STREAM_LOOKAHEAD: usize = 4;
 
 /// Interaction records for a date range, merged from every upstream window.
 #[utoipa::path(
@@ -42,15 +40,18 @@ const STREAM_LOOKAHEAD: usize = 4;
     tag = "interactions",
     params(crate::api::docs::InteractionsParams),
     responses(
-        (status = 200, description = "Records of the range, oldest first", body = crate::api::docs::InteractionsResponse,
-            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String), ("X-Request-Id" = String)),
+        (status = 200, description = "Records of the range, oldest first. As `format=ndjson` or `format=csv` the whole range comes in one answer, and its headers say before the first byte whether it is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy served because the upstream failed, with the reasons in `X-Warning` headers (what `meta` says in JSON).", body = crate::api::docs::InteractionsResponse,
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String), ("X-Request-Id" = String),
+                ("X-Complete" = String, description = "NDJSON/CSV only: `true` when every window's count checked out, else `false`"),
+                ("X-Stale" = String, description = "NDJSON/CSV only: `true` when a window is an expired copy"),
+                ("X-Warning" = String, description = "NDJSON/CSV only: one header per reason the answer is not whole or fresh")),
             content_type = "application/json"),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
         (status = 400, description = "Bad parameter", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 429, description = "This key's rate limit exceeded", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 502, description = "Upstream failed after retries", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Upstream budget exhausted", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Upstream budget exhausted, or the request needs more upstream calls than MAX_CALLS_PER_REQUEST (the detail names the estimate; what was fetched stays cached)", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 504, description = "Upstream timed out", body = crate::api::docs::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -96,19 +97,37 @@ async fn json(
     range: &RangeFetch,
     headers: &HeaderMap,
 ) -> Result<Response, AppError> {
-    let fingerprint = q.range.fingerprint();
-    let offset = match &q.cursor {
-        None => 0,
-        Some(c) => render::decode_cursor(c, &fingerprint).map_err(|e| match e {
-            CursorError::Malformed => {
-                AppError::param("cursor", "the cursor is not one this gateway issued")
-            }
-            CursorError::OtherQuery => {
-                AppError::param("cursor", "the cursor belongs to a different query")
-            }
-        })?,
+    let binding = q.range.key("interactions").digest();
+    let after = match &q.cursor {
+        None => None,
+        Some(c) => Some(
+            render::decode_cursor(c, &binding, &state.cursor_key).map_err(|e| match e {
+                CursorError::Malformed => {
+                    AppError::param("cursor", "the cursor is not one this gateway issued")
+                }
+                CursorError::OtherQuery => {
+                    AppError::param("cursor", "the cursor belongs to a different query")
+                }
+            })?,
+        ),
     };
-    let key = format!("{fingerprint}|l={}|o={offset}", q.limit);
+    // The page's key: the query's digest, the page size and the place it resumes after,
+    // each length-prefixed.
+    let key = {
+        let mut e = KeyEncoder::default();
+        e.bytes(&binding);
+        e.int(q.limit as i64);
+        match &after {
+            None => e.int(-1),
+            Some(p) => {
+                e.int(p.start);
+                e.text(&p.session);
+                e.text(&p.conversation);
+                e.bytes(&p.tie);
+            }
+        }
+        hex(&e.finish())
+    };
     if !range.refresh
         && let Some(hit) = state.responses.get(&key)
     {
@@ -128,13 +147,10 @@ async fn json(
     let outcomes = range.all(windows).await?;
     let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     let total = records.len();
-    if offset > total {
-        return Err(AppError::param(
-            "cursor",
-            "the cursor points past the end of the data (it changed since); start again",
-        ));
-    }
-    let end = (offset + q.limit).min(total);
+    // Resume after the last record the previous page returned, wherever it now stands:
+    // records that appeared or vanished since never shift the rest.
+    let offset = after.as_ref().map_or(0, |p| resume_after(&records, p));
+    let end = offset.saturating_add(q.limit).min(total);
     let page = &records[offset..end];
     let Assessment {
         complete,
@@ -149,7 +165,14 @@ async fn json(
         tz: &q.range.tz_name,
         total,
         returned: page.len(),
-        next_cursor: (end < total).then(|| render::encode_cursor(end, &fingerprint)),
+        next_cursor: match page.last() {
+            Some(last) if end < total => Some(render::encode_cursor(
+                &last.position(),
+                &binding,
+                &state.cursor_key,
+            )),
+            _ => None,
+        },
         complete,
         stale,
         warnings: &warnings,
@@ -221,41 +244,34 @@ fn json_reply(
         .into_response()
 }
 
-/// NDJSON or CSV of the whole range, one window at a time. The first window is fetched
-/// before the status line, so an early failure is a proper error status; a later failure,
-/// or a window whose count did not check out, aborts the body, so a client never mistakes a
-/// cut-short stream for a whole one.
+/// NDJSON or CSV of the whole range. Every window is resolved (from the cache or the
+/// upstream) before the status line, so the headers can say whether the answer is whole:
+/// `X-Complete: false` when any window's count did not check out and `X-Stale: true` when
+/// any window is an expired copy, with the reasons in `X-Warning` headers, exactly as
+/// `meta` says in JSON. The body is then rendered one window at a time, so the rendered
+/// text is never held whole.
 async fn streamed(
     q: &InteractionsQuery,
     windows: Vec<Window>,
     range: RangeFetch,
 ) -> Result<Response, AppError> {
     let format = q.format;
-    let mut rest = range.stream(windows, STREAM_LOOKAHEAD);
-    let first = match rest.next().await {
-        Some(r) => r?,
-        None => return Err(AppError::Internal("a range without windows".into())),
-    };
-    if !first.data.complete() {
-        return Err(AppError::Upstream(first.data.warnings.join("; ")));
-    }
+    let outcomes = range.all(&windows).await?;
+    let verdict = assess(&outcomes);
     let mut seen: HashSet<(Box<str>, Option<Box<str>>)> = HashSet::new();
     let header_chunk = match format {
-        Format::Csv => Some(Ok(render::csv_header())),
+        Format::Csv => Some(render::csv_header()),
         _ => None,
     };
-    let chunks = stream::iter(std::iter::once(Ok(first))).chain(rest).map(move |r| match r {
-        Ok(o) if o.data.complete() => Ok(render_window(&o, format, &mut seen)),
-        Ok(o) => {
-            tracing::warn!(warnings = ?o.data.warnings, "aborting a stream: a window's count did not check out");
-            Err(std::io::Error::other("incomplete window"))
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "aborting a stream: a window failed");
-            Err(std::io::Error::other("upstream failed"))
-        }
-    });
-    let body = Body::from_stream(stream::iter(header_chunk).chain(chunks));
+    let chunks = stream::iter(
+        header_chunk.into_iter().chain(
+            outcomes
+                .into_iter()
+                .map(move |o| render_window(&o, format, &mut seen)),
+        ),
+    )
+    .map(Ok::<_, std::io::Error>);
+    let body = Body::from_stream(chunks);
     let (content_type, disposition) = match format {
         Format::Csv => (
             "text/csv; charset=utf-8",
@@ -273,10 +289,45 @@ async fn streamed(
         body,
     )
         .into_response();
+    let h = resp.headers_mut();
     if let Some(d) = disposition.and_then(|d| HeaderValue::from_str(&d).ok()) {
-        resp.headers_mut().insert(header::CONTENT_DISPOSITION, d);
+        h.insert(header::CONTENT_DISPOSITION, d);
+    }
+    h.insert(
+        header::HeaderName::from_static("x-cache"),
+        HeaderValue::from_static(verdict.cache.as_str()),
+    );
+    h.insert(
+        header::HeaderName::from_static("x-complete"),
+        HeaderValue::from_static(if verdict.complete { "true" } else { "false" }),
+    );
+    h.insert(
+        header::HeaderName::from_static("x-stale"),
+        HeaderValue::from_static(if verdict.stale { "true" } else { "false" }),
+    );
+    for w in verdict.warnings.iter().take(MAX_WARNING_HEADERS) {
+        if let Ok(v) = HeaderValue::from_str(&ascii_header_text(w)) {
+            h.append(header::HeaderName::from_static("x-warning"), v);
+        }
     }
     Ok(resp)
+}
+
+/// Most `X-Warning` headers on a streamed answer (`X-Complete`/`X-Stale` say the rest).
+const MAX_WARNING_HEADERS: usize = 20;
+
+/// `text` as a header value: printable ASCII, anything else replaced, at most 512 bytes.
+fn ascii_header_text(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(512)
+        .collect()
 }
 
 fn render_window(

@@ -201,6 +201,10 @@ pub fn range_fetch(
         ctx: crate::fetch::CallContext {
             caller: std::sync::Arc::clone(&caller.name),
             request_id,
+            allowance: std::sync::Arc::new(crate::fetch::Allowance::new(
+                state.settings.budget.max_calls_per_request,
+                state.settings.budget.rate,
+            )),
         },
         refresh: caller.admin && wants_refresh(headers),
     }

@@ -2,8 +2,6 @@
 //! zone, lists that may be comma-separated or repeated, paging and format. Every problem is
 //! a 400 that names the parameter; nothing here can panic on input.
 
-use std::fmt::Write as _;
-
 use jiff::{
     Timestamp,
     civil::{Date, DateTime, Time},
@@ -76,22 +74,15 @@ impl RangeQuery {
         )
     }
 
-    /// A canonical text of everything that selects records (not paging or format).
-    pub fn fingerprint(&self) -> String {
-        let f = &self.filters;
-        let mut s = String::with_capacity(128);
-        let _ = write!(
-            s,
-            "{}|{}|{}|c={}|q={}|b={}|f={}",
-            self.from.as_second(),
-            self.to.as_second(),
-            self.tz_name,
-            f.channels.join(","),
-            f.queues.join(","),
-            f.bots.join(","),
-            f.fields.join(",")
-        );
-        s
+    /// The typed key of everything that selects this query's records (not paging or format).
+    pub fn key(&self, route: &'static str) -> crate::cache::QueryKey<'_> {
+        crate::cache::QueryKey {
+            route,
+            from: self.from.as_second(),
+            to: self.to.as_second(),
+            tz: &self.tz_name,
+            filters: &self.filters,
+        }
     }
 }
 

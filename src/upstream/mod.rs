@@ -76,6 +76,13 @@ pub enum UpstreamError {
     /// Our own budget could not grant the call within KORE_MAX_WAIT.
     #[error("upstream budget exhausted")]
     Budget { retry_after: Duration },
+    /// The request would need more upstream calls than MAX_CALLS_PER_REQUEST allows.
+    #[error("the request needs about {estimate} upstream calls, more than the {limit} allowed")]
+    OverCallBudget {
+        estimate: u64,
+        limit: u32,
+        retry_after: Duration,
+    },
     /// Anything else unexpected (an unknown status).
     #[error("unexpected upstream answer: {0}")]
     Unexpected(String),
@@ -101,6 +108,7 @@ impl UpstreamError {
             UpstreamError::Transient(_) => "transient",
             UpstreamError::Timeout => "timeout",
             UpstreamError::Budget { .. } => "budget",
+            UpstreamError::OverCallBudget { .. } => "over_call_budget",
             UpstreamError::Unexpected(_) => "unexpected",
         }
     }
@@ -145,6 +153,7 @@ struct Inner {
     iid: Option<HeaderValue>,
     jwt: JwtMinter,
     offset_mode: OffsetMode,
+    max_body_bytes: usize,
 }
 
 impl fmt::Debug for UpstreamClient {
@@ -193,6 +202,7 @@ impl UpstreamClient {
                 iid,
                 jwt: JwtMinter::new(&s.client_id, &s.client_secret, s.jwt_ttl, s.jwt_jti),
                 offset_mode: s.offset_mode,
+                max_body_bytes: s.max_body_bytes,
             }),
         })
     }
@@ -290,9 +300,29 @@ impl UpstreamClient {
             .map_err(map_reqwest)?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(map_reqwest)?;
+        let bytes = read_capped(resp, self.inner.max_body_bytes).await?;
         Ok((status, headers, bytes))
     }
+}
+
+/// The body of `resp`, refused as a transient failure once it passes `max` bytes — whatever
+/// `Content-Length` claims — so a runaway answer costs at most `max` bytes of memory.
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Bytes, UpstreamError> {
+    let too_big = || UpstreamError::Transient(format!("body larger than {max} bytes"));
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX))
+    {
+        return Err(too_big());
+    }
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(map_reqwest)? {
+        if buf.len() + chunk.len() > max {
+            return Err(too_big());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
 }
 
 /// reqwest is built without a bundled crypto provider (the default one needs a heavy C

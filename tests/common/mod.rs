@@ -39,6 +39,10 @@ pub struct Opts {
     pub key_rate_limit: Option<Rate>,
     pub cache: CacheSettings,
     pub jti: bool,
+    pub max_calls_per_request: u32,
+    pub max_body_bytes: usize,
+    /// Simulator data volume (see `SimConfig::volume`).
+    pub sim_volume: u32,
 }
 
 impl Default for Opts {
@@ -64,6 +68,9 @@ impl Default for Opts {
                 stale_grace: Duration::from_secs(86_400),
             },
             jti: false,
+            max_calls_per_request: 1000,
+            max_body_bytes: 32 << 20,
+            sim_volume: 1,
         }
     }
 }
@@ -92,11 +99,13 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
             jwt_jti: o.jti,
             retries: o.retries,
             offset_mode: OffsetMode::Page,
+            max_body_bytes: o.max_body_bytes,
         },
         budget: BudgetSettings {
             rate: o.rate,
             max_wait: o.max_wait,
             concurrency: o.concurrency,
+            max_calls_per_request: o.max_calls_per_request,
         },
         api_keys: vec![
             ApiKey {
@@ -130,6 +139,7 @@ impl Harness {
         cfg.rate_limit = o.sim_rate_limit;
         cfg.faults = o.faults.clone();
         cfg.require_jti = o.jti;
+        cfg.volume = o.sim_volume;
         let (sim, sim_addr) = Simulator::spawn(cfg).await.expect("simulator starts");
         let state = kore_gateway::build(settings_for(&sim, sim_addr, &o)).expect("gateway builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
