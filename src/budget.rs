@@ -60,6 +60,33 @@ impl SlidingLog {
     }
 }
 
+/// Who a call is for, in the order the budget serves them: a caller waiting for its
+/// answer first, then the background refresh of a stale window someone was just served,
+/// then refresh-ahead, which only uses budget nobody is waiting for and leaves a quarter of
+/// the period's calls free for callers who may come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Priority {
+    Caller = 0,
+    Revalidate = 1,
+    RefreshAhead = 2,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [
+        Priority::Caller,
+        Priority::Revalidate,
+        Priority::RefreshAhead,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Priority::Caller => "caller",
+            Priority::Revalidate => "revalidate",
+            Priority::RefreshAhead => "refresh_ahead",
+        }
+    }
+}
+
 /// Refusal to grant a call in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BudgetExhausted {
@@ -104,34 +131,45 @@ struct Waiter {
 #[derive(Default)]
 struct Queues {
     log: SlidingLog,
-    by_caller: HashMap<Arc<str>, VecDeque<Waiter>>,
-    /// Callers with waiting calls, in round-robin order.
-    ring: VecDeque<Arc<str>>,
+    by_caller: HashMap<(Priority, Arc<str>), VecDeque<Waiter>>,
+    /// Per priority, the callers with waiting calls, in round-robin order.
+    rings: [VecDeque<Arc<str>>; 3],
     waiting: usize,
 }
 
 impl Queues {
-    /// The next live waiter, round-robin across callers.
+    /// The most urgent priority with a waiting call.
+    fn best_priority(&self) -> Option<Priority> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| !self.rings[*p as usize].is_empty())
+    }
+
+    /// The next live waiter: the most urgent priority first, round-robin across callers
+    /// within it.
     fn next_waiter(&mut self) -> Option<Waiter> {
-        while let Some(caller) = self.ring.pop_front() {
-            let Some(q) = self.by_caller.get_mut(&caller) else {
-                continue;
-            };
-            let mut found = None;
-            while let Some(w) = q.pop_front() {
-                self.waiting -= 1;
-                if !w.tx.is_closed() {
-                    found = Some(w);
-                    break;
+        for p in Priority::ALL {
+            while let Some(caller) = self.rings[p as usize].pop_front() {
+                let key = (p, caller);
+                let Some(q) = self.by_caller.get_mut(&key) else {
+                    continue;
+                };
+                let mut found = None;
+                while let Some(w) = q.pop_front() {
+                    self.waiting -= 1;
+                    if !w.tx.is_closed() {
+                        found = Some(w);
+                        break;
+                    }
                 }
-            }
-            if q.is_empty() {
-                self.by_caller.remove(&caller);
-            } else {
-                self.ring.push_back(caller);
-            }
-            if found.is_some() {
-                return found;
+                if q.is_empty() {
+                    self.by_caller.remove(&key);
+                } else {
+                    self.rings[p as usize].push_back(key.1);
+                }
+                if found.is_some() {
+                    return found;
+                }
             }
         }
         None
@@ -212,6 +250,18 @@ impl Budget {
     /// # Errors
     /// [`BudgetExhausted`] when no slot is granted within KORE_MAX_WAIT.
     pub async fn acquire(&self, caller: &Arc<str>) -> Result<CallPermit, BudgetExhausted> {
+        self.acquire_as(caller, Priority::Caller).await
+    }
+
+    /// [`Budget::acquire`] at a given priority.
+    ///
+    /// # Errors
+    /// [`BudgetExhausted`] when no slot is granted within KORE_MAX_WAIT.
+    pub async fn acquire_as(
+        &self,
+        caller: &Arc<str>,
+        priority: Priority,
+    ) -> Result<CallPermit, BudgetExhausted> {
         let started = Instant::now();
         let rx = {
             let mut q = lock(&self.shared.queues);
@@ -222,7 +272,8 @@ impl Budget {
             if self.shared.global.is_none()
                 && q.waiting == 0
                 && in_flight < self.shared.concurrency
-                && q.log.times.len() + (in_flight as usize) < self.shared.rate.calls as usize
+                && q.log.times.len() + (in_flight as usize)
+                    < room_for(priority, self.shared.rate.calls)
             {
                 self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
                 self.shared.granted.fetch_add(1, Ordering::Relaxed);
@@ -233,11 +284,14 @@ impl Budget {
                 });
             }
             let (tx, rx) = oneshot::channel();
-            let queue = q.by_caller.entry(Arc::clone(caller)).or_default();
+            let queue = q
+                .by_caller
+                .entry((priority, Arc::clone(caller)))
+                .or_default();
             let first_of_caller = queue.is_empty();
             queue.push_back(Waiter { tx });
             if first_of_caller {
-                q.ring.push_back(Arc::clone(caller));
+                q.rings[priority as usize].push_back(Arc::clone(caller));
             }
             q.waiting += 1;
             rx
@@ -245,6 +299,8 @@ impl Budget {
         self.shared.wake.notify_one();
         match tokio::time::timeout(self.shared.max_wait, rx).await {
             Ok(Ok(permit)) => {
+                metrics::histogram!("gateway_budget_wait_by_priority_seconds", "priority" => priority.label())
+                    .record(started.elapsed().as_secs_f64());
                 let waited = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
                 self.shared
                     .waited_micros
@@ -396,7 +452,10 @@ fn local_step(shared: &Arc<Shared>, limit: u32) -> Step {
             if q.waiting == 0 || in_flight >= shared.concurrency {
                 return Step::Wait(None);
             }
-            if q.log.times.len() + in_flight as usize >= limit {
+            let room = q
+                .best_priority()
+                .map_or(limit, |p| room_for(p, limit as u32));
+            if q.log.times.len() + in_flight as usize >= room {
                 // Full: a slot frees when the oldest completion leaves the window, or when a
                 // call in flight completes (a notify) — whichever comes first.
                 Some(q.log.next_free(shared.span))
@@ -412,6 +471,16 @@ fn local_step(shared: &Arc<Shared>, limit: u32) -> Step {
                 }
             }
         }
+    }
+}
+
+/// Calls of the period a grant at `priority` may fill: all of them for callers and
+/// revalidations, three quarters for refresh-ahead.
+fn room_for(priority: Priority, limit: u32) -> usize {
+    let limit = limit.max(1) as usize;
+    match priority {
+        Priority::RefreshAhead => (limit * 3 / 4).max(1),
+        _ => limit,
     }
 }
 
@@ -582,6 +651,85 @@ mod tests {
         );
         for t in bigs {
             t.abort();
+        }
+    }
+
+    /// Callers first, then revalidations, then refresh-ahead, which never fills more than
+    /// three quarters of a period; the sliding-window promise holds for all of them.
+    #[tokio::test(start_paused = true)]
+    async fn callers_go_before_revalidations_and_refresh_ahead() {
+        let budget = Arc::new(Budget::new_local(&settings(4, 1000, 100, 600_000)));
+        let order = Arc::new(Mutex::new(Vec::<(Priority, Instant)>::new()));
+        let mut tasks = Vec::new();
+        // Background work queues first: 12 refresh-ahead and 12 revalidation calls.
+        for (p, n) in [(Priority::RefreshAhead, 12), (Priority::Revalidate, 12)] {
+            for _ in 0..n {
+                let (b, o) = (Arc::clone(&budget), Arc::clone(&order));
+                tasks.push(tokio::spawn(async move {
+                    let name: Arc<str> = p.label().into();
+                    let permit = b.acquire_as(&name, p).await;
+                    lock(&o).push((p, Instant::now()));
+                    drop(permit);
+                }));
+            }
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        // Then a caller with 6 calls arrives (what was granted before stays before).
+        let arrived = lock(&order).len();
+        for _ in 0..6 {
+            let (b, o) = (Arc::clone(&budget), Arc::clone(&order));
+            tasks.push(tokio::spawn(async move {
+                let name: Arc<str> = "team-a".into();
+                let permit = b.acquire(&name).await;
+                lock(&o).push((Priority::Caller, Instant::now()));
+                drop(permit);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = lock(&order).clone();
+        // Grants made after the caller arrived: every caller call before any background one.
+        let after: Vec<Priority> = order[arrived..].iter().map(|(p, _)| *p).collect();
+        let last_caller = after.iter().rposition(|p| *p == Priority::Caller).unwrap();
+        assert!(
+            after[..last_caller].iter().all(|p| *p == Priority::Caller),
+            "a caller waited behind background work: {after:?}"
+        );
+        // Of what had to queue, revalidations before refresh-ahead.
+        let first_ahead = after
+            .iter()
+            .position(|p| *p == Priority::RefreshAhead)
+            .unwrap();
+        let last_reval = after
+            .iter()
+            .rposition(|p| *p == Priority::Revalidate)
+            .unwrap();
+        assert!(last_reval < first_ahead, "{after:?}");
+        // No interval of the period ever held more than 4 grants.
+        for (i, (_, t)) in order.iter().enumerate() {
+            let in_period = order[i..]
+                .iter()
+                .filter(|(_, u)| u.duration_since(*t) < Duration::from_millis(1000))
+                .count();
+            assert!(in_period <= 4, "{in_period} grants within a period");
+        }
+        // Refresh-ahead alone uses at most three of the four calls of a period.
+        let aheads: Vec<Instant> = order
+            .iter()
+            .filter(|(p, _)| *p == Priority::RefreshAhead)
+            .map(|(_, t)| *t)
+            .collect();
+        assert_eq!(aheads.len(), 12);
+        for (i, t) in aheads.iter().enumerate() {
+            let in_period = aheads[i..]
+                .iter()
+                .filter(|u| u.duration_since(*t) < Duration::from_millis(1000))
+                .count();
+            assert!(in_period <= 3, "refresh-ahead took {in_period} of a period");
         }
     }
 

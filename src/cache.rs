@@ -37,8 +37,8 @@ use moka::Expiry;
 use tokio::time::Instant;
 
 use crate::{
-    cluster::Cluster, config::CacheSettings, merge::Record, plan::Window, upstream::Filters,
-    upstream::UpstreamError,
+    budget::Priority, cluster::Cluster, config::CacheSettings, disk::DiskTier, merge::Record,
+    plan::Window, upstream::Filters, upstream::UpstreamError,
 };
 
 /// Everything that changes an upstream answer for a window.
@@ -174,6 +174,8 @@ pub struct WindowData {
     /// Set by the cache on insert.
     pub fresh_for: Duration,
     pub fetched_at: Instant,
+    /// Wall-clock time of the fetch (Unix ms): for `Age`, and freshness across restarts.
+    pub fetched_unix_ms: i64,
     pub weight: u32,
     /// Fetched by another replica and taken from the shared L2 cache.
     pub shared: bool,
@@ -189,6 +191,7 @@ impl WindowData {
             calls,
             fresh_for: Duration::ZERO,
             fetched_at: Instant::now(),
+            fetched_unix_ms: Timestamp::now().as_millisecond(),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
             shared: false,
         }
@@ -202,8 +205,32 @@ impl WindowData {
         self.fetched_at + self.fresh_for
     }
 
+    /// How long ago it expired (zero while fresh).
+    pub fn expired_for(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.fresh_until())
+    }
+
     pub fn is_fresh(&self) -> bool {
         Instant::now() < self.fresh_until()
+    }
+
+    /// Seconds of freshness left: negative once expired (`Cache-Status` `ttl`).
+    pub fn ttl_seconds(&self) -> i64 {
+        let now = Instant::now();
+        let until = self.fresh_until();
+        if now < until {
+            until.duration_since(now).as_secs() as i64
+        } else {
+            // Expired is never `ttl=0`: at least one second past.
+            let over = now.duration_since(until);
+            -((over.as_secs() + u64::from(over.subsec_nanos() > 0)).max(1) as i64)
+        }
+    }
+
+    /// How long ago it was fetched, by the wall clock (`Age`).
+    pub fn age_seconds(&self) -> u64 {
+        let ms = Timestamp::now().as_millisecond() - self.fetched_unix_ms;
+        u64::try_from(ms / 1000).unwrap_or(0)
     }
 }
 
@@ -216,6 +243,15 @@ pub enum Source {
     Miss,
     /// Expired copy served because the upstream failed.
     Stale,
+    /// Expired less than CACHE_SWR ago: served at once while it is refreshed behind.
+    Revalidating,
+}
+
+impl Source {
+    /// Served from an expired copy.
+    pub fn is_stale(self) -> bool {
+        matches!(self, Source::Stale | Source::Revalidating)
+    }
 }
 
 /// One window's answer for a request.
@@ -225,7 +261,14 @@ pub struct WindowOutcome {
     pub source: Source,
     /// Upstream calls this request made for it (0 when it waited on another's fetch).
     pub calls: u32,
+    /// It joined another caller's fetch of the same window.
+    pub collapsed: bool,
 }
+
+/// Makes one upstream fetch of a window at a budget priority. The cache keeps it to
+/// revalidate or refresh the window later, behind the caller's back.
+pub type Refetch =
+    Arc<dyn Fn(Priority) -> BoxFuture<'static, Result<WindowData, UpstreamError>> + Send + Sync>;
 
 type FetchResult = Result<Arc<WindowData>, UpstreamError>;
 type InFlight = Shared<BoxFuture<'static, FetchResult>>;
@@ -253,14 +296,22 @@ pub struct CacheCounters {
     pub stale_served: AtomicU64,
     pub coalesced: AtomicU64,
     pub response_hits: AtomicU64,
+    /// Stale windows refreshed in the background (stale-while-revalidate).
+    pub revalidations: AtomicU64,
+    /// Windows refreshed ahead of expiry because they are being polled.
+    pub refresh_ahead: AtomicU64,
 }
 
 /// The window cache with request coalescing.
 pub struct WindowCache {
     store: moka::future::Cache<WindowKey, Arc<WindowData>>,
+    /// The on-disk tier, when CACHE_DIR is set.
+    disk: Option<Arc<DiskTier>>,
     /// The L2 cache and cross-replica lock, when REDIS_URL is set.
     cluster: Option<Arc<Cluster>>,
     inflight: Arc<Mutex<HashMap<WindowKey, InFlight>>>,
+    /// Recent windows being read, for refresh-ahead: when last read, and how to refetch.
+    watched: Mutex<HashMap<WindowKey, (Instant, Refetch)>>,
     policy: CacheSettings,
     pub counters: Arc<CacheCounters>,
 }
@@ -295,20 +346,37 @@ impl WindowCache {
         counters: Arc<CacheCounters>,
         cluster: Option<Arc<Cluster>>,
     ) -> Self {
+        Self::with_disk(policy, counters, cluster, None)
+    }
+
+    /// A cache with an on-disk tier below memory (CACHE_DIR).
+    pub fn with_disk(
+        policy: CacheSettings,
+        counters: Arc<CacheCounters>,
+        cluster: Option<Arc<Cluster>>,
+        disk: Option<Arc<DiskTier>>,
+    ) -> Self {
         let store = moka::future::Cache::builder()
             .max_capacity(policy.max_bytes / 4 * 3)
             .weigher(|_k: &WindowKey, v: &Arc<WindowData>| v.weight)
             .expire_after(WindowExpiry {
-                grace: policy.stale_grace,
+                grace: policy.stale_grace.max(policy.swr),
             })
             .build();
         WindowCache {
             store,
+            disk,
             cluster,
             inflight: Arc::new(Mutex::new(HashMap::new())),
+            watched: Mutex::new(HashMap::new()),
             policy,
             counters,
         }
+    }
+
+    /// The on-disk tier, when there is one.
+    pub fn disk(&self) -> Option<&Arc<DiskTier>> {
+        self.disk.as_ref()
     }
 
     /// How long a window's data stays fresh (the TTL policy).
@@ -321,88 +389,93 @@ impl WindowCache {
         self.store.get(key).await.filter(|d| d.is_fresh())
     }
 
+    /// The copy in memory, or else the one on disk (which then fills memory).
+    async fn cached(&self, key: &WindowKey) -> Option<Arc<WindowData>> {
+        if let Some(d) = self.store.get(key).await {
+            return Some(d);
+        }
+        let disk = self.disk.as_ref()?;
+        let d = Arc::new(disk.get(key).await?);
+        if d.is_fresh() || d.expired_for() < self.policy.stale_grace.max(self.policy.swr) {
+            self.store.insert(key.clone(), Arc::clone(&d)).await;
+            Some(d)
+        } else {
+            None
+        }
+    }
+
     /// Returns the window from cache, or fetches it once for all concurrent callers.
-    /// `refresh` skips the fresh copy (an admin's `Cache-Control: no-cache`).
+    /// `refresh` skips the fresh copy (an admin's `Cache-Control: no-cache`). A copy expired
+    /// less than CACHE_SWR ago is answered at once and refreshed in the background.
     ///
     /// # Errors
     /// The fetch's error, when no stale copy can stand in.
-    pub async fn get_or_fetch<F, Fut>(
+    pub async fn get_or_fetch(
         &self,
         key: WindowKey,
         refresh: bool,
-        fetch: F,
-    ) -> Result<WindowOutcome, UpstreamError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<WindowData, UpstreamError>> + Send + 'static,
-    {
-        if !refresh && let Some(d) = self.get_fresh(&key).await {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(WindowOutcome {
-                data: d,
-                source: Source::Hit,
-                calls: 0,
-            });
-        }
-        let (flight, leader) = {
-            let mut map = lock(&self.inflight);
-            match map.get(&key) {
-                Some(f) => (f.clone(), false),
-                None => {
-                    let fut = fetch();
-                    let lead = Leader {
-                        store: self.store.clone(),
-                        cluster: self.cluster.clone(),
-                        policy: self.policy,
-                        key: key.clone(),
-                        refresh,
-                    };
-                    let guard = InflightGuard {
-                        map: Arc::clone(&self.inflight),
-                        key: key.clone(),
-                    };
-                    let task = tokio::spawn(async move {
-                        let _guard = guard;
-                        lead.run(fut).await
-                    });
-                    let shared = async move {
-                        match task.await {
-                            Ok(Ok(d)) => Ok(d),
-                            Ok(Err(e)) => Err(e),
-                            Err(_) => {
-                                Err(UpstreamError::Unexpected("window fetch task failed".into()))
-                            }
-                        }
-                    }
-                    .boxed()
-                    .shared();
-                    map.insert(key.clone(), shared.clone());
-                    (shared, true)
-                }
+        refetch: Refetch,
+    ) -> Result<WindowOutcome, UpstreamError> {
+        if !refresh && let Some(d) = self.cached(&key).await {
+            if d.is_fresh() {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                self.watch(&key, &d, &refetch);
+                return Ok(WindowOutcome {
+                    data: d,
+                    source: Source::Hit,
+                    calls: 0,
+                    collapsed: false,
+                });
             }
-        };
-        match flight.await {
+            if !self.policy.swr.is_zero() && d.expired_for() < self.policy.swr {
+                // Stale-while-revalidate: this caller gets the copy now; one refresh runs
+                // behind (joined with any fetch of the window already under way).
+                let (_, started) = self.flight(
+                    &key,
+                    true,
+                    refetch(Priority::Revalidate),
+                    Priority::Revalidate,
+                );
+                if started {
+                    self.counters.revalidations.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("gateway_cache_revalidations_total").increment(1);
+                }
+                self.watch(&key, &d, &refetch);
+                return Ok(WindowOutcome {
+                    data: d,
+                    source: Source::Revalidating,
+                    calls: 0,
+                    collapsed: false,
+                });
+            }
+        }
+        let (flight, leader) =
+            self.flight(&key, refresh, refetch(Priority::Caller), Priority::Caller);
+        let out = match flight.await {
             Ok(data) => {
                 if data.shared {
                     // Another replica fetched it: a hit as far as the upstream is concerned.
                     self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(WindowOutcome {
+                    Ok(WindowOutcome {
                         data,
                         source: Source::Hit,
                         calls: 0,
-                    });
-                }
-                if leader {
-                    self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                        collapsed: false,
+                    })
                 } else {
-                    self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                    if leader {
+                        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.counters.coalesced.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let calls = if leader { data.calls } else { 0 };
+                    Ok(WindowOutcome {
+                        data,
+                        source: Source::Miss,
+                        calls,
+                        collapsed: !leader,
+                    })
                 }
-                let calls = if leader { data.calls } else { 0 };
-                Ok(WindowOutcome {
-                    data,
-                    source: Source::Miss,
-                    calls,
-                })
             }
             Err(e) => match self.store.get(&key).await {
                 Some(old) => {
@@ -412,16 +485,142 @@ impl WindowCache {
                         data: old,
                         source: Source::Stale,
                         calls: 0,
+                        collapsed: false,
                     })
                 }
                 None => Err(e),
             },
+        };
+        if let Ok(o) = &out {
+            self.watch(&key, &o.data, &refetch);
         }
+        out
     }
 
-    /// Drops everything.
-    pub fn purge(&self) {
+    /// The fetch of `key` under way, or a new one started (in its own task, so a caller
+    /// that goes away does not cancel it for the others). Returns it and whether it is new.
+    fn flight<Fut>(
+        &self,
+        key: &WindowKey,
+        refresh: bool,
+        fetch: Fut,
+        priority: Priority,
+    ) -> (InFlight, bool)
+    where
+        Fut: Future<Output = Result<WindowData, UpstreamError>> + Send + 'static,
+    {
+        let mut map = lock(&self.inflight);
+        if let Some(f) = map.get(key) {
+            return (f.clone(), false);
+        }
+        let lead = Leader {
+            store: self.store.clone(),
+            disk: self.disk.clone(),
+            cluster: self.cluster.clone(),
+            policy: self.policy,
+            key: key.clone(),
+            // A background refresh must not stop at the copy it is replacing.
+            refresh: refresh || priority != Priority::Caller,
+        };
+        let guard = InflightGuard {
+            map: Arc::clone(&self.inflight),
+            key: key.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            lead.run(fetch).await
+        });
+        let shared = async move {
+            match task.await {
+                Ok(Ok(d)) => Ok(d),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(UpstreamError::Unexpected("window fetch task failed".into())),
+            }
+        }
+        .boxed()
+        .shared();
+        map.insert(key.clone(), shared.clone());
+        (shared, true)
+    }
+
+    /// Remembers a window touching "now" that was just read, for refresh-ahead.
+    fn watch(&self, key: &WindowKey, data: &WindowData, refetch: &Refetch) {
+        if self.policy.refresh_ahead_idle.is_none()
+            || freshness(&self.policy, &data.window, true, Timestamp::now())
+                != self.policy.ttl_recent
+        {
+            return;
+        }
+        lock(&self.watched).insert(key.clone(), (Instant::now(), Arc::clone(refetch)));
+    }
+
+    /// One round of refresh-ahead: every watched window read within REFRESH_AHEAD_IDLE
+    /// whose copy expires within the lead time is refreshed now, at the lowest priority;
+    /// windows not read for longer are forgotten. Returns how many refreshes it started.
+    pub async fn refresh_ahead_round(&self) -> usize {
+        let Some(idle) = self.policy.refresh_ahead_idle else {
+            return 0;
+        };
+        let now = Instant::now();
+        let lead = refresh_lead(&self.policy);
+        let due: Vec<(WindowKey, Refetch)> = {
+            let mut w = lock(&self.watched);
+            w.retain(|_, (read, _)| now.duration_since(*read) < idle);
+            w.iter()
+                .map(|(k, (_, f))| (k.clone(), Arc::clone(f)))
+                .collect()
+        };
+        let mut started = 0;
+        for (key, refetch) in due {
+            let expiring = match self.store.get(&key).await {
+                Some(d) => d.fresh_until() <= now + lead,
+                None => true,
+            };
+            if !expiring || lock(&self.inflight).contains_key(&key) {
+                continue;
+            }
+            let (_, new) = self.flight(
+                &key,
+                true,
+                refetch(Priority::RefreshAhead),
+                Priority::RefreshAhead,
+            );
+            if new {
+                started += 1;
+                self.counters.refresh_ahead.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("gateway_cache_refresh_ahead_total").increment(1);
+            }
+        }
+        started
+    }
+
+    /// Runs refresh-ahead rounds until the cache is dropped (when REFRESH_AHEAD is on).
+    pub fn spawn_refresh_ahead(self: &Arc<Self>) {
+        if self.policy.refresh_ahead_idle.is_none() {
+            return;
+        }
+        let every = (refresh_lead(&self.policy) / 2).max(Duration::from_millis(250));
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(cache) = weak.upgrade() else {
+                    return;
+                };
+                cache.refresh_ahead_round().await;
+            }
+        });
+    }
+
+    /// Drops everything held in memory and on disk; returns how many windows the disk
+    /// held.
+    pub async fn purge(&self) -> u64 {
         self.store.invalidate_all();
+        lock(&self.watched).clear();
+        match &self.disk {
+            Some(d) => d.purge().await,
+            None => 0,
+        }
     }
 
     /// (entries, bytes), after pending maintenance.
@@ -431,11 +630,18 @@ impl WindowCache {
     }
 }
 
+/// How long before expiry refresh-ahead refreshes a polled window: a fifth of the recent
+/// TTL, at least a second.
+fn refresh_lead(policy: &CacheSettings) -> Duration {
+    (policy.ttl_recent / 5).max(Duration::from_secs(1))
+}
+
 /// The work of the one task that fills a cold window: L1 again (a leader may just have
 /// finished), then the replicas' L2, then — holding the cross-replica lock so no other
 /// replica fetches it too — the upstream; the result goes to both levels.
 struct Leader {
     store: moka::future::Cache<WindowKey, Arc<WindowData>>,
+    disk: Option<Arc<DiskTier>>,
     cluster: Option<Arc<Cluster>>,
     policy: CacheSettings,
     key: WindowKey,
@@ -504,7 +710,11 @@ impl Leader {
                     Timestamp::now(),
                 );
                 data.fetched_at = Instant::now();
+                data.fetched_unix_ms = Timestamp::now().as_millisecond();
                 let data = self.keep_fetched(data).await;
+                if let Some(d) = &self.disk {
+                    d.put(&self.key, &data).await;
+                }
                 if let Some(c) = &self.cluster {
                     c.put_window(&self.key, &data, self.policy.stale_grace)
                         .await;
@@ -519,9 +729,13 @@ impl Leader {
         out
     }
 
-    /// Keeps a copy another replica fetched (no upstream call was made for it here).
+    /// Keeps a copy another replica fetched (no upstream call was made for it here), in
+    /// memory and on disk.
     async fn keep(&self, mut data: WindowData) -> Arc<WindowData> {
         data.shared = true;
+        if let Some(d) = &self.disk {
+            d.put(&self.key, &data).await;
+        }
         self.keep_fetched(data).await
     }
 
@@ -558,6 +772,8 @@ pub struct Rendered {
     pub head: Bytes,
     pub etag: String,
     pub fresh_until: Instant,
+    /// Wall-clock fetch time of its oldest window (Unix ms), for `Age`.
+    pub fetched_unix_ms: i64,
 }
 
 /// Rendered answers of complete requests.
@@ -634,6 +850,8 @@ mod tests {
             ttl_recent: Duration::from_secs(30),
             settle: Duration::from_secs(3600),
             stale_grace: Duration::from_secs(86_400),
+            swr: Duration::ZERO,
+            refresh_ahead_idle: None,
         }
     }
 
@@ -650,12 +868,9 @@ mod tests {
     }
 
     /// A fetch that counts its calls and fails when `fail` is set.
-    fn fetcher(
-        w: Window,
-        count: Arc<AtomicU32>,
-        fail: bool,
-    ) -> impl FnOnce() -> BoxFuture<'static, Result<WindowData, UpstreamError>> {
-        move || {
+    fn fetcher(w: Window, count: Arc<AtomicU32>, fail: bool) -> Refetch {
+        Arc::new(move |_priority| {
+            let count = Arc::clone(&count);
             async move {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -666,7 +881,127 @@ mod tests {
                 }
             }
             .boxed()
+        })
+    }
+
+    /// A fetch that records the priority of every call it makes.
+    fn recording(w: Window, log: Arc<Mutex<Vec<Priority>>>) -> Refetch {
+        Arc::new(move |priority| {
+            let log = Arc::clone(&log);
+            async move {
+                lock(&log).push(priority);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(WindowData::new(w, Vec::new(), Vec::new(), 1))
+            }
+            .boxed()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_expired_within_swr_is_answered_at_once_and_refreshed_once_behind() {
+        let cache = WindowCache::new(
+            CacheSettings {
+                swr: Duration::from_secs(600),
+                ..policy()
+            },
+            Arc::default(),
+            None,
+        );
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let w = window_ending(Timestamp::now());
+        let o = cache
+            .get_or_fetch(key(&w), false, recording(w, Arc::clone(&log)))
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Miss);
+        tokio::time::advance(Duration::from_secs(40)).await;
+        // Expired 10 s ago: five callers at once all get the stale copy without waiting,
+        // and one refresh starts, at the revalidation priority.
+        let started = Instant::now();
+        for _ in 0..5 {
+            let o = cache
+                .get_or_fetch(key(&w), false, recording(w, Arc::clone(&log)))
+                .await
+                .unwrap();
+            assert_eq!(o.source, Source::Revalidating);
+            assert!(o.data.ttl_seconds() < 0);
         }
+        assert_eq!(Instant::now(), started, "no caller waited (paused clock)");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            *lock(&log),
+            vec![Priority::Caller, Priority::Revalidate],
+            "one refresh behind"
+        );
+        let o = cache
+            .get_or_fetch(key(&w), false, recording(w, Arc::clone(&log)))
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Hit, "then served fresh");
+        assert_eq!(cache.counters.revalidations.load(Ordering::Relaxed), 1);
+        // Expired longer than CACHE_SWR ago: the caller waits for the upstream again.
+        tokio::time::advance(Duration::from_secs(30 + 601)).await;
+        let o = cache
+            .get_or_fetch(key(&w), false, recording(w, Arc::clone(&log)))
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Miss);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_ahead_keeps_a_polled_recent_window_fresh_without_waiting() {
+        let cache = Arc::new(WindowCache::new(
+            CacheSettings {
+                refresh_ahead_idle: Some(Duration::from_secs(600)),
+                ..policy()
+            },
+            Arc::default(),
+            None,
+        ));
+        cache.spawn_refresh_ahead();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let w = window_ending(Timestamp::now());
+        cache
+            .get_or_fetch(key(&w), false, recording(w, Arc::clone(&log)))
+            .await
+            .unwrap();
+        // A dashboard polls every 5 s for ten minutes: twenty TTLs of 30 s.
+        let mut waited = 0;
+        for _ in 0..120 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            let o = cache
+                .get_or_fetch(key(&w), false, recording(w, Arc::clone(&log)))
+                .await
+                .unwrap();
+            if o.source != Source::Hit {
+                waited += 1;
+            }
+        }
+        assert_eq!(waited, 0, "every poll was a fresh hit");
+        let calls = lock(&log).clone();
+        assert!(
+            calls[1..].iter().all(|p| *p == Priority::RefreshAhead),
+            "{calls:?}"
+        );
+        // About one refresh per TTL, not one per poll.
+        assert!(
+            (18..=25).contains(&(calls.len() - 1)),
+            "{} refreshes",
+            calls.len() - 1
+        );
+        // Nobody polls any more: after REFRESH_AHEAD_IDLE the window is left to expire.
+        let before = lock(&log).len();
+        tokio::time::sleep(Duration::from_secs(1200)).await;
+        let after = lock(&log).len();
+        // Still read within REFRESH_AHEAD_IDLE (600 s): refreshed about once per TTL less
+        // the lead (24 s), then no more.
+        assert!(
+            after - before <= 26,
+            "{} refreshes while idle",
+            after - before
+        );
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(lock(&log).len(), after, "no refresh once idle");
     }
 
     #[tokio::test(start_paused = true)]

@@ -154,8 +154,8 @@ fn unix_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// A window as L2 bytes: JSON, lz4-compressed.
-fn encode(data: &WindowData, fetched_at_ms: i64) -> Option<Vec<u8>> {
+/// A window as stored outside the process (Redis, disk): JSON, lz4-compressed.
+pub(crate) fn encode(data: &WindowData, fetched_at_ms: i64) -> Option<Vec<u8>> {
     let stored = Stored {
         start: data.window.start.as_second(),
         end: data.window.end.as_second(),
@@ -171,12 +171,14 @@ fn encode(data: &WindowData, fetched_at_ms: i64) -> Option<Vec<u8>> {
 
 /// L2 bytes back into a window, if still fresh.
 fn decode(bytes: &[u8]) -> Option<WindowData> {
+    decode_any(bytes).filter(WindowData::is_fresh)
+}
+
+/// Stored bytes back into a window, fresh or expired: its freshness is rebuilt from the
+/// wall-clock fetch time, so it survives a restart.
+pub(crate) fn decode_any(bytes: &[u8]) -> Option<WindowData> {
     let bytes = lz4_flex::decompress_size_prepended(bytes).ok()?;
     let stored: Stored<'_> = serde_json::from_slice(&bytes).ok()?;
-    let left = stored.fetched_at_ms + stored.fresh_for_ms as i64 - unix_ms();
-    if left <= 0 {
-        return None;
-    }
     let window = Window {
         start: jiff::Timestamp::from_second(stored.start).ok()?,
         end: jiff::Timestamp::from_second(stored.end).ok()?,
@@ -188,8 +190,25 @@ fn decode(bytes: &[u8]) -> Option<WindowData> {
         .map(|r| Record::new(r.to_owned(), &window))
         .collect();
     let mut data = WindowData::new(window, records, stored.warnings, 0);
-    data.fresh_for = Duration::from_millis(left as u64);
+    data.fetched_unix_ms = stored.fetched_at_ms;
+    let left = stored.fetched_at_ms + stored.fresh_for_ms as i64 - unix_ms();
+    if left > 0 {
+        // Fresh: it expires `left` from now.
+        data.fresh_for = Duration::from_millis(left as u64);
+    } else {
+        // Expired `-left` ago (as far as this process's clock reaches back).
+        let expired_for = Duration::from_millis(left.unsigned_abs());
+        data.fresh_for = Duration::ZERO;
+        data.fetched_at = tokio::time::Instant::now()
+            .checked_sub(expired_for)
+            .unwrap_or_else(tokio::time::Instant::now);
+    }
     Some(data)
+}
+
+/// The wall-clock fetch time of stored bytes (for the disk tier's starting recency).
+pub(crate) fn stored_fetched_at_ms(bytes: &[u8]) -> Option<i64> {
+    decode_any(bytes).map(|d| d.fetched_unix_ms)
 }
 
 impl Cluster {

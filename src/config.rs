@@ -153,6 +153,27 @@ pub struct Cli {
     #[arg(long, env = "CACHE_STALE_GRACE", default_value = "24h", value_parser = parse_duration)]
     pub cache_stale_grace: Duration,
 
+    /// Folder of the on-disk cache tier (windows survive restarts); unset = memory only.
+    #[arg(long, env = "CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Bound on the on-disk tier, in bytes (least recently used windows go first).
+    #[arg(long, env = "CACHE_DISK_MAX_BYTES", default_value_t = 2_147_483_648)]
+    pub cache_disk_max_bytes: u64,
+
+    /// Stale-while-revalidate: a window expired for less than this is answered at once from
+    /// its stale copy and refreshed in the background; `0s` turns it off.
+    #[arg(long, env = "CACHE_SWR", default_value = "10m", value_parser = parse_duration)]
+    pub cache_swr: Duration,
+
+    /// Refresh windows touching "now" shortly before they expire while they are being read.
+    #[arg(long, env = "REFRESH_AHEAD", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub refresh_ahead: bool,
+
+    /// A window not read for this long is no longer refreshed ahead.
+    #[arg(long, env = "REFRESH_AHEAD_IDLE", default_value = "10m", value_parser = parse_duration)]
+    pub refresh_ahead_idle: Duration,
+
     /// Longest range one request may ask for, in days.
     #[arg(long, env = "MAX_RANGE_DAYS", default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
     pub max_range_days: u32,
@@ -176,6 +197,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub max_range_days: u32,
     pub redis_url: Option<SecretString>,
+    /// CACHE_DIR and CACHE_DISK_MAX_BYTES: the on-disk tier, when set.
+    pub disk: Option<DiskSettings>,
     /// Floor of the replica count used for the local budget share while Redis is down.
     pub replicas: u32,
 }
@@ -207,6 +230,13 @@ pub struct BudgetSettings {
     pub max_calls_per_request: u32,
 }
 
+/// The on-disk cache tier.
+#[derive(Debug, Clone)]
+pub struct DiskSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+}
+
 /// Cache bounds and freshness policy.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSettings {
@@ -215,6 +245,10 @@ pub struct CacheSettings {
     pub ttl_recent: Duration,
     pub settle: Duration,
     pub stale_grace: Duration,
+    /// CACHE_SWR: how long after expiry a window is served stale while it is refreshed.
+    pub swr: Duration,
+    /// REFRESH_AHEAD and REFRESH_AHEAD_IDLE (`None` = off).
+    pub refresh_ahead_idle: Option<Duration>,
 }
 
 /// One caller identity. The key itself is a secret.
@@ -514,12 +548,21 @@ impl Cli {
                 ttl_recent: self.cache_ttl_recent,
                 settle: self.cache_settle,
                 stale_grace: self.cache_stale_grace,
+                swr: self.cache_swr,
+                refresh_ahead_idle: self.refresh_ahead.then_some(self.refresh_ahead_idle),
             },
             max_range_days: self.max_range_days,
             redis_url: self
                 .redis_url
                 .filter(|u| !u.expose_secret().trim().is_empty()),
             replicas: self.gateway_replicas,
+            disk: self
+                .cache_dir
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(|dir| DiskSettings {
+                    dir,
+                    max_bytes: self.cache_disk_max_bytes,
+                }),
         })
     }
 }

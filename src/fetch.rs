@@ -29,8 +29,8 @@ use futures_util::{
 };
 
 use crate::{
-    budget::Budget,
-    cache::{Source, WindowCache, WindowData, WindowKey, WindowOutcome},
+    budget::{Budget, Priority},
+    cache::{Refetch, Source, WindowCache, WindowData, WindowKey, WindowOutcome},
     merge::{Record, cross_check, dedupe_and_sort},
     plan::Window,
     render::CacheStatus,
@@ -59,6 +59,8 @@ pub struct CallContext {
     pub request_id: Arc<str>,
     /// What this request may still spend (shared by all its windows).
     pub allowance: Arc<Allowance>,
+    /// Where its calls stand in the shared budget's queue.
+    pub priority: Priority,
 }
 
 /// Upstream client, budget and retry policy, shared by every fetch task.
@@ -110,12 +112,15 @@ impl Fetcher {
         &self,
         ctx: &CallContext,
     ) -> Result<crate::budget::CallPermit, UpstreamError> {
-        self.budget.acquire(&ctx.caller).await.map_err(|e| {
-            metrics::counter!("gateway_budget_exhausted_total").increment(1);
-            UpstreamError::Budget {
-                retry_after: e.retry_after,
-            }
-        })
+        self.budget
+            .acquire_as(&ctx.caller, ctx.priority)
+            .await
+            .map_err(|e| {
+                metrics::counter!("gateway_budget_exhausted_total").increment(1);
+                UpstreamError::Budget {
+                    retry_after: e.retry_after,
+                }
+            })
     }
 
     /// One page, with budget, retries and token re-minting.
@@ -198,6 +203,7 @@ impl Fetcher {
             caller: "readyz".into(),
             request_id: crate::api::new_request_id().into(),
             allowance: Arc::new(Allowance::unlimited()),
+            priority: Priority::Caller,
         };
         let calls = AtomicU32::new(0);
         self.call(&window, &Filters::default(), 0, &ctx, &calls)
@@ -374,6 +380,15 @@ impl Allowance {
         }
     }
 
+    /// A new allowance of `limit` calls.
+    fn again(limit: u32, refill: Duration) -> Self {
+        Allowance {
+            limit,
+            used: AtomicU32::new(0),
+            refill,
+        }
+    }
+
     /// No limit (the readiness probe).
     pub fn unlimited() -> Self {
         Allowance {
@@ -442,9 +457,27 @@ impl RangeFetch {
     pub async fn window(&self, window: Window) -> Result<WindowOutcome, UpstreamError> {
         let key = WindowKey::new(&window, &self.filters);
         let this = self.clone();
-        self.cache
-            .get_or_fetch(key, self.refresh, move || this.fetch_uncached(window))
-            .await
+        let refetch: Refetch =
+            Arc::new(move |priority| this.with_priority(priority).fetch_uncached(window));
+        self.cache.get_or_fetch(key, self.refresh, refetch).await
+    }
+
+    /// This fetch on behalf of the cache itself (a revalidation or refresh-ahead): its own
+    /// place in the budget's queue and its own call allowance, not the request's.
+    fn with_priority(&self, priority: Priority) -> RangeFetch {
+        if priority == Priority::Caller {
+            return self.clone();
+        }
+        let mut this = self.clone();
+        let limit = self.ctx.allowance.limit();
+        this.ctx = CallContext {
+            caller: Arc::from(priority.label()),
+            request_id: Arc::clone(&self.ctx.request_id),
+            allowance: Arc::new(Allowance::again(limit, self.ctx.allowance.refill())),
+            priority,
+        };
+        this.refresh = true;
+        this
     }
 
     /// Fetches one window from the upstream. A window too full for one query is cut into
@@ -499,7 +532,7 @@ impl RangeFetch {
 pub struct Assessment {
     /// Every window's count checked out.
     pub complete: bool,
-    /// Some window is an expired copy served because the upstream failed.
+    /// Some window is an expired copy (stale-while-revalidate, or the upstream failed).
     pub stale: bool,
     /// Why not complete, and which windows are stale.
     pub warnings: Vec<String>,
@@ -507,6 +540,56 @@ pub struct Assessment {
     pub cache: CacheStatus,
     /// Upstream calls this request made.
     pub calls: u32,
+    /// Freshness left of the window that expires first, in seconds (negative once expired).
+    pub ttl: i64,
+    /// Age of the oldest data in the answer, in seconds.
+    pub age: u64,
+    /// Some window joined another caller's fetch.
+    pub collapsed: bool,
+    /// Some window was served expired because the upstream failed.
+    pub stale_if_error: bool,
+}
+
+impl Assessment {
+    /// The `Cache-Status` field (RFC 9211) of an answer built from these windows: `hit`
+    /// with the freshness left (negative when stale) when no window needed the upstream;
+    /// otherwise `fwd=miss` (`fwd=request` when an admin asked to bypass the cache), with
+    /// `stored` when the answer is kept for repeats and `collapsed` when it joined another
+    /// caller's fetch; a `detail` says why an answer is partial or stale.
+    pub fn cache_status(&self, forced: bool, stored: bool) -> String {
+        let mut v = String::from("kore-gateway");
+        if self.cache == CacheStatus::Hit && !forced {
+            v.push_str(&format!("; hit; ttl={}", self.ttl));
+        } else {
+            v.push_str(if forced {
+                "; fwd=request"
+            } else {
+                "; fwd=miss"
+            });
+            if stored {
+                v.push_str("; stored");
+            }
+            if self.collapsed {
+                v.push_str("; collapsed");
+            }
+            if self.stale {
+                v.push_str(&format!("; ttl={}", self.ttl));
+            }
+        }
+        let detail = if !self.complete {
+            Some("incomplete")
+        } else if self.stale_if_error {
+            Some("stale-if-error")
+        } else if self.stale {
+            Some("revalidating")
+        } else {
+            None
+        };
+        if let Some(d) = detail {
+            v.push_str(&format!("; detail={d}"));
+        }
+        v
+    }
 }
 
 /// Judges a range's window outcomes.
@@ -517,14 +600,23 @@ pub fn assess(outcomes: &[WindowOutcome]) -> Assessment {
         .collect();
     let complete = warnings.is_empty();
     let mut stale = false;
-    for o in outcomes.iter().filter(|o| o.source == Source::Stale) {
+    let mut stale_if_error = false;
+    for o in outcomes.iter().filter(|o| o.source.is_stale()) {
         stale = true;
-        warnings.push(format!(
-            "window {} .. {} could not be refreshed from the upstream; served from a copy fetched {} s ago",
-            o.data.window.vendor_start(),
-            o.data.window.vendor_end(),
-            o.data.fetched_at.elapsed().as_secs()
-        ));
+        let (start, end) = (o.data.window.vendor_start(), o.data.window.vendor_end());
+        if o.source == Source::Stale {
+            stale_if_error = true;
+            warnings.push(format!(
+                "window {start} .. {end} could not be refreshed from the upstream; served from a copy fetched {} s ago",
+                o.data.age_seconds()
+            ));
+        } else {
+            warnings.push(format!(
+                "window {start} .. {end} expired {} s ago; served from the copy fetched {} s ago while it is refreshed",
+                o.data.expired_for().as_secs(),
+                o.data.age_seconds()
+            ));
+        }
     }
     let hits = outcomes.iter().filter(|o| o.source != Source::Miss).count();
     let cache = if hits == outcomes.len() {
@@ -540,6 +632,18 @@ pub fn assess(outcomes: &[WindowOutcome]) -> Assessment {
         warnings,
         cache,
         calls: outcomes.iter().map(|o| o.calls).sum(),
+        ttl: outcomes
+            .iter()
+            .map(|o| o.data.ttl_seconds())
+            .min()
+            .unwrap_or(0),
+        age: outcomes
+            .iter()
+            .map(|o| o.data.age_seconds())
+            .max()
+            .unwrap_or(0),
+        collapsed: outcomes.iter().any(|o| o.collapsed),
+        stale_if_error,
     }
 }
 

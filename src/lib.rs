@@ -29,6 +29,7 @@ pub mod budget;
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod disk;
 pub mod error;
 pub mod fetch;
 pub mod merge;
@@ -128,11 +129,22 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         settings.budget.max_wait,
     ));
     let counters = Arc::new(CacheCounters::default());
-    let windows = Arc::new(WindowCache::new(
+    let disk = settings.disk.as_ref().and_then(|d| {
+        match disk::DiskTier::open(&d.dir, d.max_bytes) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the disk cache tier is unavailable; running in memory");
+                None
+            }
+        }
+    });
+    let windows = Arc::new(WindowCache::with_disk(
         settings.cache,
         Arc::clone(&counters),
         cluster.clone(),
+        disk,
     ));
+    windows.spawn_refresh_ahead();
     let responses = ResponseCache::new(&settings.cache);
     let keys = KeyRing::new(&settings.api_keys, settings.allow_anonymous);
     let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);

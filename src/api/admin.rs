@@ -47,7 +47,7 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
               (status = 403, description = "Not an admin key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn cache_purge(State(state): State<AppState>) -> StatusCode {
-    state.windows.purge();
+    let _on_disk = state.windows.purge().await;
     state.responses.purge();
     tracing::info!("cache purged by an admin key");
     StatusCode::NO_CONTENT

@@ -124,7 +124,8 @@ pub async fn interaction_details(
     } else {
         "false"
     };
-    Ok((
+    let verdict = crate::fetch::assess(std::slice::from_ref(&outcome));
+    let mut resp = (
         StatusCode::OK,
         [
             (
@@ -142,7 +143,13 @@ pub async fn interaction_details(
         ],
         buf.freeze(),
     )
-        .into_response())
+        .into_response();
+    crate::api::stamp_cache_headers(
+        &mut resp,
+        &verdict.cache_status(range.refresh, false),
+        verdict.age,
+    );
+    Ok(resp)
 }
 
 fn number(p: &Params, name: &'static str, min: u32, max: u32) -> Result<Option<u32>, AppError> {

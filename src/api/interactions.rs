@@ -23,7 +23,7 @@ use crate::{
         RequestId,
         auth::Caller,
         query::{Format, InteractionsQuery, RangeQuery, parse_interactions},
-        range_fetch,
+        range_fetch, stamp_cache_headers,
     },
     cache::{KeyEncoder, Rendered, WindowOutcome, hex},
     error::AppError,
@@ -135,13 +135,24 @@ async fn json(
             .counters
             .response_hits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Ok(json_reply(
+        let mut resp = json_reply(
             &hit.head,
             &hit.etag,
             render::json_tail(0, CacheStatus::Hit),
             CacheStatus::Hit,
             headers,
-        ));
+        );
+        let ttl = hit
+            .fresh_until
+            .saturating_duration_since(Instant::now())
+            .as_secs();
+        let age = (jiff::Timestamp::now().as_millisecond() - hit.fetched_unix_ms).max(0) / 1000;
+        stamp_cache_headers(
+            &mut resp,
+            &format!("kore-gateway; hit; ttl={ttl}"),
+            age as u64,
+        );
+        return Ok(resp);
     }
 
     let outcomes = range.all(windows).await?;
@@ -152,13 +163,15 @@ async fn json(
     let offset = after.as_ref().map_or(0, |p| resume_after(&records, p));
     let end = offset.saturating_add(q.limit).min(total);
     let page = &records[offset..end];
+    let verdict = assess(&outcomes);
     let Assessment {
         complete,
         stale,
-        warnings,
+        ref warnings,
         cache: status,
         calls,
-    } = assess(&outcomes);
+        ..
+    } = verdict;
     let meta = MetaHead {
         from: q.range.local_rfc3339(q.range.from),
         to: q.range.local_rfc3339(q.range.to),
@@ -175,12 +188,13 @@ async fn json(
         },
         complete,
         stale,
-        warnings: &warnings,
+        warnings,
         windows: windows.len(),
     };
     let head = render::json_head(page, &meta);
     let etag = render::etag(&head);
-    if complete && !stale {
+    let stored = complete && !stale;
+    if stored {
         let fresh_until = outcomes
             .iter()
             .map(|o| o.data.fresh_until())
@@ -192,16 +206,27 @@ async fn json(
                 head: head.clone(),
                 etag: etag.clone(),
                 fresh_until,
+                fetched_unix_ms: outcomes
+                    .iter()
+                    .map(|o| o.data.fetched_unix_ms)
+                    .min()
+                    .unwrap_or(0),
             }),
         );
     }
-    Ok(json_reply(
+    let mut resp = json_reply(
         &head,
         &etag,
         render::json_tail(calls, status),
         status,
         headers,
-    ))
+    );
+    stamp_cache_headers(
+        &mut resp,
+        &verdict.cache_status(range.refresh, stored),
+        verdict.age,
+    );
+    Ok(resp)
 }
 
 fn json_reply(
@@ -256,6 +281,7 @@ async fn streamed(
     range: RangeFetch,
 ) -> Result<Response, AppError> {
     let format = q.format;
+    let range_refresh = range.refresh;
     let outcomes = range.all(&windows).await?;
     let verdict = assess(&outcomes);
     let mut seen: HashSet<(Box<str>, Option<Box<str>>)> = HashSet::new();
@@ -297,6 +323,12 @@ async fn streamed(
         header::HeaderName::from_static("x-cache"),
         HeaderValue::from_static(verdict.cache.as_str()),
     );
+    stamp_cache_headers(
+        &mut resp,
+        &verdict.cache_status(range_refresh, false),
+        verdict.age,
+    );
+    let h = resp.headers_mut();
     h.insert(
         header::HeaderName::from_static("x-complete"),
         HeaderValue::from_static(if verdict.complete { "true" } else { "false" }),

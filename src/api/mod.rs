@@ -113,6 +113,8 @@ fn cors(origins: &[String]) -> CorsLayer {
         ])
         .expose_headers([
             header::ETAG,
+            header::AGE,
+            HeaderName::from_static("cache-status"),
             HeaderName::from_static("x-cache"),
             X_REQUEST_ID.clone(),
             header::RETRY_AFTER,
@@ -205,9 +207,19 @@ pub fn range_fetch(
                 state.settings.budget.max_calls_per_request,
                 state.settings.budget.rate,
             )),
+            priority: crate::budget::Priority::Caller,
         },
         refresh: caller.admin && wants_refresh(headers),
     }
+}
+
+/// Sets `Cache-Status` (RFC 9211) and `Age` on a data answer.
+pub fn stamp_cache_headers(resp: &mut Response, cache_status: &str, age_seconds: u64) {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(cache_status) {
+        h.insert(HeaderName::from_static("cache-status"), v);
+    }
+    h.insert(header::AGE, HeaderValue::from(age_seconds));
 }
 
 /// Whether the request asks to bypass caches (`Cache-Control: no-cache` or `Pragma: no-cache`).

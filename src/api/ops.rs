@@ -55,6 +55,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             "redis: unavailable, using the local cache and a local share of the budget".to_owned()
         }
     });
+    // So is the disk tier: a lost one is reported, and the gateway goes on in memory.
+    let disk = match (&state.settings.disk, state.windows.disk()) {
+        (None, _) => None,
+        (Some(_), Some(d)) if d.is_healthy() => Some("disk cache: up".to_owned()),
+        (Some(_), Some(_)) => Some(
+            "disk cache: writes failed (disk full or read-only?), running in memory".to_owned(),
+        ),
+        (Some(_), None) => Some("disk cache: could not be opened, running in memory".to_owned()),
+    };
+    let redis = match (redis, disk) {
+        (Some(r), Some(d)) => Some(format!("{r}; {d}")),
+        (r, d) => r.or(d),
+    };
     let now = jiff::Timestamp::now().as_second();
     if now - state.fetcher.last_ok() < RECENT {
         return ready(Ok(()), redis);
@@ -133,8 +146,34 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("gateway_budget_waiting_calls").set(b.waiting as f64);
     metrics::gauge!("gateway_budget_calls_in_window").set(b.used_in_window as f64);
     metrics::gauge!("gateway_upstream_in_flight").set(f64::from(b.in_flight));
+    // Per tier: memory (moka), disk (CACHE_DIR), redis (REDIS_URL).
+    metrics::counter!("gateway_cache_tier_hits_total", "tier" => "memory")
+        .absolute(c.hits.load(Ordering::Relaxed));
+    metrics::gauge!("gateway_cache_tier_bytes", "tier" => "memory").set(bytes as f64);
+    metrics::counter!("gateway_cache_revalidations_total")
+        .absolute(c.revalidations.load(Ordering::Relaxed));
+    metrics::counter!("gateway_cache_refresh_ahead_total")
+        .absolute(c.refresh_ahead.load(Ordering::Relaxed));
+    if let Some(d) = state.windows.disk() {
+        let (d_entries, d_bytes) = d.usage();
+        let dc = &d.counters;
+        metrics::gauge!("gateway_cache_disk_up").set(if d.is_healthy() { 1.0 } else { 0.0 });
+        metrics::gauge!("gateway_cache_tier_entries", "tier" => "disk").set(d_entries as f64);
+        metrics::gauge!("gateway_cache_tier_bytes", "tier" => "disk").set(d_bytes as f64);
+        for (name, v) in [
+            ("gateway_cache_tier_hits_total", &dc.hits),
+            ("gateway_cache_tier_misses_total", &dc.misses),
+            ("gateway_cache_tier_writes_total", &dc.writes),
+            ("gateway_cache_tier_evictions_total", &dc.evictions),
+            ("gateway_cache_tier_errors_total", &dc.errors),
+        ] {
+            metrics::counter!(name, "tier" => "disk").absolute(v.load(Ordering::Relaxed));
+        }
+    }
     if let Some(c) = &state.cluster {
         let st = &c.stats;
+        metrics::counter!("gateway_cache_tier_hits_total", "tier" => "redis")
+            .absolute(st.l2_hits.load(Ordering::Relaxed));
         metrics::gauge!("gateway_redis_up").set(if c.is_up() { 1.0 } else { 0.0 });
         metrics::gauge!("gateway_redis_replicas").set(f64::from(c.replicas()));
         metrics::gauge!("gateway_redis_l2_hits").set(st.l2_hits.load(Ordering::Relaxed) as f64);

@@ -128,13 +128,15 @@ pub async fn get_summary(
     let outcomes = range.all(&windows).await?;
     let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     let summary = summarise(&records, &q.range.tz, &q.group_by, &q.metrics);
+    let verdict = assess(&outcomes);
     let Assessment {
         complete,
         stale,
-        warnings,
+        ref warnings,
         cache: status,
         calls,
-    } = assess(&outcomes);
+        ..
+    } = verdict;
 
     let (content_type, body) = match q.format {
         Format::Csv => {
@@ -156,7 +158,7 @@ pub async fn get_summary(
                     groups: summary.groups.len(),
                     complete,
                     stale,
-                    warnings: &warnings,
+                    warnings,
                     windows: windows.len(),
                     upstream_calls: calls,
                     cache: status.as_str(),
@@ -183,6 +185,11 @@ pub async fn get_summary(
         body,
     )
         .into_response();
+    crate::api::stamp_cache_headers(
+        &mut resp,
+        &verdict.cache_status(range.refresh, false),
+        verdict.age,
+    );
     if q.format == Format::Csv {
         let name = format!(
             "attachment; filename=\"summary-{}-{}.csv\"",

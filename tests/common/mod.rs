@@ -43,6 +43,8 @@ pub struct Opts {
     pub max_body_bytes: usize,
     /// Simulator data volume (see `SimConfig::volume`).
     pub sim_volume: u32,
+    /// CACHE_DIR (the disk tier), when set.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Opts {
@@ -66,11 +68,14 @@ impl Default for Opts {
                 ttl_recent: Duration::from_secs(30),
                 settle: Duration::from_secs(3600),
                 stale_grace: Duration::from_secs(86_400),
+                swr: Duration::ZERO,
+                refresh_ahead_idle: None,
             },
             jti: false,
             max_calls_per_request: 1000,
             max_body_bytes: 32 << 20,
             sim_volume: 1,
+            cache_dir: None,
         }
     }
 }
@@ -129,6 +134,13 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
         max_range_days: 92,
         redis_url: None,
         replicas: 1,
+        disk: o
+            .cache_dir
+            .clone()
+            .map(|dir| kore_gateway::config::DiskSettings {
+                dir,
+                max_bytes: 64 << 20,
+            }),
     }
 }
 
