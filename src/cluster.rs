@@ -206,11 +206,6 @@ pub(crate) fn decode_any(bytes: &[u8]) -> Option<WindowData> {
     Some(data)
 }
 
-/// The wall-clock fetch time of stored bytes (for the disk tier's starting recency).
-pub(crate) fn stored_fetched_at_ms(bytes: &[u8]) -> Option<i64> {
-    decode_any(bytes).map(|d| d.fetched_unix_ms)
-}
-
 impl Cluster {
     /// Prepares the (lazy) connection; nothing is contacted yet, so a Redis that is down at
     /// start-up does not stop the gateway.

@@ -30,6 +30,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use crate::cache::{WindowData, WindowKey};
 
 const WINDOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("windows");
+/// Per window: fetch time (Unix ms) and stored size, so that opening the store reads a few
+/// bytes per window, not every window.
+const META: TableDefinition<&[u8], (i64, u64)> = TableDefinition::new("meta");
 const FILE: &str = "windows.redb";
 
 /// Counters for `/metrics` and `/v1/cache`.
@@ -177,7 +180,7 @@ impl DiskTier {
                 create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?
             }
         };
-        // Create the table so reads of an empty store are not errors, and learn what is
+        // Create the tables so reads of an empty store are not errors, and learn what is
         // stored (size and fetch time give the starting recency order).
         let mut lru = Lru::default();
         let mut stored: Vec<(i64, [u8; 32], u64)> = Vec::new();
@@ -186,19 +189,20 @@ impl DiskTier {
                 .begin_write()
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             {
-                let table = tx
-                    .open_table(WINDOWS)
+                tx.open_table(WINDOWS)
                     .map_err(|e| format!("cannot open the windows table: {e}"))?;
-                let iter = table
+                let meta = tx
+                    .open_table(META)
+                    .map_err(|e| format!("cannot open the meta table: {e}"))?;
+                let iter = meta
                     .iter()
-                    .map_err(|e| format!("cannot read the windows table: {e}"))?;
-                for item in iter.flatten() {
-                    let (k, v) = item;
+                    .map_err(|e| format!("cannot read the meta table: {e}"))?;
+                for (k, v) in iter.flatten() {
                     let Ok(key) = <[u8; 32]>::try_from(k.value()) else {
                         continue;
                     };
-                    let fetched = crate::cluster::stored_fetched_at_ms(v.value()).unwrap_or(0);
-                    stored.push((fetched, key, v.value().len() as u64));
+                    let (fetched, size) = v.value();
+                    stored.push((fetched, key, size));
                 }
             }
             tx.commit()
@@ -297,16 +301,21 @@ impl DiskTier {
             v
         };
         let evicted_count = victims.len() as u64;
+        let fetched_unix_ms = data.fetched_unix_ms;
         let db = Arc::clone(&self.db);
         let write = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let tx = db.begin_write().map_err(|e| e.to_string())?;
             {
                 let mut table = tx.open_table(WINDOWS).map_err(|e| e.to_string())?;
+                let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
                 for k in &victims {
                     table.remove(k.as_slice()).map_err(|e| e.to_string())?;
+                    meta.remove(k.as_slice()).map_err(|e| e.to_string())?;
                 }
                 table
                     .insert(digest.as_slice(), bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
+                meta.insert(digest.as_slice(), (fetched_unix_ms, size))
                     .map_err(|e| e.to_string())?;
             }
             tx.commit().map_err(|e| e.to_string())?;
@@ -345,7 +354,9 @@ impl DiskTier {
                 table.len().map_err(|e| e.to_string())?
             };
             tx.delete_table(WINDOWS).map_err(|e| e.to_string())?;
+            tx.delete_table(META).map_err(|e| e.to_string())?;
             tx.open_table(WINDOWS).map_err(|e| e.to_string())?;
+            tx.open_table(META).map_err(|e| e.to_string())?;
             tx.commit().map_err(|e| e.to_string())?;
             Ok(n)
         })
