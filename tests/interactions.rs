@@ -112,6 +112,44 @@ async fn new_york_across_the_fall_back_keeps_wall_clock_times_and_never_straddle
 }
 
 #[tokio::test]
+async fn a_to_inside_the_repeated_hour_keeps_the_repeated_hour() {
+    let h = Harness::start(Opts::default()).await;
+    // 01:30 happens twice in New York on 2024-11-03: at 05:30Z (EDT) and at 06:30Z (EST).
+    // An inclusive `to` of 01:30 (01:30:59) reaches the second one.
+    let body = h
+        .json("/v1/interactions?from=2024-11-03T00:00&to=2024-11-03T01:30&tz=America/New_York&limit=10000")
+        .await;
+    assert_eq!(body["meta"]["from"], "2024-11-03T00:00:00-04:00");
+    assert_eq!(body["meta"]["to"], "2024-11-03T01:30:59-05:00");
+    // The simulator's data has a record in the repeated hour at 01:55 EST (06:55Z): a `to`
+    // of 01:59 must return it, with every record of the first 01:xx hour (EDT).
+    let body = h
+        .json("/v1/interactions?from=2024-11-03T00:00&to=2024-11-03T01:59&tz=America/New_York&limit=10000")
+        .await;
+    assert_eq!(body["meta"]["to"], "2024-11-03T01:59:59-05:00");
+    let ts = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let mut truth = h.sim.truth(
+        ts("2024-11-03T04:00:00Z"),
+        ts("2024-11-03T05:59:59Z"),
+        240,
+        &all_fields(),
+    );
+    let repeated = h.sim.truth(
+        ts("2024-11-03T06:00:00Z"),
+        ts("2024-11-03T06:59:59Z"),
+        300,
+        &all_fields(),
+    );
+    assert!(
+        !repeated.is_empty(),
+        "the simulator has records in the repeated hour"
+    );
+    truth.extend(repeated);
+    assert_same_records(&data(&body), &truth);
+    h.finish();
+}
+
+#[tokio::test]
 async fn a_week_with_more_than_1100_records_comes_back_whole() {
     let h = Harness::start(Opts::default()).await;
     let mut day = Date::constant(2024, 9, 1);
