@@ -222,6 +222,158 @@ async fn the_drop_in_route_answers_like_the_vendor() {
     h.finish();
 }
 
+fn drop_in_path() -> String {
+    format!(
+        "/agentassist/api/public/analytics/account/{}/v2/interactionDetails",
+        SimConfig::demo().account_id
+    )
+}
+
+/// The records of a vendor range in the gateway's order (start time, then `sessionId`,
+/// then `conversationId`), computed from the simulator's ground truth. Within one
+/// `timeZoneOffset` the local time text sorts like the instant.
+fn truth_in_gateway_order(h: &Harness, start: &str, end: &str, offset_minutes: i32) -> Vec<Value> {
+    let mut truth = h.sim.truth(
+        start.parse().unwrap(),
+        end.parse().unwrap(),
+        offset_minutes,
+        &all_fields(),
+    );
+    let key = |v: &Value| {
+        (
+            v["sessionStartTime"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            v["sessionId"].as_str().unwrap_or_default().to_owned(),
+            v["conversationId"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    truth.sort_by_key(key);
+    truth
+}
+
+#[tokio::test]
+async fn the_drop_in_route_reads_a_record_offset_as_a_record_skip() {
+    // Gateway and simulator both read `offset` as a record skip (the older vendor docs).
+    let h = Harness::start(Opts {
+        offset_mode: kore_gateway::config::OffsetMode::Record,
+        ..Opts::default()
+    })
+    .await;
+    let url = format!("{}{}", h.base, drop_in_path());
+    let body = serde_json::json!({
+        "startDate": "2024-09-20 00:00:00", "endDate": "2024-09-26 23:59:59", "timeZoneOffset": -330,
+        "selectedFields": ["userleveltags", "sessionleveltags", "customerinfo", "skills"]
+    });
+    // 2024-09-20 00:00 .. 2024-09-26 23:59:59 IST in UTC.
+    let truth = truth_in_gateway_order(&h, "2024-09-19T18:30:00Z", "2024-09-26T18:29:59Z", -330);
+    assert!(
+        truth.len() >= 260,
+        "the range holds {} records",
+        truth.len()
+    );
+    let auth = ("x-api-key", KEY);
+    for (offset, limit) in [(150, 100), (0, 100), (7, 13), (truth.len() - 5, 100)] {
+        let (s, g) = post_json(
+            &h.http,
+            &format!("{url}?offset={offset}&limit={limit}"),
+            auth,
+            &body,
+        )
+        .await;
+        assert_eq!(s, 200, "{g}");
+        assert_eq!(g["numResults"].as_u64(), Some(truth.len() as u64));
+        let want = &truth[offset..(offset + limit).min(truth.len())];
+        let got = g["data"].as_array().unwrap();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "offset={offset}&limit={limit}: records {offset}.. of the range"
+        );
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g, w, "offset={offset}&limit={limit}: record {}", offset + i);
+        }
+    }
+    // The gateway paged the upstream by record skips too: offsets like 100 are record
+    // skips (a page index stops at 10), and the simulator enforced record-mode rules.
+    let offsets: HashSet<u32> = h.sim.calls().iter().filter_map(|c| c.page).collect();
+    assert!(offsets.contains(&100), "upstream offsets: {offsets:?}");
+    // A record skip past what one vendor query reaches is refused like the vendor would.
+    let (s, p) = post_json(&h.http, &format!("{url}?offset=1001"), auth, &body).await;
+    assert_eq!(s, 400, "{p}");
+    assert_eq!(p["param"], "offset", "{p}");
+    h.finish();
+}
+
+#[tokio::test]
+async fn the_drop_in_route_says_stale_when_an_expired_copy_stands_in() {
+    // Nothing stays fresh, and one failed upstream call is final.
+    let mut opts = Opts {
+        retries: 0,
+        ..Opts::default()
+    };
+    opts.cache.ttl_past = Duration::ZERO;
+    opts.cache.ttl_recent = Duration::ZERO;
+    let h = Harness::start(opts).await;
+    let url = format!("{}{}?limit=100", h.base, drop_in_path());
+    let body = serde_json::json!({"startDate": "2024-09-26", "endDate": "2024-09-26", "timeZoneOffset": -330});
+    let post = || {
+        h.http
+            .post(&url)
+            .header("x-api-key", KEY)
+            .json(&body)
+            .send()
+    };
+    let first = post().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    assert_eq!(first.headers()["x-gateway-stale"], "false");
+    let first: Value = first.json().await.unwrap();
+
+    h.sim.set_faults(kore_gateway::sim::Faults {
+        error_rate: 1.0,
+        kinds: vec![kore_gateway::sim::FaultKind::Status503],
+    });
+    let calls = h.calls();
+    let second = post().await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert!(
+        h.calls() > calls,
+        "the expired copy was not served without trying the upstream"
+    );
+    assert_eq!(second.headers()["x-cache"], "STALE");
+    assert_eq!(second.headers()["x-gateway-stale"], "true");
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(second, first, "the expired copy, unchanged");
+    h.finish();
+}
+
+#[tokio::test]
+async fn the_drop_in_route_takes_null_lists_as_absent() {
+    let h = Harness::start(Opts::default()).await;
+    let url = format!("{}{}?limit=100", h.base, drop_in_path());
+    let absent = serde_json::json!({"startDate": "2024-09-26", "endDate": "2024-09-26", "timeZoneOffset": -330});
+    let nulls = serde_json::json!({"startDate": "2024-09-26", "endDate": "2024-09-26", "timeZoneOffset": -330,
+        "selectedFields": null, "channels": null, "queues": null, "bots": null});
+    let (s1, a) = post_json(&h.http, &url, ("x-api-key", KEY), &absent).await;
+    let (s2, n) = post_json(&h.http, &url, ("x-api-key", KEY), &nulls).await;
+    assert_eq!((s1, s2), (200, 200), "{n}");
+    // Truth: the whole day, no filter, none of the optional blocks (no selectedFields).
+    let truth = h.sim.truth(
+        "2024-09-25T18:30:00Z".parse().unwrap(),
+        "2024-09-26T18:29:59Z".parse().unwrap(),
+        -330,
+        &kore_gateway::sim::SimFilter::default(),
+    );
+    assert!(!truth.is_empty());
+    assert_eq!(n["numResults"].as_u64(), Some(truth.len() as u64));
+    assert_eq!(n, a, "null lists mean the same as absent ones");
+    assert!(truth.len() <= 100, "the day fits one page");
+    assert_same_records(n["data"].as_array().unwrap(), &truth);
+    h.finish();
+}
+
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_count_requests() {
     let h = Harness::start(Opts::default()).await;

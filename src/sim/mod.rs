@@ -73,6 +73,19 @@ pub struct SimConfig {
     pub require_jti: bool,
     /// Seeds the data and the fault draws.
     pub seed: u64,
+    /// How `offset` is read: a page index (current vendor docs) or a record skip (older).
+    pub offset_mode: OffsetMode,
+}
+
+/// How the simulated vendor reads the `offset` query parameter (SPEC §1 leaves both
+/// readings open). Either way one query reaches at most 1,100 records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OffsetMode {
+    /// `offset` is a page index, 0..=10.
+    #[default]
+    Page,
+    /// `offset` is a number of records to skip, 0..=1000.
+    Record,
 }
 
 impl fmt::Debug for SimConfig {
@@ -86,6 +99,7 @@ impl fmt::Debug for SimConfig {
             .field("faults", &self.faults)
             .field("require_jti", &self.require_jti)
             .field("seed", &self.seed)
+            .field("offset_mode", &self.offset_mode)
             .finish()
     }
 }
@@ -102,6 +116,7 @@ impl SimConfig {
             faults: Faults::default(),
             require_jti: false,
             seed: 1,
+            offset_mode: OffsetMode::Page,
         }
     }
 }
@@ -169,7 +184,8 @@ pub struct CallLog {
     pub end_utc: Option<Timestamp>,
     /// `timeZoneOffset`, if the body was valid.
     pub offset_minutes: Option<i32>,
-    /// Page index, if the query was valid.
+    /// `offset` as sent (a page index, or a record skip in [`OffsetMode::Record`]), if the
+    /// query was valid.
     pub page: Option<u32>,
     /// Page size, if the query was valid.
     pub limit: Option<u32>,
@@ -424,7 +440,7 @@ impl Simulator {
             start_utc: q.and_then(|q| ts(q.start)),
             end_utc: q.and_then(|q| ts(q.end)),
             offset_minutes: q.map(|q| q.offset_minutes),
-            page: facts.paging.map(|p| p.page),
+            page: facts.paging.map(|p| p.offset),
             limit: facts.paging.map(|p| p.limit),
             num_results,
             returned,
@@ -556,7 +572,7 @@ impl Simulator {
         let refused = |b: Breach| (b, None);
         rules::check_jwt(headers, &policy, &mut rt.jtis, unix_now()).map_err(refused)?;
         rules::check_account(headers, path_id, &cfg.account_id).map_err(refused)?;
-        let paging = rules::parse_paging(uri.query()).map_err(refused)?;
+        let paging = rules::parse_paging(uri.query(), cfg.offset_mode).map_err(refused)?;
         let query = rules::parse_body(headers, body).map_err(refused)?;
         let (fault, skew) = draw_fault(&mut rt);
         Ok(Accepted {
@@ -627,9 +643,7 @@ async fn interaction_details(
     }
 
     let all = data::matching(sim.inner.cfg.seed, query.start, query.end, &query.filter);
-    let from = (paging.page as usize)
-        .saturating_mul(paging.limit as usize)
-        .min(all.len());
+    let from = (paging.skip as usize).min(all.len());
     let to = from.saturating_add(paging.limit as usize).min(all.len());
     let page = &all[from..to];
     let total = all.len() as u64;

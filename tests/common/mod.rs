@@ -10,7 +10,7 @@ use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 use kore_gateway::{
     AppState,
     config::{ApiKey, BudgetSettings, CacheSettings, OffsetMode, Rate, Settings, UpstreamSettings},
-    sim::{Faults, SimConfig, SimFilter, Simulator},
+    sim::{Faults, OffsetMode as SimOffsetMode, SimConfig, SimFilter, Simulator},
 };
 use secrecy::SecretString;
 use serde_json::Value;
@@ -39,6 +39,8 @@ pub struct Opts {
     pub key_rate_limit: Option<Rate>,
     pub cache: CacheSettings,
     pub jti: bool,
+    /// How gateway and simulator both read `offset` (KORE_OFFSET_MODE).
+    pub offset_mode: OffsetMode,
 }
 
 impl Default for Opts {
@@ -64,6 +66,7 @@ impl Default for Opts {
                 stale_grace: Duration::from_secs(86_400),
             },
             jti: false,
+            offset_mode: OffsetMode::Page,
         }
     }
 }
@@ -91,7 +94,7 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
             jwt_ttl: Duration::from_secs(300),
             jwt_jti: o.jti,
             retries: o.retries,
-            offset_mode: OffsetMode::Page,
+            offset_mode: o.offset_mode,
         },
         budget: BudgetSettings {
             rate: o.rate,
@@ -130,6 +133,10 @@ impl Harness {
         cfg.rate_limit = o.sim_rate_limit;
         cfg.faults = o.faults.clone();
         cfg.require_jti = o.jti;
+        cfg.offset_mode = match o.offset_mode {
+            OffsetMode::Page => SimOffsetMode::Page,
+            OffsetMode::Record => SimOffsetMode::Record,
+        };
         let (sim, sim_addr) = Simulator::spawn(cfg).await.expect("simulator starts");
         let state = kore_gateway::build(settings_for(&sim, sim_addr, &o)).expect("gateway builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
