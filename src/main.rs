@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         print!("{}", docs::generate());
         return ExitCode::SUCCESS;
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return refuse(&e),
+    };
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -39,6 +42,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--help` and `--version` print as clap prints them; a bad setting stops start-up with one
+/// line that names it (clap's first line: the flag and its variable, the value, the reason).
+fn refuse(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    eprintln!(
+        "kore-gateway: configuration: {}",
+        line.trim_start_matches("error: ")
+    );
+    ExitCode::from(2)
 }
 
 fn init_tracing(format: LogFormat) {

@@ -559,3 +559,53 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     );
     assert!(sim.violations().is_empty());
 }
+
+#[test]
+fn durations_too_long_for_the_clock_stop_start_up_with_one_line_naming_the_setting() {
+    let settings = [
+        "KORE_MAX_WAIT",
+        "KORE_TIMEOUT",
+        "KORE_JWT_TTL",
+        "GATEWAY_REQUEST_TIMEOUT",
+        "CACHE_TTL_PAST",
+        "CACHE_TTL_RECENT",
+        "CACHE_SETTLE",
+        "CACHE_STALE_GRACE",
+        "SIM_LATENCY",
+    ];
+    for setting in settings {
+        for value in ["10000000000000d", "99999999999999999999999s"] {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kore-gateway"))
+                .arg("--demo")
+                .env("GATEWAY_LISTEN", "127.0.0.1:0")
+                .env(setting, value)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("the binary starts");
+            // It must refuse at once; a gateway that starts anyway is stopped and fails the test.
+            let started = std::time::Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break Some(status);
+                }
+                if started.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            let status = status.unwrap_or_else(|| panic!("{setting}={value}: the gateway started"));
+            assert!(!status.success(), "{setting}={value}: {status}");
+            let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert_eq!(lines.len(), 1, "{setting}={value}: one line, got {err:?}");
+            assert!(
+                lines[0].contains(setting) && lines[0].contains("longer than 3650d"),
+                "{setting}={value}: {err:?}"
+            );
+        }
+    }
+}
