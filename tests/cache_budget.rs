@@ -91,7 +91,14 @@ async fn a_repeat_makes_no_upstream_call_and_revalidates_by_etag() {
         .send()
         .await
         .unwrap();
-    assert_eq!(purge.status(), 204);
+    assert_eq!(purge.status(), 200);
+    let purged: Value = purge.json().await.unwrap();
+    assert_eq!(
+        purged["memory"]["windows"], stats["window_entries"],
+        "{purged}"
+    );
+    assert_eq!(purged["memory"]["responses"], stats["response_entries"]);
+    assert!(purged["redis"].is_null(), "no Redis configured: {purged}");
     assert_eq!(
         h.get(MONTH).await.headers()["x-cache"],
         "MISS",

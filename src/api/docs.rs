@@ -42,7 +42,7 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
         crate::api::ops::readyz,
         crate::api::ops::metrics,
     ),
-    components(schemas(InteractionsResponse, Meta, Record, Problem, CacheStats, VendorRequest, VendorResponse, Health,
+    components(schemas(InteractionsResponse, Meta, Record, Problem, CacheStats, CachePurge, PurgedMemory, PurgedRedis, VendorRequest, VendorResponse, Health,
         crate::api::summary::SummaryResponse, crate::api::summary::SummaryGroup, crate::api::summary::SummaryMeta, crate::api::summary::DurationStats)),
     modifiers(&Security),
     tags(
@@ -256,6 +256,32 @@ pub struct CacheStats {
     pub upstream_calls_granted: u64,
     pub upstream_calls_waiting: u64,
     pub upstream_calls_in_window: u64,
+}
+
+/// What `DELETE /v1/cache` dropped, per tier.
+#[derive(Serialize, ToSchema)]
+pub struct CachePurge {
+    /// This replica's memory (moka).
+    pub memory: PurgedMemory,
+    /// The windows shared through Redis; null when `REDIS_URL` is not set.
+    pub redis: Option<PurgedRedis>,
+}
+
+/// Entries dropped from this replica's memory.
+#[derive(Serialize, ToSchema)]
+pub struct PurgedMemory {
+    /// Cached windows of upstream records.
+    pub windows: u64,
+    /// Rendered JSON answers.
+    pub responses: u64,
+}
+
+/// Window keys unlinked from Redis.
+#[derive(Serialize, ToSchema)]
+pub struct PurgedRedis {
+    pub windows: u64,
+    /// False when Redis failed part-way: some shared windows may remain.
+    pub complete: bool,
 }
 
 /// The vendor's request body (drop-in route).
