@@ -357,3 +357,70 @@ async fn cursor_pages_concatenate_to_the_full_list() {
     assert_eq!(resp.status(), 400);
     h.finish();
 }
+
+/// The `fields` values the published OpenAPI document allows (an array of its enum, at least
+/// one item, comma-separated) are exactly the ones both data routes accept.
+#[tokio::test]
+async fn fields_accepts_whatever_the_schema_allows_on_both_routes() {
+    let doc: Value = serde_json::from_str(kore_gateway::api::docs::OPENAPI_JSON).unwrap();
+    let h = Harness::start(Opts::default()).await;
+    for route in ["/v1/interactions", "/v1/interactions/summary"] {
+        let param = doc["paths"][route]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "fields")
+            .unwrap()
+            .clone();
+        let schema = &param["schema"];
+        assert_eq!(schema["type"], "array", "{route}: {param}");
+        assert_eq!(schema["minItems"], 1, "{route}: {param}");
+        assert_eq!(
+            (&param["style"], &param["explode"]),
+            (&Value::from("form"), &Value::from(false)),
+            "{route}: comma-separated"
+        );
+        let names: Vec<&str> = schema["items"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 4, "{route}: {names:?}");
+        // Every non-empty subset, in schema order, plus a repeat (the schema allows one).
+        let mut values: Vec<String> = (1u32..16)
+            .map(|mask| {
+                (0..4)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| names[i])
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        values.push(format!("{0},{0}", names[0]));
+        for v in &values {
+            let r = h
+                .get(&format!("{route}?from=2024-09-26&to=2024-09-26&fields={v}"))
+                .await;
+            let status = r.status();
+            assert_eq!(
+                status,
+                200,
+                "{route}?fields={v}: {}",
+                r.text().await.unwrap()
+            );
+        }
+        // What the schema forbids (no items, a name not in the enum) is a 400 naming `fields`.
+        for bad in ["", "0", "bogus", "skills,0"] {
+            let r = h
+                .get(&format!(
+                    "{route}?from=2024-09-26&to=2024-09-26&fields={bad}"
+                ))
+                .await;
+            assert_eq!(r.status(), 400, "{route}?fields={bad}");
+            let p: Value = r.json().await.unwrap();
+            assert_eq!(p["param"], "fields", "{route}?fields={bad}: {p}");
+        }
+    }
+    h.finish();
+}

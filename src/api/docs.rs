@@ -128,9 +128,10 @@ pub struct InteractionsParams {
     queues: Option<String>,
     /// Bot ids, comma-separated.
     bots: Option<String>,
-    /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`. Default: all four.
-    #[param(min_length = 1)]
-    fields: Option<String>,
+    /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`, comma-separated (the
+    /// parameter may also repeat). Default: all four.
+    #[param(style = Form, explode = false, min_items = 1, inline)]
+    fields: Option<Vec<SelectedField>>,
     /// Records in this response (JSON), 1..10000, default 1000.
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
@@ -139,6 +140,17 @@ pub struct InteractionsParams {
     /// `json` (default), `ndjson` or `csv`; `Accept` works too. ndjson and csv stream the whole range.
     #[param(pattern = "^(json|ndjson|csv)$")]
     format: Option<String>,
+}
+
+/// One of the optional blocks the vendor returns only when asked (`selectedFields`).
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum SelectedField {
+    Skills,
+    Userleveltags,
+    Sessionleveltags,
+    Customerinfo,
 }
 
 /// One upstream record, passed through unchanged. Only the documented fields are listed;

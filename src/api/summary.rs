@@ -243,7 +243,8 @@ pub struct SummaryParams {
     /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`. Default: all four
     /// (`direction` falls back to `customerinfo.Direction`; the default also shares the
     /// cache with `/v1/interactions`).
-    fields: Option<String>,
+    #[param(style = Form, explode = false, min_items = 1, inline)]
+    fields: Option<Vec<crate::api::docs::SelectedField>>,
     /// Up to three of `day`, `hour`, `channel`, `queue`, `bot`, `agent`, `finalStatus`,
     /// `smartStatus`, `direction`, `disposition`, comma-separated, each once. None: one
     /// group for the whole range. `hour` buckets carry their offset, so a 25-hour day has 25;
