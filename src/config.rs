@@ -148,6 +148,11 @@ pub struct Cli {
     #[arg(long, env = "MAX_RANGE_DAYS", default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
     pub max_range_days: u32,
 
+    /// Defuse spreadsheet formulas in CSV text cells (OWASP): a cell starting with `=`, `+`,
+    /// `-`, `@`, tab or CR gets a leading `'`. Cells written from JSON numbers are exempt.
+    #[arg(long, env = "CSV_FORMULA_ESCAPE", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub csv_formula_escape: bool,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -169,6 +174,8 @@ pub struct Settings {
     pub redis_url: Option<SecretString>,
     /// Floor of the replica count used for the local budget share while Redis is down.
     pub replicas: u32,
+    /// Defuse formula-looking text cells in CSV answers (CSV_FORMULA_ESCAPE).
+    pub csv_formula_escape: bool,
 }
 
 /// Where and how to call the vendor.
@@ -523,6 +530,7 @@ impl Cli {
                 .redis_url
                 .filter(|u| !u.expose_secret().trim().is_empty()),
             replicas: self.gateway_replicas,
+            csv_formula_escape: self.csv_formula_escape,
         })
     }
 }

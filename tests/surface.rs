@@ -609,3 +609,83 @@ fn durations_too_long_for_the_clock_stop_start_up_with_one_line_naming_the_setti
         }
     }
 }
+
+/// The CSV cells of `csatFeedback`, by (sessionId, conversationId).
+async fn csv_feedback(
+    h: &Harness,
+    range: &str,
+) -> std::collections::HashMap<(String, String), String> {
+    let text = h
+        .get(&format!("{range}&format=csv"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let mut rd = csv::Reader::from_reader(text.as_bytes());
+    let headers = rd.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (sid, cid, fb) = (col("sessionId"), col("conversationId"), col("csatFeedback"));
+    rd.records()
+        .map(|r| {
+            let r = r.unwrap();
+            ((r[sid].to_owned(), r[cid].to_owned()), r[fb].to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn csv_defuses_formula_cells_unless_turned_off() {
+    let range = "/v1/interactions?from=2024-09-01&to=2024-09-30";
+    let on = Harness::start(Opts::default()).await;
+    let truth = on.sim.truth(
+        "2024-09-01T00:00:00Z".parse().unwrap(),
+        "2024-09-30T23:59:59Z".parse().unwrap(),
+        0,
+        &all_fields(),
+    );
+    // OWASP: a text cell starting with = + - @ tab or CR gets a leading apostrophe.
+    let owasp = |s: &str| {
+        if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{s}")
+        } else {
+            s.to_owned()
+        }
+    };
+    let feedback: Vec<((String, String), String)> = truth
+        .iter()
+        .filter_map(|r| {
+            let key = (
+                r["sessionId"].as_str()?.to_owned(),
+                r["conversationId"].as_str().unwrap_or("").to_owned(),
+            );
+            Some((key, r["csatFeedback"].as_str()?.to_owned()))
+        })
+        .collect();
+    let risky = feedback.iter().filter(|(_, f)| owasp(f) != *f).count();
+    assert!(
+        risky >= 3 && risky < feedback.len(),
+        "the month has formula-looking feedback ({risky} of {})",
+        feedback.len()
+    );
+
+    let cells = csv_feedback(&on, range).await;
+    assert_eq!(cells.len(), truth.len(), "one row per record");
+    for (key, text) in &feedback {
+        assert_eq!(cells[key], owasp(text), "{key:?}");
+    }
+    on.finish();
+
+    let off = Harness::start(Opts {
+        csv_formula_escape: false,
+        ..Opts::default()
+    })
+    .await;
+    let cells = csv_feedback(&off, range).await;
+    for (key, text) in &feedback {
+        assert_eq!(
+            &cells[key], text,
+            "CSV_FORMULA_ESCAPE=false writes {key:?} as is"
+        );
+    }
+    off.finish();
+}

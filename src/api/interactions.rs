@@ -74,7 +74,9 @@ pub async fn get_interactions(
     );
     match q.format {
         Format::Json => json(&state, &q, &windows, &range, &headers).await,
-        Format::Ndjson | Format::Csv => streamed(&q, windows, range).await,
+        Format::Ndjson | Format::Csv => {
+            streamed(&q, windows, range, state.settings.csv_formula_escape).await
+        }
     }
 }
 
@@ -229,6 +231,7 @@ async fn streamed(
     q: &InteractionsQuery,
     windows: Vec<Window>,
     range: RangeFetch,
+    csv_formula_escape: bool,
 ) -> Result<Response, AppError> {
     let format = q.format;
     let mut rest = range.stream(windows, STREAM_LOOKAHEAD);
@@ -245,7 +248,7 @@ async fn streamed(
         _ => None,
     };
     let chunks = stream::iter(std::iter::once(Ok(first))).chain(rest).map(move |r| match r {
-        Ok(o) if o.data.complete() => Ok(render_window(&o, format, &mut seen)),
+        Ok(o) if o.data.complete() => Ok(render_window(&o, format, csv_formula_escape, &mut seen)),
         Ok(o) => {
             tracing::warn!(warnings = ?o.data.warnings, "aborting a stream: a window's count did not check out");
             Err(std::io::Error::other("incomplete window"))
@@ -282,6 +285,7 @@ async fn streamed(
 fn render_window(
     o: &WindowOutcome,
     format: Format,
+    csv_formula_escape: bool,
     seen: &mut HashSet<(Box<str>, Option<Box<str>>)>,
 ) -> Bytes {
     let fresh = o.data.records.iter().filter(|r| match &r.session_id {
@@ -289,7 +293,7 @@ fn render_window(
         None => true,
     });
     match format {
-        Format::Csv => render::csv_rows(fresh),
+        Format::Csv => render::csv_rows(fresh, csv_formula_escape),
         _ => render::ndjson_lines(fresh),
     }
 }

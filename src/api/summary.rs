@@ -143,7 +143,10 @@ pub async fn get_summary(
             if !complete {
                 return Err(AppError::Upstream(warnings.join("; ")));
             }
-            ("text/csv; charset=utf-8", to_csv(&summary))
+            (
+                "text/csv; charset=utf-8",
+                to_csv(&summary, state.settings.csv_formula_escape),
+            )
         }
         _ => {
             let body = Body {

@@ -41,6 +41,8 @@ pub struct Opts {
     pub jti: bool,
     /// How gateway and simulator both read `offset` (KORE_OFFSET_MODE).
     pub offset_mode: OffsetMode,
+    /// CSV_FORMULA_ESCAPE.
+    pub csv_formula_escape: bool,
 }
 
 impl Default for Opts {
@@ -67,6 +69,7 @@ impl Default for Opts {
             },
             jti: false,
             offset_mode: OffsetMode::Page,
+            csv_formula_escape: true,
         }
     }
 }
@@ -123,6 +126,7 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
         max_range_days: 92,
         redis_url: None,
         replicas: 1,
+        csv_formula_escape: o.csv_formula_escape,
     }
 }
 
