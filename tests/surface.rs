@@ -429,9 +429,57 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
         "gateway_request_duration_seconds_bucket",
         "gateway_upstream_calls_total",
         "gateway_cache_bytes",
-        "gateway_budget_wait_seconds_sum",
+        "gateway_budget_wait_seconds_total",
+        "gateway_cache_misses_total",
     ] {
         assert!(after.contains(name), "{name} exposed");
+    }
+    // Every family says what it is (`# HELP`, `# TYPE`), and names say how to read them:
+    // counters end `_total`, nothing else does, and `_sum`/`_count`/`_bucket` belong to
+    // histograms only (the rules `promtool check metrics` applies).
+    let mut helped = HashSet::new();
+    let mut types = Vec::new();
+    for line in after.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            assert!(!help.trim().is_empty(), "empty help: {line}");
+            helped.insert(name.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.push((name.to_owned(), kind.to_owned()));
+        }
+    }
+    assert!(types.len() >= 10, "{types:?}");
+    for (name, kind) in &types {
+        assert!(helped.contains(name), "{name} has no # HELP");
+        assert_eq!(
+            name.ends_with("_total"),
+            kind == "counter",
+            "{name} is a {kind}"
+        );
+        if kind != "histogram" {
+            assert!(
+                !["_sum", "_count", "_bucket"]
+                    .iter()
+                    .any(|s| name.ends_with(s)),
+                "{name} is a {kind}"
+            );
+        }
+    }
+    for line in after
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| types.iter().any(|(n, k)| n == f && k == "histogram"))
+            .unwrap_or(name);
+        assert!(
+            types.iter().any(|(n, _)| n == family),
+            "{name} has no # TYPE"
+        );
     }
     assert!(
         !after.contains(&SimConfig::demo().client_secret),
