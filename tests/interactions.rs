@@ -175,6 +175,7 @@ async fn a_week_with_more_than_1100_records_comes_back_whole() {
     assert_same_records(&data(&body), &truth);
     assert_eq!(body["meta"]["complete"], true);
     let calls = h.sim.calls();
+    assert!(!calls.is_empty());
     assert!(
         calls
             .iter()

@@ -246,12 +246,18 @@ async fn three_replicas_share_one_quota_and_one_cache_and_survive_redis_dying() 
 
     // New cold queries; Redis dies while they run. No request may fail or be short.
     let started = Instant::now();
+    let calls_before = sim.call_count();
     let later = (0..LATER.len() * 3).map(|i| {
         let (http, bases) = (http.clone(), Arc::clone(&bases));
         async move { get(&http, &bases[(i / LATER.len()) % 3], LATER[i % LATER.len()]).await }
     });
+    // Redis dies mid-run: once the new queries have reached the upstream, not after a
+    // guessed delay.
     let killer = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        until("the new queries are under way upstream", || {
+            sim.call_count() >= calls_before + 5
+        })
+        .await;
         redis.kill();
     };
     let (later, ()) = tokio::join!(join_all(later), killer);

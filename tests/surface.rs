@@ -410,8 +410,10 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
             .unwrap_or_else(|_| panic!("bad value in: {line}"));
         let name = name_labels.split('{').next().unwrap();
         assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad name in: {line}"
         );
         if let Some(labels) = name_labels.strip_prefix(name) {
@@ -503,9 +505,10 @@ async fn request_ids_are_echoed_and_forwarded_upstream() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "trace-abc-123");
+    let calls = h.sim.calls();
+    assert!(!calls.is_empty(), "the request reached the upstream");
     assert!(
-        h.sim
-            .calls()
+        calls
             .iter()
             .all(|c| c.request_id.as_deref() == Some("trace-abc-123"))
     );
@@ -592,7 +595,12 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         .send()
         .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shut down once the request is in flight: the simulator has its upstream call (logged
+    // on arrival, answered 600 ms later).
+    until("the upstream has the request's call", || {
+        sim.call_count() > 0
+    })
+    .await;
     stop_tx.send(()).unwrap();
     let resp = in_flight
         .await

@@ -202,6 +202,53 @@ impl Harness {
     }
 }
 
+/// Waits until `cond` holds, failing the test after 30 s: tests order their steps on an
+/// observable event (a call the simulator logged, a call waiting for budget), never on a
+/// guessed sleep.
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Ground truth of a range in a time zone, computed without the gateway's planner: the
+/// simulator's records between the two instants, each stretch rendered at the zone's UTC
+/// offset in force there (the range is cut at every transition jiff knows, and nowhere
+/// else — the vendor's records carry the offset of the request that fetched them).
+pub fn truth_in_zone(
+    sim: &Simulator,
+    from: Timestamp,
+    to: Timestamp,
+    tz: &str,
+    f: &SimFilter,
+) -> Vec<Value> {
+    let zone = TimeZone::get(tz).unwrap();
+    let mut out = Vec::new();
+    let mut start = from;
+    loop {
+        let change = zone
+            .following(start)
+            .next()
+            .map(|t| t.timestamp())
+            .filter(|t| *t <= to);
+        let end = match change {
+            Some(t) => t - jiff::SignedDuration::from_secs(1),
+            None => to,
+        };
+        let offset_minutes = -zone.to_offset(start).seconds() / 60;
+        out.extend(sim.truth(start, end, offset_minutes, f));
+        match change {
+            Some(t) => start = t,
+            None => return out,
+        }
+    }
+}
+
 /// Instant of a local time in `tz`.
 pub fn at(local: &str, tz: &str) -> Timestamp {
     let tz = TimeZone::get(tz).unwrap();
