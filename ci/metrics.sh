@@ -46,6 +46,8 @@ call() { curl -sS -o /dev/null -w '%{http_code}\n' --max-time 60 "$@"; }
 echo "   statuses: $(tr '\n' ' ' <"$LOGDIR/statuses.txt")"
 
 curl -fsS --max-time 10 "$GW_URL/metrics" >"$LOGDIR/metrics.txt"
+violations=0
+assert_no_violations "$LOGDIR" || violations=1
 stop_demo
 echo "   /metrics: $(grep -c '^# TYPE' "$LOGDIR/metrics.txt") families, $(grep -vc '^#' "$LOGDIR/metrics.txt") lines of samples"
 
@@ -65,6 +67,7 @@ if [ "$rc" -ne 0 ] || [ -s "$LOGDIR/promtool.txt" ]; then
   echo "metrics: promtool found problems (above)" >&2
   fail=1
 fi
+[ "$violations" -eq 0 ] || { echo "metrics: the gateway broke vendor rules" >&2; fail=1; }
 assert_no_panic "$LOGDIR" || fail=1
 [ "$fail" -eq 0 ] && echo "metrics: promtool check metrics clean" || echo "metrics: FAILED"
 exit $fail
