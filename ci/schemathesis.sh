@@ -39,7 +39,7 @@ set +e
 root=$PWD
 (cd "$LOGDIR" && timeout --kill-after=15 "$MAX_SECONDS" \
   "$VENV/bin/st" --config-file "$root/ci/schemathesis.toml" run "$GW_URL/openapi.json" \
-    --url "$GW_URL" --max-examples "$MAX_EXAMPLES" --seed "$SEED" --workers 2 \
+    --url "$GW_URL" --checks all --max-examples "$MAX_EXAMPLES" --seed "$SEED" --workers 2 \
     --generation-database none --no-color --request-timeout 120 \
     --report json --report-json-path "$report")
 st_rc=$?

@@ -143,7 +143,7 @@ pub struct InteractionsParams {
 }
 
 /// One of the optional blocks the vendor returns only when asked (`selectedFields`).
-#[derive(Debug, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 #[allow(dead_code)]
 pub enum SelectedField {
@@ -307,7 +307,8 @@ pub struct VendorRequest {
     endDate: String,
     /// Minutes, JavaScript sign: IST is -330.
     timeZoneOffset: i32,
-    selectedFields: Option<Vec<String>>,
+    /// Optional blocks to include; `null` or absent: none of them.
+    selectedFields: Option<Vec<SelectedField>>,
     channels: Option<Vec<String>>,
     queues: Option<Vec<String>>,
     bots: Option<Vec<String>>,

@@ -42,9 +42,13 @@ const STREAM_LOOKAHEAD: usize = 4;
     tag = "interactions",
     params(crate::api::docs::InteractionsParams),
     responses(
-        (status = 200, description = "Records of the range, oldest first", body = crate::api::docs::InteractionsResponse,
-            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String), ("X-Request-Id" = String)),
-            content_type = "application/json"),
+        (status = 200, description = "Records of the range, oldest first: one page as JSON, or the whole range streamed as NDJSON (one record per line, unchanged) or CSV (formula-looking text cells defused unless CSV_FORMULA_ESCAPE=false), by `format` or `Accept`",
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL (JSON)"), ("ETag" = String, description = "JSON only"), ("X-Request-Id" = String)),
+            content(
+                (crate::api::docs::InteractionsResponse = "application/json"),
+                (String = "application/x-ndjson", example = json!("{\"sessionId\":\"66f4f3aa205c5afb97d3xxxx\",\"channel\":\"voice\",\"sessionStartTime\":\"2024-09-26T11:09:54\"}\n")),
+                (String = "text/csv", example = json!("sessionId,conversationId,channel,sessionStartTime\n66f4f3aa205c5afb97d3xxxx,,voice,2024-09-26T11:09:54\n")),
+            )),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
         (status = 400, description = "Bad parameter", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
