@@ -91,6 +91,7 @@ async fn ndjson_and_csv_hold_exactly_the_json_total() {
     assert!(total > 1000);
 
     let nd = h.get(&format!("{range}&format=ndjson")).await;
+    assert_eq!(nd.status(), 200);
     assert_eq!(nd.headers()["content-type"], "application/x-ndjson");
     let nd = nd.text().await.unwrap();
     let lines: Vec<Value> = nd
@@ -112,6 +113,7 @@ async fn ndjson_and_csv_hold_exactly_the_json_total() {
         .send()
         .await
         .unwrap();
+    assert_eq!(csv_resp.status(), 200);
     assert!(
         csv_resp.headers()["content-type"]
             .to_str()
@@ -387,7 +389,9 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
             .sum()
     };
-    let before = h.get_with("/metrics", None).await.text().await.unwrap();
+    let before = h.get_with("/metrics", None).await;
+    assert_eq!(before.status(), 200);
+    let before = before.text().await.unwrap();
     h.json("/v1/interactions?from=2024-09-01&to=2024-09-01")
         .await;
     let resp = h.get_with("/metrics", None).await;
@@ -671,12 +675,9 @@ async fn csv_feedback(
     h: &Harness,
     range: &str,
 ) -> std::collections::HashMap<(String, String), String> {
-    let text = h
-        .get(&format!("{range}&format=csv"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let resp = h.get(&format!("{range}&format=csv")).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
     let mut rd = csv::Reader::from_reader(text.as_bytes());
     let headers = rd.headers().unwrap().clone();
     let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
