@@ -2,7 +2,8 @@
 # loopback port, wait until it is healthy, and stop exactly that process afterwards.
 
 # start_demo BIN LOGDIR [ENV=VALUE ...]
-# Sets GW_PID and GW_URL. The gateway binds 127.0.0.1:0 and the demo banner names the port.
+# Sets GW_PID, GW_URL and SIM_URL (the built-in simulator). The gateway binds 127.0.0.1:0
+# and the demo banner names both ports.
 start_demo() {
   local bin=$1 logdir=$2
   shift 2
@@ -24,6 +25,11 @@ start_demo() {
   done
   if [ -z "$GW_URL" ]; then
     echo "the gateway printed no address within 30 s" >&2
+    return 1
+  fi
+  SIM_URL=$(grep -o 'Simulator: *http://127\.0\.0\.1:[0-9]*' "$logdir/gateway.out" | head -n1 | grep -o 'http://.*' || true)
+  if [ -z "$SIM_URL" ]; then
+    echo "the demo banner names no simulator address" >&2
     return 1
   fi
   for i in $(seq 1 100); do
@@ -59,4 +65,24 @@ assert_no_panic() {
     echo "the gateway panicked (log above)" >&2
     return 1
   fi
+}
+
+# Fails when the demo's simulator recorded any breach of a vendor rule (rate limit, JWT,
+# paging, dates, …) by the gateway. Call it while the gateway still runs (before stop_demo).
+assert_no_violations() {
+  local logdir=$1 report
+  report="$logdir/violations.json"
+  if ! curl -fsS --max-time 10 "$SIM_URL/__sim/violations" >"$report"; then
+    echo "the simulator's violation log could not be read at $SIM_URL" >&2
+    return 1
+  fi
+  python3 - "$report" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+n = r["count"]
+print(f"   simulator: {n} vendor-rule violation(s)")
+for v in r["violations"][:10]:
+    print(f"   violation: {v['rule']}: {v['detail']} (request {v['request_id']})")
+sys.exit(1 if n else 0)
+PY
 }

@@ -7,7 +7,8 @@
 #   LOAD_SKIP_BUILD=1 …                                     # use target/<profile>/ as built
 #
 # Fails on any unexpected answer (a 5xx, a wrong status class, an incomplete JSON answer, a
-# body cut short, a transport error), on a panic in the gateway's log, or on a descriptor
+# body cut short, a transport error), on a panic in the gateway's log, on any vendor rule
+# the demo's simulator saw broken (its /__sim/violations), or on a descriptor
 # leak: once the clients have gone, the gateway must hold none of their connections, and no
 # more descriptors than after warm-up plus LOAD_FD_SLACK (8) and its bounded upstream pool.
 set -euo pipefail
@@ -101,6 +102,7 @@ if [ "$CONNS_AFTER" -ne 0 ] || [ "$FDS_AFTER" -gt $(( FDS_BEFORE + FD_ALLOWANCE 
   fail=1
 fi
 kill -0 "$GW_PID" 2>/dev/null || { echo "load: the gateway died" >&2; fail=1; }
+assert_no_violations "$LOGDIR" || { echo "load: the gateway broke vendor rules" >&2; fail=1; }
 stop_demo
 assert_no_panic "$LOGDIR" || fail=1
 

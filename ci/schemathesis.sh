@@ -3,7 +3,8 @@
 # every check on (settings and the reasons for the one exception in ci/schemathesis.toml),
 # then the deterministic edge probes of ci/edge_probes.py. Fails on any server error,
 # any response that breaks the documented schema, status codes or headers, any accepted
-# request that breaks the schema, and any panic in the gateway's log.
+# request that breaks the schema, any panic in the gateway's log, and any vendor rule the
+# demo's simulator saw the gateway break (its /__sim/violations).
 #
 #   ST_MAX_EXAMPLES=100 ST_SEED=20261123 ST_MAX_SECONDS=900 ci/schemathesis.sh
 set -euo pipefail
@@ -38,7 +39,7 @@ set +e
 root=$PWD
 (cd "$LOGDIR" && timeout --kill-after=15 "$MAX_SECONDS" \
   "$VENV/bin/st" --config-file "$root/ci/schemathesis.toml" run "$GW_URL/openapi.json" \
-    --url "$GW_URL" --max-examples "$MAX_EXAMPLES" --seed "$SEED" --workers 2 \
+    --url "$GW_URL" --checks all --max-examples "$MAX_EXAMPLES" --seed "$SEED" --workers 2 \
     --generation-database none --no-color --request-timeout 120 \
     --report json --report-json-path "$report")
 st_rc=$?
@@ -62,11 +63,13 @@ set -e
 
 alive=0
 kill -0 "$GW_PID" 2>/dev/null || { echo "the gateway died during the run" >&2; alive=1; }
+violations=0
+assert_no_violations "$LOGDIR" || violations=1
 stop_demo
 panic=0
 assert_no_panic "$LOGDIR" || panic=1
-if [ "$st_rc" -ne 0 ] || [ "$probe_rc" -ne 0 ] || [ "$alive" -ne 0 ] || [ "$panic" -ne 0 ]; then
-  echo "schemathesis: FAILED (schemathesis exit $st_rc [124 = time limit], edge probes exit $probe_rc, gateway died $alive, panicked $panic)"
+if [ "$st_rc" -ne 0 ] || [ "$probe_rc" -ne 0 ] || [ "$alive" -ne 0 ] || [ "$panic" -ne 0 ] || [ "$violations" -ne 0 ]; then
+  echo "schemathesis: FAILED (schemathesis exit $st_rc [124 = time limit], edge probes exit $probe_rc, gateway died $alive, panicked $panic, vendor rules broken $violations)"
   exit 1
 fi
 echo "schemathesis: passed"

@@ -438,7 +438,6 @@ impl WindowCache {
                 );
                 if started {
                     self.counters.revalidations.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("gateway_cache_revalidations_total").increment(1);
                 }
                 self.watch(&key, &d, &refetch);
                 return Ok(WindowOutcome {
@@ -588,7 +587,6 @@ impl WindowCache {
             if new {
                 started += 1;
                 self.counters.refresh_ahead.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("gateway_cache_refresh_ahead_total").increment(1);
             }
         }
         started

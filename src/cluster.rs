@@ -47,6 +47,20 @@ const BREAKER: Duration = Duration::from_secs(1);
 const LOCK_TTL: Duration = Duration::from_secs(60);
 /// How often waiters look for the holder's result.
 const POLL: Duration = Duration::from_millis(50);
+/// Keys asked of one `SCAN` step (and so at most about this many per `UNLINK`) when purging.
+const PURGE_BATCH: u32 = 500;
+
+/// `text` matched literally inside a Redis glob pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// Counters for `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
@@ -331,6 +345,47 @@ impl Cluster {
             key.offset_seconds,
             crate::cache::hex(&key.digest())
         )
+    }
+
+    /// Deletes every window this account's replicas stored in Redis (the L2 tier): `SCAN`
+    /// for the window keys under the cluster prefix and `UNLINK` each batch (never `KEYS`,
+    /// which blocks Redis for the whole keyspace). Locks and the budget log are left alone.
+    /// Returns how many keys went, and whether the scan finished (false when Redis failed
+    /// part-way; what was unlinked by then stays unlinked).
+    pub async fn purge_windows(&self) -> (u64, bool) {
+        let pattern = format!("{}w:*", glob_escape(&self.prefix));
+        let mut cursor: u64 = 0;
+        let mut unlinked: u64 = 0;
+        loop {
+            let mut conn = self.conn.clone();
+            let page: Option<(u64, Vec<String>)> = self
+                .run(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(PURGE_BATCH)
+                        .query_async(&mut conn),
+                )
+                .await;
+            let Some((next, keys)) = page else {
+                return (unlinked, false);
+            };
+            if !keys.is_empty() {
+                let n: Option<u64> = self
+                    .run(redis::cmd("UNLINK").arg(&keys).query_async(&mut conn))
+                    .await;
+                match n {
+                    Some(n) => unlinked += n,
+                    None => return (unlinked, false),
+                }
+            }
+            if next == 0 {
+                return (unlinked, true);
+            }
+            cursor = next;
+        }
     }
 
     /// The fresh L2 copy of a window, if any.

@@ -178,6 +178,11 @@ pub struct Cli {
     #[arg(long, env = "MAX_RANGE_DAYS", default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
     pub max_range_days: u32,
 
+    /// Defuse spreadsheet formulas in CSV text cells (OWASP): a cell starting with `=`, `+`,
+    /// `-`, `@`, tab or CR gets a leading `'`. Cells written from JSON numbers are exempt.
+    #[arg(long, env = "CSV_FORMULA_ESCAPE", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub csv_formula_escape: bool,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -201,6 +206,8 @@ pub struct Settings {
     pub disk: Option<DiskSettings>,
     /// Floor of the replica count used for the local budget share while Redis is down.
     pub replicas: u32,
+    /// Defuse formula-looking text cells in CSV answers (CSV_FORMULA_ESCAPE).
+    pub csv_formula_escape: bool,
 }
 
 /// Where and how to call the vendor.
@@ -358,27 +365,45 @@ fn missing(setting: &'static str) -> ConfigError {
     }
 }
 
+/// The longest duration a setting may hold: 3650 days. Every duration setting ends up
+/// added to a clock (`Instant + d`, a Redis `PX` in milliseconds, a moka expiry, a jiff
+/// timestamp), and a value beyond what those clocks can hold would overflow or be clamped
+/// silently; ten years is far beyond any sensible timeout or TTL and safe for all of them.
+pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+
 /// Parses `120s`, `500ms`, `2m`, `1h`, `1d` or a bare number of seconds.
+///
+/// # Errors
+/// Not a duration, or longer than [`MAX_SETTING_DURATION`] (refused, never saturated).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
+    let shown: String = s.chars().take(40).collect();
+    let too_long =
+        || format!("`{shown}` is longer than 3650d, the longest duration a setting may hold");
+    if !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) && num.parse::<u64>().is_err() {
+        return Err(too_long());
+    }
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration like `30s` or `500ms`"))?;
+        .map_err(|_| format!("`{shown}` is not a duration like `30s` or `500ms`"))?;
+    let seconds = |per: u64| n.checked_mul(per).map(Duration::from_secs);
     let d = match unit {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" | "min" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        "" | "s" => seconds(1),
+        "ms" => Some(Duration::from_millis(n)),
+        "m" | "min" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(86_400),
         other => {
+            let other: String = other.chars().take(20).collect();
             return Err(format!(
                 "unknown duration unit `{other}` (use ms, s, m, h or d)"
             ));
         }
     };
-    Ok(d)
+    d.filter(|d| *d <= MAX_SETTING_DURATION)
+        .ok_or_else(too_long)
 }
 
 fn parse_secret(s: &str) -> Result<SecretString, String> {
@@ -563,6 +588,7 @@ impl Cli {
                     dir,
                     max_bytes: self.cache_disk_max_bytes,
                 }),
+            csv_formula_escape: self.csv_formula_escape,
         })
     }
 }
@@ -607,6 +633,19 @@ mod tests {
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         for bad in ["", "s", "1.5s", "10y"] {
             assert!(parse_duration(bad).is_err(), "{bad} should be rejected");
+        }
+        assert_eq!(parse_duration("3650d").unwrap(), MAX_SETTING_DURATION);
+        // Too long for the clock: refused, never saturated.
+        for too_long in [
+            "3651d",
+            "87601h",
+            "10000000000000d",
+            "300000000000000000d",
+            "99999999999999999999999",
+            "18446744073709551615ms",
+        ] {
+            let err = parse_duration(too_long).expect_err(too_long);
+            assert!(err.contains("longer than 3650d"), "{too_long}: {err}");
         }
     }
 

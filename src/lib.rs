@@ -96,7 +96,10 @@ pub fn metrics_handle() -> PrometheusHandle {
                 ])
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             match builder.install_recorder() {
-                Ok(h) => h,
+                Ok(h) => {
+                    api::ops::describe_metrics();
+                    h
+                }
                 // Another recorder is installed already: keep a private one so /metrics still works.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             }

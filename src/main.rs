@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         print!("{}", docs::generate());
         return ExitCode::SUCCESS;
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return refuse(&e),
+    };
     init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -39,6 +42,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--help` and `--version` print as clap prints them; a bad setting stops start-up with one
+/// line that names it (clap's first line: the flag and its variable, the value, the reason).
+fn refuse(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    eprintln!(
+        "kore-gateway: configuration: {}",
+        line.trim_start_matches("error: ")
+    );
+    ExitCode::from(2)
 }
 
 fn init_tracing(format: LogFormat) {
@@ -66,11 +90,13 @@ async fn run(mut cli: Cli) -> Result<(), String> {
             .map_err(|e| format!("simulator: {e}"));
     }
     let demo = cli.demo;
+    let mut sim_addr = None;
     if demo {
         let cfg = sim_cfg;
         let (_sim, addr) = sim::Simulator::spawn(cfg.clone())
             .await
             .map_err(|e| format!("cannot start the simulator: {e}"))?;
+        sim_addr = Some(addr);
         cli.kore_base_url = Some(format!("http://{addr}"));
         cli.kore_account_id = Some(cfg.account_id.clone());
         cli.kore_client_id = Some(cfg.client_id.clone());
@@ -94,8 +120,8 @@ async fn run(mut cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    if demo {
-        print_demo_banner(local);
+    if let Some(sim) = sim_addr {
+        print_demo_banner(local, sim);
     }
     tracing::info!(%local, "kore-gateway listening");
     axum::serve(listener, kore_gateway::app(state))
@@ -104,10 +130,13 @@ async fn run(mut cli: Cli) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn print_demo_banner(addr: SocketAddr) {
+/// The demo's banner. CI scripts read the gateway's address from the `gateway on` line and
+/// ask the simulator's `/__sim/violations` whether the gateway ever broke a vendor rule.
+fn print_demo_banner(addr: SocketAddr, sim: SocketAddr) {
     println!(
         "\nkore-gateway demo: gateway on http://{addr}, in front of the built-in upstream simulator.\n\
          \n  Swagger UI:  http://{addr}/docs   (Authorize with: {DEMO_KEY})\n  OpenAPI:     http://{addr}/openapi.json\n\
+         \n  Simulator:   http://{sim}/__sim/violations   (every vendor rule the gateway broke; CI requires none)\n\
          \n  Try it:\n    curl -s -H 'Authorization: Bearer {DEMO_KEY}' 'http://{addr}/v1/interactions?from=2024-09-01&to=2024-09-30&tz=Asia/Kolkata&limit=2'\n\
          \n  Keys: demo = {DEMO_KEY}   admin = {DEMO_ADMIN_KEY}\n"
     );

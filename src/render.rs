@@ -157,17 +157,34 @@ pub fn csv_header() -> Bytes {
     Bytes::from(w.into_inner().unwrap_or_default())
 }
 
-fn cell(v: Option<&serde_json::Value>) -> String {
+/// Defuses a text cell a spreadsheet would run as a formula (OWASP "CSV injection"): a
+/// cell starting with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'`, which
+/// spreadsheets show as text and do not evaluate. Applies to text only: a cell the gateway
+/// writes from a JSON *number* (`-5`, `-0.5`) is a number, not a formula, and stays as it
+/// is, so numeric columns remain numeric; the same text in a JSON *string* is defused.
+pub fn defuse_formula(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{text}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+fn cell(v: Option<&serde_json::Value>, escape: bool) -> String {
     match v {
         None | Some(serde_json::Value::Null) => String::new(),
+        Some(serde_json::Value::String(s)) if escape => defuse_formula(s).into_owned(),
         Some(serde_json::Value::String(s)) => s.clone(),
+        // Numbers and booleans print as themselves; arrays and objects as compact JSON,
+        // which starts with `[` or `{`.
         Some(other) => other.to_string(),
     }
 }
 
 /// CSV rows (RFC 4180 quoting by the `csv` crate). A record that is not a JSON object
 /// becomes a row of empty cells rather than being dropped, so row counts still add up.
-pub fn csv_rows<'a>(records: impl Iterator<Item = &'a Record>) -> Bytes {
+/// `formula_escape` (CSV_FORMULA_ESCAPE) defuses text cells with [`defuse_formula`].
+pub fn csv_rows<'a>(records: impl Iterator<Item = &'a Record>, formula_escape: bool) -> Bytes {
     let mut w = csv::Writer::from_writer(Vec::new());
     let empty = serde_json::Map::new();
     for r in records {
@@ -180,9 +197,13 @@ pub fn csv_rows<'a>(records: impl Iterator<Item = &'a Record>) -> Bytes {
             .unwrap_or(&empty);
         let row = CSV_SCALARS
             .iter()
-            .map(|c| cell(obj.get(*c)))
-            .chain(CSV_CUSTOMER.iter().map(|c| cell(customer.get(*c))))
-            .chain(CSV_NESTED.iter().map(|c| cell(obj.get(*c))));
+            .map(|c| cell(obj.get(*c), formula_escape))
+            .chain(
+                CSV_CUSTOMER
+                    .iter()
+                    .map(|c| cell(customer.get(*c), formula_escape)),
+            )
+            .chain(CSV_NESTED.iter().map(|c| cell(obj.get(*c), formula_escape)));
         let _ = w.write_record(row.collect::<Vec<_>>());
     }
     Bytes::from(w.into_inner().unwrap_or_default())
@@ -403,7 +424,7 @@ mod tests {
         let raw = r#"{"sessionId":"a,b","channel":"say \"hi\"\nthere","customerinfo":{"CustomerFirstName":"Zoë"},"skills":[{"id":"1"}],"csatScore":4}"#;
         let r = Record::new(RawValue::from_string(raw.into()).unwrap(), &w);
         let mut text = String::from_utf8(csv_header().to_vec()).unwrap();
-        text.push_str(std::str::from_utf8(&csv_rows([&r].into_iter())).unwrap());
+        text.push_str(std::str::from_utf8(&csv_rows([&r].into_iter(), true)).unwrap());
         let mut rd = csv::Reader::from_reader(text.as_bytes());
         let headers = rd.headers().unwrap().clone();
         let row = rd.records().next().unwrap().unwrap();
@@ -419,6 +440,39 @@ mod tests {
         assert_eq!(get("csatScore"), "4");
         assert_eq!(get("conversationId"), "");
         assert_eq!(headers.len(), 29);
+    }
+
+    #[test]
+    fn csv_defuses_formula_text_but_not_numbers() {
+        let w = Window {
+            start: Timestamp::UNIX_EPOCH,
+            end: Timestamp::UNIX_EPOCH,
+            offset_seconds: 0,
+        };
+        let raw = r#"{"sessionId":"=1+1","conversationId":"+33 1 23","channel":"-5","finalStatus":"@SUM(A1)","smartStatus":"\tx","statusDetail":"\rx","botId":"a=b","csatScore":-5,"customerinfo":{"CustomerFirstName":"=cmd|' /C calc'!A0"}}"#;
+        let r = Record::new(RawValue::from_string(raw.into()).unwrap(), &w);
+        let row = |escape: bool| {
+            let mut text = String::from_utf8(csv_header().to_vec()).unwrap();
+            text.push_str(std::str::from_utf8(&csv_rows([&r].into_iter(), escape)).unwrap());
+            let mut rd = csv::Reader::from_reader(text.as_bytes());
+            let headers = rd.headers().unwrap().clone();
+            let row = rd.records().next().unwrap().unwrap();
+            move |name: &str| row[headers.iter().position(|h| h == name).unwrap()].to_owned()
+        };
+        let on = row(true);
+        assert_eq!(on("sessionId"), "'=1+1");
+        assert_eq!(on("conversationId"), "'+33 1 23");
+        assert_eq!(on("channel"), "'-5", "a string, even a numeric-looking one");
+        assert_eq!(on("finalStatus"), "'@SUM(A1)");
+        assert_eq!(on("smartStatus"), "'\tx");
+        assert_eq!(on("statusDetail"), "'\rx");
+        assert_eq!(on("botId"), "a=b", "only a leading character counts");
+        assert_eq!(on("csatScore"), "-5", "a JSON number stays a number");
+        assert_eq!(on("customerinfo.CustomerFirstName"), "'=cmd|' /C calc'!A0");
+        let off = row(false);
+        assert_eq!(off("sessionId"), "=1+1");
+        assert_eq!(off("channel"), "-5");
+        assert_eq!(off("customerinfo.CustomerFirstName"), "=cmd|' /C calc'!A0");
     }
 
     #[test]

@@ -814,16 +814,19 @@ fn csv_number(v: Option<f64>) -> String {
 }
 
 /// The whole CSV: header, then one row per group (RFC 4180 quoting by the `csv` crate).
-pub fn to_csv(summary: &Summary<'_>) -> Vec<u8> {
+/// `formula_escape` (CSV_FORMULA_ESCAPE) defuses the group labels, which come from the
+/// upstream's text, with [`crate::render::defuse_formula`]; the numbers are the gateway's.
+pub fn to_csv(summary: &Summary<'_>, formula_escape: bool) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let _ = w.write_record(csv_header(&summary.group_by, &summary.metrics));
     for g in &summary.groups {
         let mut row: Vec<String> = g
             .key
             .iter()
-            .map(|p| {
-                p.label()
-                    .map_or_else(|| CSV_MISSING.to_owned(), Cow::into_owned)
+            .map(|p| match p.label() {
+                None => CSV_MISSING.to_owned(),
+                Some(l) if formula_escape => crate::render::defuse_formula(&l).into_owned(),
+                Some(l) => l.into_owned(),
             })
             .collect();
         for m in &summary.metrics {
@@ -1218,7 +1221,7 @@ mod tests {
             "{json}"
         );
         assert!(json.contains(r#"{"key":{"queue":null,"day":"2024-09-26"},"interactionDuration":{"count":0,"sum":0,"mean":null,"p50":null,"p90":null,"max":null},"count":1}"#), "{json}");
-        let csv = String::from_utf8(to_csv(&s)).unwrap();
+        let csv = String::from_utf8(to_csv(&s, true)).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(
             lines[0],
@@ -1227,5 +1230,21 @@ mod tests {
         assert_eq!(lines[1], "qu-a,2024-09-26,1,100,100,100,100,100,1");
         assert_eq!(lines[3], "(none),2024-09-26,0,0,,,,,1");
         assert_eq!(lines.len(), 1 + s.groups.len());
+    }
+
+    #[test]
+    fn csv_defuses_formula_labels_but_not_the_numbers() {
+        assert!(CONVERSATION.contains("\"qu-a\""));
+        let records = [rec(&CONVERSATION.replace("\"qu-a\"", "\"=qu-a\""), 0)];
+        let s = summarise(
+            &refs(&records),
+            &TimeZone::UTC,
+            &[Dimension::Queue],
+            &[Metric::Count],
+        );
+        let on = String::from_utf8(to_csv(&s, true)).unwrap();
+        assert_eq!(on.lines().nth(1), Some("'=qu-a,1"), "{on}");
+        let off = String::from_utf8(to_csv(&s, false)).unwrap();
+        assert_eq!(off.lines().nth(1), Some("=qu-a,1"), "{off}");
     }
 }

@@ -49,18 +49,14 @@ async fn run(h: &Harness, tally: &mut Tally) {
             tally.said_incomplete += 1;
             continue;
         }
-        let zone = jiff::tz::TimeZone::get(tz).unwrap();
+        // The truth is the simulator's, cut only where the zone's offset changes: nothing
+        // of the gateway's planning goes into it.
         let (f, t) = (
             at(&format!("{from}T00:00:00"), tz),
             at(&format!("{to}T23:59:59"), tz),
         );
-        let mut truth = Vec::new();
-        for w in kore_gateway::plan::plan(f, t, &zone).unwrap() {
-            truth.extend(
-                h.sim
-                    .truth(w.start, w.end, w.vendor_offset(), &all_fields()),
-            );
-        }
+        let truth = truth_in_zone(&h.sim, f, t, tz, &all_fields());
+        assert!(!truth.is_empty(), "{from}..{to} {tz} holds records");
         let got = body["data"].as_array().unwrap();
         let same = got.len() == truth.len()
             && got.iter().map(id).collect::<HashSet<_>>()
@@ -106,7 +102,8 @@ async fn no_fault_kind_produces_a_silently_wrong_answer() {
         ),
         (FaultKind::DropConnection, 0.2),
         (FaultKind::TruncatedBody, 0.2),
-        (FaultKind::Slow(Duration::from_millis(1500)), 0.2),
+        // Slower than the gateway's per-call timeout below, so these calls time out.
+        (FaultKind::Slow(Duration::from_millis(4000)), 0.2),
         (FaultKind::WrongNumResults, 0.3),
         // Every call fails: nothing can be whole, everything must say so.
         (FaultKind::Status502, 1.0),
@@ -116,7 +113,10 @@ async fn no_fault_kind_produces_a_silently_wrong_answer() {
         let label = format!("{kind:?} at {rate}");
         (
             label,
-            with_fault(kind, rate, Duration::from_millis(500)).await,
+            // Eight gateways and simulators share the machine (debug builds, often beside
+            // other builds): a per-call timeout of 500 ms timed out healthy calls too, and
+            // the test then measured the machine's load rather than the faults.
+            with_fault(kind, rate, Duration::from_millis(2500)).await,
         )
     });
     for (label, t) in futures_util::future::join_all(runs).await {

@@ -112,6 +112,44 @@ async fn new_york_across_the_fall_back_keeps_wall_clock_times_and_never_straddle
 }
 
 #[tokio::test]
+async fn a_to_inside_the_repeated_hour_keeps_the_repeated_hour() {
+    let h = Harness::start(Opts::default()).await;
+    // 01:30 happens twice in New York on 2024-11-03: at 05:30Z (EDT) and at 06:30Z (EST).
+    // An inclusive `to` of 01:30 (01:30:59) reaches the second one.
+    let body = h
+        .json("/v1/interactions?from=2024-11-03T00:00&to=2024-11-03T01:30&tz=America/New_York&limit=10000")
+        .await;
+    assert_eq!(body["meta"]["from"], "2024-11-03T00:00:00-04:00");
+    assert_eq!(body["meta"]["to"], "2024-11-03T01:30:59-05:00");
+    // The simulator's data has a record in the repeated hour at 01:55 EST (06:55Z): a `to`
+    // of 01:59 must return it, with every record of the first 01:xx hour (EDT).
+    let body = h
+        .json("/v1/interactions?from=2024-11-03T00:00&to=2024-11-03T01:59&tz=America/New_York&limit=10000")
+        .await;
+    assert_eq!(body["meta"]["to"], "2024-11-03T01:59:59-05:00");
+    let ts = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+    let mut truth = h.sim.truth(
+        ts("2024-11-03T04:00:00Z"),
+        ts("2024-11-03T05:59:59Z"),
+        240,
+        &all_fields(),
+    );
+    let repeated = h.sim.truth(
+        ts("2024-11-03T06:00:00Z"),
+        ts("2024-11-03T06:59:59Z"),
+        300,
+        &all_fields(),
+    );
+    assert!(
+        !repeated.is_empty(),
+        "the simulator has records in the repeated hour"
+    );
+    truth.extend(repeated);
+    assert_same_records(&data(&body), &truth);
+    h.finish();
+}
+
+#[tokio::test]
 async fn a_week_with_more_than_1100_records_comes_back_whole() {
     let h = Harness::start(Opts::default()).await;
     let mut day = Date::constant(2024, 9, 1);
@@ -137,6 +175,7 @@ async fn a_week_with_more_than_1100_records_comes_back_whole() {
     assert_same_records(&data(&body), &truth);
     assert_eq!(body["meta"]["complete"], true);
     let calls = h.sim.calls();
+    assert!(!calls.is_empty());
     assert!(
         calls
             .iter()
@@ -317,5 +356,72 @@ async fn cursor_pages_concatenate_to_the_full_list() {
     let foreign = other["meta"]["next_cursor"].as_str().unwrap();
     let resp = h.get(&format!("{base}&limit=10&cursor={foreign}")).await;
     assert_eq!(resp.status(), 400);
+    h.finish();
+}
+
+/// The `fields` values the published OpenAPI document allows (an array of its enum, at least
+/// one item, comma-separated) are exactly the ones both data routes accept.
+#[tokio::test]
+async fn fields_accepts_whatever_the_schema_allows_on_both_routes() {
+    let doc: Value = serde_json::from_str(kore_gateway::api::docs::OPENAPI_JSON).unwrap();
+    let h = Harness::start(Opts::default()).await;
+    for route in ["/v1/interactions", "/v1/interactions/summary"] {
+        let param = doc["paths"][route]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "fields")
+            .unwrap()
+            .clone();
+        let schema = &param["schema"];
+        assert_eq!(schema["type"], "array", "{route}: {param}");
+        assert_eq!(schema["minItems"], 1, "{route}: {param}");
+        assert_eq!(
+            (&param["style"], &param["explode"]),
+            (&Value::from("form"), &Value::from(false)),
+            "{route}: comma-separated"
+        );
+        let names: Vec<&str> = schema["items"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(names.len(), 4, "{route}: {names:?}");
+        // Every non-empty subset, in schema order, plus a repeat (the schema allows one).
+        let mut values: Vec<String> = (1u32..16)
+            .map(|mask| {
+                (0..4)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .map(|i| names[i])
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .collect();
+        values.push(format!("{0},{0}", names[0]));
+        for v in &values {
+            let r = h
+                .get(&format!("{route}?from=2024-09-26&to=2024-09-26&fields={v}"))
+                .await;
+            let status = r.status();
+            assert_eq!(
+                status,
+                200,
+                "{route}?fields={v}: {}",
+                r.text().await.unwrap()
+            );
+        }
+        // What the schema forbids (no items, a name not in the enum) is a 400 naming `fields`.
+        for bad in ["", "0", "bogus", "skills,0"] {
+            let r = h
+                .get(&format!(
+                    "{route}?from=2024-09-26&to=2024-09-26&fields={bad}"
+                ))
+                .await;
+            assert_eq!(r.status(), 400, "{route}?fields={bad}");
+            let p: Value = r.json().await.unwrap();
+            assert_eq!(p["param"], "fields", "{route}?fields={bad}: {p}");
+        }
+    }
     h.finish();
 }

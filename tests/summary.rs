@@ -156,7 +156,9 @@ async fn summaries_match_counts_computed_from_the_raw_records() {
             "/v1/interactions/summary?{range}&group_by={}",
             dims.join(",")
         );
-        let text = h.get(&url).await.text().await.unwrap();
+        let resp = h.get(&url).await;
+        assert_eq!(resp.status(), 200, "{url}");
+        let text = resp.text().await.unwrap();
         let body: Value = serde_json::from_str(&text).unwrap();
         if let Some(first) = dims.first() {
             let members: Vec<String> = dims.iter().map(|d| format!("\"{d}\":")).collect();
@@ -492,6 +494,7 @@ async fn csv_has_a_stable_header_and_one_row_per_group() {
         .send()
         .await
         .unwrap();
+    assert_eq!(via_accept.status(), 200);
     assert_eq!(via_accept.text().await.unwrap(), text);
     let empty = h
         .get("/v1/interactions/summary?from=2024-09-02T10:00:00&to=2024-09-02T10:00:00&group_by=day,queue&metrics=count,interactionDuration&format=csv")

@@ -91,6 +91,7 @@ async fn ndjson_and_csv_hold_exactly_the_json_total() {
     assert!(total > 1000);
 
     let nd = h.get(&format!("{range}&format=ndjson")).await;
+    assert_eq!(nd.status(), 200);
     assert_eq!(nd.headers()["content-type"], "application/x-ndjson");
     let nd = nd.text().await.unwrap();
     let lines: Vec<Value> = nd
@@ -112,6 +113,7 @@ async fn ndjson_and_csv_hold_exactly_the_json_total() {
         .send()
         .await
         .unwrap();
+    assert_eq!(csv_resp.status(), 200);
     assert!(
         csv_resp.headers()["content-type"]
             .to_str()
@@ -222,6 +224,159 @@ async fn the_drop_in_route_answers_like_the_vendor() {
     h.finish();
 }
 
+fn drop_in_path() -> String {
+    format!(
+        "/agentassist/api/public/analytics/account/{}/v2/interactionDetails",
+        SimConfig::demo().account_id
+    )
+}
+
+/// The records of a vendor range in the gateway's order (start time, then `sessionId`,
+/// then `conversationId`), computed from the simulator's ground truth. Within one
+/// `timeZoneOffset` the local time text sorts like the instant.
+fn truth_in_gateway_order(h: &Harness, start: &str, end: &str, offset_minutes: i32) -> Vec<Value> {
+    let mut truth = h.sim.truth(
+        start.parse().unwrap(),
+        end.parse().unwrap(),
+        offset_minutes,
+        &all_fields(),
+    );
+    let key = |v: &Value| {
+        (
+            v["sessionStartTime"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            v["sessionId"].as_str().unwrap_or_default().to_owned(),
+            v["conversationId"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    truth.sort_by_key(key);
+    truth
+}
+
+#[tokio::test]
+async fn the_drop_in_route_reads_a_record_offset_as_a_record_skip() {
+    // Gateway and simulator both read `offset` as a record skip (the older vendor docs).
+    let h = Harness::start(Opts {
+        offset_mode: kore_gateway::config::OffsetMode::Record,
+        ..Opts::default()
+    })
+    .await;
+    let url = format!("{}{}", h.base, drop_in_path());
+    let body = serde_json::json!({
+        "startDate": "2024-09-20 00:00:00", "endDate": "2024-09-26 23:59:59", "timeZoneOffset": -330,
+        "selectedFields": ["userleveltags", "sessionleveltags", "customerinfo", "skills"]
+    });
+    // 2024-09-20 00:00 .. 2024-09-26 23:59:59 IST in UTC.
+    let truth = truth_in_gateway_order(&h, "2024-09-19T18:30:00Z", "2024-09-26T18:29:59Z", -330);
+    assert!(
+        truth.len() >= 260,
+        "the range holds {} records",
+        truth.len()
+    );
+    let auth = ("x-api-key", KEY);
+    for (offset, limit) in [(150, 100), (0, 100), (7, 13), (truth.len() - 5, 100)] {
+        let (s, g) = post_json(
+            &h.http,
+            &format!("{url}?offset={offset}&limit={limit}"),
+            auth,
+            &body,
+        )
+        .await;
+        assert_eq!(s, 200, "{g}");
+        assert_eq!(g["numResults"].as_u64(), Some(truth.len() as u64));
+        let want = &truth[offset..(offset + limit).min(truth.len())];
+        let got = g["data"].as_array().unwrap();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "offset={offset}&limit={limit}: records {offset}.. of the range"
+        );
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g, w, "offset={offset}&limit={limit}: record {}", offset + i);
+        }
+    }
+    // The gateway paged the upstream by record skips too: offsets like 100 are record
+    // skips (a page index stops at 10), and the simulator enforced record-mode rules.
+    let offsets: HashSet<u32> = h.sim.calls().iter().filter_map(|c| c.page).collect();
+    assert!(offsets.contains(&100), "upstream offsets: {offsets:?}");
+    // A record skip past what one vendor query reaches is refused like the vendor would.
+    let (s, p) = post_json(&h.http, &format!("{url}?offset=1001"), auth, &body).await;
+    assert_eq!(s, 400, "{p}");
+    assert_eq!(p["param"], "offset", "{p}");
+    h.finish();
+}
+
+#[tokio::test]
+async fn the_drop_in_route_says_stale_when_an_expired_copy_stands_in() {
+    // Nothing stays fresh, and one failed upstream call is final.
+    let mut opts = Opts {
+        retries: 0,
+        ..Opts::default()
+    };
+    opts.cache.ttl_past = Duration::ZERO;
+    opts.cache.ttl_recent = Duration::ZERO;
+    let h = Harness::start(opts).await;
+    let url = format!("{}{}?limit=100", h.base, drop_in_path());
+    let body = serde_json::json!({"startDate": "2024-09-26", "endDate": "2024-09-26", "timeZoneOffset": -330});
+    let post = || {
+        h.http
+            .post(&url)
+            .header("x-api-key", KEY)
+            .json(&body)
+            .send()
+    };
+    let first = post().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    assert_eq!(first.headers()["x-gateway-stale"], "false");
+    let first: Value = first.json().await.unwrap();
+
+    h.sim.set_faults(kore_gateway::sim::Faults {
+        error_rate: 1.0,
+        kinds: vec![kore_gateway::sim::FaultKind::Status503],
+        ..kore_gateway::sim::Faults::default()
+    });
+    let calls = h.calls();
+    let second = post().await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert!(
+        h.calls() > calls,
+        "the expired copy was not served without trying the upstream"
+    );
+    assert_eq!(second.headers()["x-cache"], "STALE");
+    assert_eq!(second.headers()["x-gateway-stale"], "true");
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(second, first, "the expired copy, unchanged");
+    h.finish();
+}
+
+#[tokio::test]
+async fn the_drop_in_route_takes_null_lists_as_absent() {
+    let h = Harness::start(Opts::default()).await;
+    let url = format!("{}{}?limit=100", h.base, drop_in_path());
+    let absent = serde_json::json!({"startDate": "2024-09-26", "endDate": "2024-09-26", "timeZoneOffset": -330});
+    let nulls = serde_json::json!({"startDate": "2024-09-26", "endDate": "2024-09-26", "timeZoneOffset": -330,
+        "selectedFields": null, "channels": null, "queues": null, "bots": null});
+    let (s1, a) = post_json(&h.http, &url, ("x-api-key", KEY), &absent).await;
+    let (s2, n) = post_json(&h.http, &url, ("x-api-key", KEY), &nulls).await;
+    assert_eq!((s1, s2), (200, 200), "{n}");
+    // Truth: the whole day, no filter, none of the optional blocks (no selectedFields).
+    let truth = h.sim.truth(
+        "2024-09-25T18:30:00Z".parse().unwrap(),
+        "2024-09-26T18:29:59Z".parse().unwrap(),
+        -330,
+        &kore_gateway::sim::SimFilter::default(),
+    );
+    assert!(!truth.is_empty());
+    assert_eq!(n["numResults"].as_u64(), Some(truth.len() as u64));
+    assert_eq!(n, a, "null lists mean the same as absent ones");
+    assert!(truth.len() <= 100, "the day fits one page");
+    assert_same_records(n["data"].as_array().unwrap(), &truth);
+    h.finish();
+}
+
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_count_requests() {
     let h = Harness::start(Opts::default()).await;
@@ -235,7 +390,9 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
             .sum()
     };
-    let before = h.get_with("/metrics", None).await.text().await.unwrap();
+    let before = h.get_with("/metrics", None).await;
+    assert_eq!(before.status(), 200);
+    let before = before.text().await.unwrap();
     h.json("/v1/interactions?from=2024-09-01&to=2024-09-01")
         .await;
     let resp = h.get_with("/metrics", None).await;
@@ -258,8 +415,10 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
             .unwrap_or_else(|_| panic!("bad value in: {line}"));
         let name = name_labels.split('{').next().unwrap();
         assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
             "bad name in: {line}"
         );
         if let Some(labels) = name_labels.strip_prefix(name) {
@@ -277,9 +436,57 @@ async fn metrics_parse_as_prometheus_text_and_count_requests() {
         "gateway_request_duration_seconds_bucket",
         "gateway_upstream_calls_total",
         "gateway_cache_bytes",
-        "gateway_budget_wait_seconds_sum",
+        "gateway_budget_wait_seconds_total",
+        "gateway_cache_misses_total",
     ] {
         assert!(after.contains(name), "{name} exposed");
+    }
+    // Every family says what it is (`# HELP`, `# TYPE`), and names say how to read them:
+    // counters end `_total`, nothing else does, and `_sum`/`_count`/`_bucket` belong to
+    // histograms only (the rules `promtool check metrics` applies).
+    let mut helped = HashSet::new();
+    let mut types = Vec::new();
+    for line in after.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            assert!(!help.trim().is_empty(), "empty help: {line}");
+            helped.insert(name.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            types.push((name.to_owned(), kind.to_owned()));
+        }
+    }
+    assert!(types.len() >= 10, "{types:?}");
+    for (name, kind) in &types {
+        assert!(helped.contains(name), "{name} has no # HELP");
+        assert_eq!(
+            name.ends_with("_total"),
+            kind == "counter",
+            "{name} is a {kind}"
+        );
+        if kind != "histogram" {
+            assert!(
+                !["_sum", "_count", "_bucket"]
+                    .iter()
+                    .any(|s| name.ends_with(s)),
+                "{name} is a {kind}"
+            );
+        }
+    }
+    for line in after
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|f| types.iter().any(|(n, k)| n == f && k == "histogram"))
+            .unwrap_or(name);
+        assert!(
+            types.iter().any(|(n, _)| n == family),
+            "{name} has no # TYPE"
+        );
     }
     assert!(
         !after.contains(&SimConfig::demo().client_secret),
@@ -303,9 +510,10 @@ async fn request_ids_are_echoed_and_forwarded_upstream() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "trace-abc-123");
+    let calls = h.sim.calls();
+    assert!(!calls.is_empty(), "the request reached the upstream");
     assert!(
-        h.sim
-            .calls()
+        calls
             .iter()
             .all(|c| c.request_id.as_deref() == Some("trace-abc-123"))
     );
@@ -392,7 +600,12 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         .send()
         .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Shut down once the request is in flight: the simulator has its upstream call (logged
+    // on arrival, answered 600 ms later).
+    until("the upstream has the request's call", || {
+        sim.call_count() > 0
+    })
+    .await;
     stop_tx.send(()).unwrap();
     let resp = in_flight
         .await
@@ -406,4 +619,131 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         "no new connections after shutdown"
     );
     assert!(sim.violations().is_empty());
+}
+
+#[test]
+fn durations_too_long_for_the_clock_stop_start_up_with_one_line_naming_the_setting() {
+    let settings = [
+        "KORE_MAX_WAIT",
+        "KORE_TIMEOUT",
+        "KORE_JWT_TTL",
+        "GATEWAY_REQUEST_TIMEOUT",
+        "CACHE_TTL_PAST",
+        "CACHE_TTL_RECENT",
+        "CACHE_SETTLE",
+        "CACHE_STALE_GRACE",
+        "SIM_LATENCY",
+    ];
+    for setting in settings {
+        for value in ["10000000000000d", "99999999999999999999999s"] {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kore-gateway"))
+                .arg("--demo")
+                .env("GATEWAY_LISTEN", "127.0.0.1:0")
+                .env(setting, value)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("the binary starts");
+            // It must refuse at once; a gateway that starts anyway is stopped and fails the test.
+            let started = std::time::Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break Some(status);
+                }
+                if started.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            let status = status.unwrap_or_else(|| panic!("{setting}={value}: the gateway started"));
+            assert!(!status.success(), "{setting}={value}: {status}");
+            let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+            assert_eq!(lines.len(), 1, "{setting}={value}: one line, got {err:?}");
+            assert!(
+                lines[0].contains(setting) && lines[0].contains("longer than 3650d"),
+                "{setting}={value}: {err:?}"
+            );
+        }
+    }
+}
+
+/// The CSV cells of `csatFeedback`, by (sessionId, conversationId).
+async fn csv_feedback(
+    h: &Harness,
+    range: &str,
+) -> std::collections::HashMap<(String, String), String> {
+    let resp = h.get(&format!("{range}&format=csv")).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let mut rd = csv::Reader::from_reader(text.as_bytes());
+    let headers = rd.headers().unwrap().clone();
+    let col = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (sid, cid, fb) = (col("sessionId"), col("conversationId"), col("csatFeedback"));
+    rd.records()
+        .map(|r| {
+            let r = r.unwrap();
+            ((r[sid].to_owned(), r[cid].to_owned()), r[fb].to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn csv_defuses_formula_cells_unless_turned_off() {
+    let range = "/v1/interactions?from=2024-09-01&to=2024-09-30";
+    let on = Harness::start(Opts::default()).await;
+    let truth = on.sim.truth(
+        "2024-09-01T00:00:00Z".parse().unwrap(),
+        "2024-09-30T23:59:59Z".parse().unwrap(),
+        0,
+        &all_fields(),
+    );
+    // OWASP: a text cell starting with = + - @ tab or CR gets a leading apostrophe.
+    let owasp = |s: &str| {
+        if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            format!("'{s}")
+        } else {
+            s.to_owned()
+        }
+    };
+    let feedback: Vec<((String, String), String)> = truth
+        .iter()
+        .filter_map(|r| {
+            let key = (
+                r["sessionId"].as_str()?.to_owned(),
+                r["conversationId"].as_str().unwrap_or("").to_owned(),
+            );
+            Some((key, r["csatFeedback"].as_str()?.to_owned()))
+        })
+        .collect();
+    let risky = feedback.iter().filter(|(_, f)| owasp(f) != *f).count();
+    assert!(
+        risky >= 3 && risky < feedback.len(),
+        "the month has formula-looking feedback ({risky} of {})",
+        feedback.len()
+    );
+
+    let cells = csv_feedback(&on, range).await;
+    assert_eq!(cells.len(), truth.len(), "one row per record");
+    for (key, text) in &feedback {
+        assert_eq!(cells[key], owasp(text), "{key:?}");
+    }
+    on.finish();
+
+    let off = Harness::start(Opts {
+        csv_formula_escape: false,
+        ..Opts::default()
+    })
+    .await;
+    let cells = csv_feedback(&off, range).await;
+    for (key, text) in &feedback {
+        assert_eq!(
+            &cells[key], text,
+            "CSV_FORMULA_ESCAPE=false writes {key:?} as is"
+        );
+    }
+    off.finish();
 }

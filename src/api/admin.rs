@@ -2,9 +2,12 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{Json, extract::State};
 
-use crate::{AppState, api::docs::CacheStats};
+use crate::{
+    AppState,
+    api::docs::{CachePurge, CacheStats, PurgedMemory, PurgedRedis},
+};
 
 /// Entries, bytes and hit ratio of the caches, and the state of the upstream budget.
 #[utoipa::path(get, path = "/v1/cache", tag = "admin",
@@ -40,15 +43,40 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
     })
 }
 
-/// Drops every cached window and response.
+/// Drops every cached window and response: this replica's memory, and the windows shared
+/// through Redis when `REDIS_URL` is set. Other replicas' memory keeps what it holds until
+/// it expires (purge each replica to drop it at once).
 #[utoipa::path(delete, path = "/v1/cache", tag = "admin",
-    responses((status = 204, description = "Purged"),
+    responses((status = 200, description = "Purged; what went, per tier", body = CachePurge),
               (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
               (status = 403, description = "Not an admin key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
     security(("bearer" = []), ("api_key" = [])))]
-pub async fn cache_purge(State(state): State<AppState>) -> StatusCode {
-    let _on_disk = state.windows.purge().await;
+pub async fn cache_purge(State(state): State<AppState>) -> Json<CachePurge> {
+    let (windows, _) = state.windows.usage().await;
+    let (responses, _) = state.responses.usage();
+    let disk = state.windows.purge().await;
     state.responses.purge();
-    tracing::info!("cache purged by an admin key");
-    StatusCode::NO_CONTENT
+    let redis = match &state.cluster {
+        None => None,
+        Some(c) => {
+            let (windows, finished) = c.purge_windows().await;
+            Some(PurgedRedis {
+                windows,
+                complete: finished,
+            })
+        }
+    };
+    tracing::info!(
+        memory_windows = windows,
+        memory_responses = responses,
+        disk_windows = disk,
+        redis_windows = redis.as_ref().map(|r| r.windows),
+        redis_complete = redis.as_ref().map(|r| r.complete),
+        "cache purged by an admin key"
+    );
+    Json(CachePurge {
+        memory: PurgedMemory { windows, responses },
+        disk: state.windows.disk().map(|_| disk),
+        redis,
+    })
 }

@@ -42,7 +42,7 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
         crate::api::ops::readyz,
         crate::api::ops::metrics,
     ),
-    components(schemas(InteractionsResponse, Meta, Record, Problem, CacheStats, VendorRequest, VendorResponse, Health,
+    components(schemas(InteractionsResponse, Meta, Record, Problem, CacheStats, CachePurge, PurgedMemory, PurgedRedis, VendorRequest, VendorResponse, Health,
         crate::api::summary::SummaryResponse, crate::api::summary::SummaryGroup, crate::api::summary::SummaryMeta, crate::api::summary::DurationStats)),
     modifiers(&Security),
     tags(
@@ -128,9 +128,10 @@ pub struct InteractionsParams {
     queues: Option<String>,
     /// Bot ids, comma-separated.
     bots: Option<String>,
-    /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`. Default: all four.
-    #[param(min_length = 1)]
-    fields: Option<String>,
+    /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`, comma-separated (the
+    /// parameter may also repeat). Default: all four.
+    #[param(style = Form, explode = false, min_items = 1, inline)]
+    fields: Option<Vec<SelectedField>>,
     /// Records in this response (JSON), 1..10000, default 1000.
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
@@ -141,6 +142,17 @@ pub struct InteractionsParams {
     /// `json` (default), `ndjson` or `csv`; `Accept` works too. ndjson and csv stream the whole range.
     #[param(pattern = "^(json|ndjson|csv)$")]
     format: Option<String>,
+}
+
+/// One of the optional blocks the vendor returns only when asked (`selectedFields`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum SelectedField {
+    Skills,
+    Userleveltags,
+    Sessionleveltags,
+    Customerinfo,
 }
 
 /// One upstream record, passed through unchanged. Only the documented fields are listed;
@@ -260,6 +272,34 @@ pub struct CacheStats {
     pub upstream_calls_in_window: u64,
 }
 
+/// What `DELETE /v1/cache` dropped, per tier.
+#[derive(Serialize, ToSchema)]
+pub struct CachePurge {
+    /// This replica's memory (moka).
+    pub memory: PurgedMemory,
+    /// Windows removed from this replica's disk tier; null when `CACHE_DIR` is not set.
+    pub disk: Option<u64>,
+    /// The windows shared through Redis; null when `REDIS_URL` is not set.
+    pub redis: Option<PurgedRedis>,
+}
+
+/// Entries dropped from this replica's memory.
+#[derive(Serialize, ToSchema)]
+pub struct PurgedMemory {
+    /// Cached windows of upstream records.
+    pub windows: u64,
+    /// Rendered JSON answers.
+    pub responses: u64,
+}
+
+/// Window keys unlinked from Redis.
+#[derive(Serialize, ToSchema)]
+pub struct PurgedRedis {
+    pub windows: u64,
+    /// False when Redis failed part-way: some shared windows may remain.
+    pub complete: bool,
+}
+
 /// The vendor's request body (drop-in route).
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"startDate": "2024-09-26", "endDate": "2024-09-26", "timeZoneOffset": -330,
@@ -271,7 +311,8 @@ pub struct VendorRequest {
     endDate: String,
     /// Minutes, JavaScript sign: IST is -330.
     timeZoneOffset: i32,
-    selectedFields: Option<Vec<String>>,
+    /// Optional blocks to include; `null` or absent: none of them.
+    selectedFields: Option<Vec<SelectedField>>,
     channels: Option<Vec<String>>,
     queues: Option<Vec<String>>,
     bots: Option<Vec<String>>,

@@ -38,14 +38,15 @@ struct VendorBody {
     end_date: String,
     #[serde(rename = "timeZoneOffset")]
     time_zone_offset: i32,
+    // The lists are nullable in the vendor's schema: `null` means the same as absent.
     #[serde(rename = "selectedFields", default)]
-    selected_fields: Vec<String>,
+    selected_fields: Option<Vec<String>>,
     #[serde(default)]
-    channels: Vec<String>,
+    channels: Option<Vec<String>>,
     #[serde(default)]
-    queues: Vec<String>,
+    queues: Option<Vec<String>>,
     #[serde(default)]
-    bots: Vec<String>,
+    bots: Option<Vec<String>>,
 }
 
 /// Vendor-compatible interaction details (one page), authenticated by API key.
@@ -55,12 +56,17 @@ struct VendorBody {
     tag = "vendor-compatible",
     params(
         ("accountId" = String, Path, description = "The configured account id"),
-        ("offset" = Option<u32>, Query, minimum = 0, maximum = 10, description = "Page index 0..10"),
+        ("offset" = Option<u32>, Query, minimum = 0, maximum = 10, description = "Page index 0..10 (with `KORE_OFFSET_MODE=record`, as the vendor's older docs read it: records to skip, 0..1000)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Records per page, 1..100 (default 100)"),
     ),
     request_body(content = crate::api::docs::VendorRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "One page, in the vendor's shape", body = crate::api::docs::VendorResponse),
+        (status = 200, description = "One page, in the vendor's shape", body = crate::api::docs::VendorResponse,
+            headers(
+                ("X-Cache" = String, description = "HIT, MISS, or STALE when an expired copy stands in for a failed upstream"),
+                ("X-Gateway-Complete" = String, description = "false when the window's count could not be cross-checked"),
+                ("X-Gateway-Stale" = String, description = "true when the page comes from an expired copy"),
+            )),
         (status = 400, description = "Bad body or parameters", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not the configured account", body = crate::api::docs::Problem, content_type = "application/problem+json"),
@@ -88,17 +94,19 @@ pub async fn interaction_details(
     }
     let p = Params::new(pairs(raw.as_deref()), &["offset", "limit"])?;
     let limit = number(&p, "limit", 1, PAGE_LIMIT)?.unwrap_or(PAGE_LIMIT);
-    let offset = match state.settings.upstream.offset_mode {
-        OffsetMode::Page => number(&p, "offset", 0, MAX_PAGE)?.unwrap_or(0),
-        OffsetMode::Record => number(&p, "offset", 0, MAX_PAGE * PAGE_LIMIT)?.unwrap_or(0) / limit,
+    // Records to skip, read as the vendor reads `offset` (KORE_OFFSET_MODE): a page index
+    // skips that many pages, a record offset that many records — never rounded to a page.
+    let skip = match state.settings.upstream.offset_mode {
+        OffsetMode::Page => {
+            number(&p, "offset", 0, MAX_PAGE)?.unwrap_or(0) as usize * limit as usize
+        }
+        OffsetMode::Record => number(&p, "offset", 0, MAX_PAGE * PAGE_LIMIT)?.unwrap_or(0) as usize,
     };
     let (window, filters) = parse_body(&body)?;
     let range = range_fetch(&state, &caller, request_id, filters, &headers);
     let outcome = range.window(window).await?;
     let records = &outcome.data.records;
-    let start = (offset as usize)
-        .saturating_mul(limit as usize)
-        .min(records.len());
+    let start = skip.min(records.len());
     let end = (start + limit as usize).min(records.len());
     let mut buf = BytesMut::with_capacity(
         64 + records[start..end]
@@ -114,10 +122,13 @@ pub async fn interaction_details(
         buf.put_slice(r.raw.get().as_bytes());
     }
     buf.put_slice(b"]}");
-    let cache = if outcome.source == Source::Miss {
-        "MISS"
-    } else {
-        "HIT"
+    // The vendor's shape has no `meta`: headers say how the page was produced. An expired
+    // copy (standing in for a failed upstream, or served while it is refreshed) is STALE,
+    // never a HIT.
+    let (cache, stale) = match outcome.source {
+        Source::Hit => ("HIT", "false"),
+        Source::Miss => ("MISS", "false"),
+        Source::Stale | Source::Revalidating => ("STALE", "true"),
     };
     let complete = if outcome.data.complete() {
         "true"
@@ -139,6 +150,10 @@ pub async fn interaction_details(
             (
                 header::HeaderName::from_static("x-gateway-complete"),
                 HeaderValue::from_static(complete),
+            ),
+            (
+                header::HeaderName::from_static("x-gateway-stale"),
+                HeaderValue::from_static(stale),
             ),
         ],
         buf.freeze(),
@@ -209,8 +224,8 @@ pub fn parse_body(body: &[u8]) -> Result<(Window, Filters), AppError> {
             "the range may not be longer than 7 days".into(),
         ));
     }
-    if let Some(bad) = b
-        .selected_fields
+    let selected_fields = b.selected_fields.unwrap_or_default();
+    if let Some(bad) = selected_fields
         .iter()
         .find(|f| !FIELDS.contains(&f.as_str()))
     {
@@ -220,10 +235,10 @@ pub fn parse_body(body: &[u8]) -> Result<(Window, Filters), AppError> {
         )));
     }
     let filters = Filters {
-        channels: b.channels,
-        queues: b.queues,
-        bots: b.bots,
-        fields: b.selected_fields,
+        channels: b.channels.unwrap_or_default(),
+        queues: b.queues.unwrap_or_default(),
+        bots: b.bots.unwrap_or_default(),
+        fields: selected_fields,
     }
     .normalized();
     Ok((
@@ -248,6 +263,13 @@ mod tests {
         assert_eq!(w.vendor_offset(), -330);
         assert_eq!(f.fields, ["skills"]);
         assert!(parse_body(br#"{"startDate":"2024-09-20 00:00:00","endDate":"2024-09-27 00:00:00","timeZoneOffset":0}"#).is_ok());
+        // `null` lists are the schema's "absent".
+        let absent =
+            parse_body(br#"{"startDate":"2024-09-26","endDate":"2024-09-26","timeZoneOffset":0}"#)
+                .unwrap();
+        let nulls = parse_body(br#"{"startDate":"2024-09-26","endDate":"2024-09-26","timeZoneOffset":0,"selectedFields":null,"channels":null,"queues":null,"bots":null}"#).unwrap();
+        assert_eq!(nulls.1, absent.1);
+        assert!(nulls.1.channels.is_empty() && nulls.1.fields.is_empty());
         for bad in [
             &br#"{"startDate":"2024-09-20 00:00:00","endDate":"2024-09-27 00:00:01","timeZoneOffset":0}"#[..],
             br#"{"startDate":"2024-09-20T00:00:00","endDate":"2024-09-21","timeZoneOffset":0}"#,

@@ -40,12 +40,18 @@ use crate::{
     tag = "interactions",
     params(crate::api::docs::InteractionsParams),
     responses(
-        (status = 200, description = "Records of the range, oldest first. As `format=ndjson` or `format=csv` the whole range comes in one answer, and its headers say before the first byte whether it is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy served because the upstream failed, with the reasons in `X-Warning` headers (what `meta` says in JSON).", body = crate::api::docs::InteractionsResponse,
-            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String), ("X-Request-Id" = String),
+        (status = 200, description = "Records of the range, oldest first: one page as JSON, or the whole range as NDJSON (one record per line, unchanged) or CSV (formula-looking text cells defused unless CSV_FORMULA_ESCAPE=false), by `format` or `Accept`. NDJSON and CSV say in their headers, before the first byte, whether the answer is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy, with the reasons in `X-Warning` headers (what `meta` says in JSON).",
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String, description = "JSON only"), ("X-Request-Id" = String),
+                ("Cache-Status" = String, description = "RFC 9211: `kore-gateway; hit; ttl=N` (negative once stale) or `kore-gateway; fwd=miss; stored` (`collapsed`, `fwd=request`), with a `detail` when partial or stale"),
+                ("Age" = u64, description = "Seconds since the oldest data in the answer was fetched"),
                 ("X-Complete" = String, description = "NDJSON/CSV only: `true` when every window's count checked out, else `false`"),
                 ("X-Stale" = String, description = "NDJSON/CSV only: `true` when a window is an expired copy"),
                 ("X-Warning" = String, description = "NDJSON/CSV only: one header per reason the answer is not whole or fresh")),
-            content_type = "application/json"),
+            content(
+                (crate::api::docs::InteractionsResponse = "application/json"),
+                (String = "application/x-ndjson", example = json!("{\"sessionId\":\"66f4f3aa205c5afb97d3xxxx\",\"channel\":\"voice\",\"sessionStartTime\":\"2024-09-26T11:09:54\"}\n")),
+                (String = "text/csv", example = json!("sessionId,conversationId,channel,sessionStartTime\n66f4f3aa205c5afb97d3xxxx,,voice,2024-09-26T11:09:54\n")),
+            )),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
         (status = 400, description = "Bad parameter", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
@@ -75,7 +81,9 @@ pub async fn get_interactions(
     );
     match q.format {
         Format::Json => json(&state, &q, &windows, &range, &headers).await,
-        Format::Ndjson | Format::Csv => streamed(&q, windows, range).await,
+        Format::Ndjson | Format::Csv => {
+            streamed(&q, windows, range, state.settings.csv_formula_escape).await
+        }
     }
 }
 
@@ -279,6 +287,7 @@ async fn streamed(
     q: &InteractionsQuery,
     windows: Vec<Window>,
     range: RangeFetch,
+    csv_formula_escape: bool,
 ) -> Result<Response, AppError> {
     let format = q.format;
     let range_refresh = range.refresh;
@@ -293,7 +302,7 @@ async fn streamed(
         header_chunk.into_iter().chain(
             outcomes
                 .into_iter()
-                .map(move |o| render_window(&o, format, &mut seen)),
+                .map(move |o| render_window(&o, format, csv_formula_escape, &mut seen)),
         ),
     )
     .map(Ok::<_, std::io::Error>);
@@ -365,6 +374,7 @@ fn ascii_header_text(text: &str) -> String {
 fn render_window(
     o: &WindowOutcome,
     format: Format,
+    csv_formula_escape: bool,
     seen: &mut HashSet<(Box<str>, Option<Box<str>>)>,
 ) -> Bytes {
     let fresh = o.data.records.iter().filter(|r| match &r.session_id {
@@ -372,7 +382,7 @@ fn render_window(
         None => true,
     });
     match format {
-        Format::Csv => render::csv_rows(fresh),
+        Format::Csv => render::csv_rows(fresh, csv_formula_escape),
         _ => render::ndjson_lines(fresh),
     }
 }

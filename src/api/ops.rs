@@ -122,6 +122,150 @@ fn ready(v: Result<(), String>, redis: Option<String>) -> Response {
         .into_response()
 }
 
+/// Every metric family `/metrics` exposes, with its help text: registered with the
+/// recorder once at start-up, so each family carries `# HELP` (and `promtool check
+/// metrics` is clean). Monotonic counts are counters named `_total`; levels are gauges.
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "gateway_requests_total",
+        "HTTP requests answered, by route, method and status"
+    );
+    describe_histogram!(
+        "gateway_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer an HTTP request (to the response head for streams), by route"
+    );
+    describe_counter!(
+        "gateway_upstream_calls_total",
+        "Upstream calls made (retries included), by outcome"
+    );
+    describe_histogram!(
+        "gateway_upstream_call_seconds",
+        metrics::Unit::Seconds,
+        "Duration of one upstream call"
+    );
+    describe_counter!(
+        "gateway_upstream_retries_total",
+        "Upstream calls retried after a transient failure"
+    );
+    describe_counter!(
+        "gateway_budget_exhausted_total",
+        "Upstream calls refused because the budget would not free up within KORE_MAX_WAIT"
+    );
+    describe_gauge!("gateway_upstream_in_flight", "Upstream calls in flight now");
+    describe_gauge!(
+        "gateway_budget_waiting_calls",
+        "Upstream calls waiting for budget now"
+    );
+    describe_gauge!(
+        "gateway_budget_calls_in_window",
+        "Upstream calls in the current sliding budget period"
+    );
+    describe_gauge!(
+        "gateway_cache_entries",
+        "Entries held, by cache (windows, responses)"
+    );
+    describe_gauge!(
+        "gateway_cache_bytes",
+        metrics::Unit::Bytes,
+        "Bytes held, by cache (windows, responses)"
+    );
+    describe_counter!(
+        "gateway_cache_hits_total",
+        "Lookups answered from a fresh cached copy, by kind (window, response)"
+    );
+    describe_counter!(
+        "gateway_cache_misses_total",
+        "Window lookups that fetched from the upstream"
+    );
+    describe_counter!(
+        "gateway_cache_coalesced_total",
+        "Window lookups that waited on an identical fetch in flight instead of calling"
+    );
+    describe_counter!(
+        "gateway_cache_stale_served_total",
+        "Expired windows served because the upstream failed"
+    );
+    describe_gauge!(
+        "gateway_redis_up",
+        "1 when the last Redis operation succeeded, 0 when Redis is unavailable"
+    );
+    describe_gauge!(
+        "gateway_redis_replicas",
+        "Replicas sharing the account, as last seen through Redis (at least GATEWAY_REPLICAS)"
+    );
+    describe_counter!(
+        "gateway_redis_errors_total",
+        "Redis operations that failed or timed out"
+    );
+    describe_counter!(
+        "gateway_redis_l2_hits_total",
+        "Windows read from the shared Redis tier"
+    );
+    describe_counter!(
+        "gateway_redis_l2_writes_total",
+        "Windows written to the shared Redis tier"
+    );
+    describe_counter!(
+        "gateway_redis_lock_waits_total",
+        "Cold windows this replica waited for while another replica fetched them"
+    );
+    describe_counter!(
+        "gateway_cache_tier_hits_total",
+        "Windows found in a cache tier, by tier (memory, disk, redis)"
+    );
+    describe_counter!(
+        "gateway_cache_tier_misses_total",
+        "Windows looked for and not found in a tier, by tier"
+    );
+    describe_counter!(
+        "gateway_cache_tier_writes_total",
+        "Windows written to a tier, by tier"
+    );
+    describe_counter!(
+        "gateway_cache_tier_evictions_total",
+        "Windows removed from a tier to keep it within its bound, by tier"
+    );
+    describe_counter!(
+        "gateway_cache_tier_errors_total",
+        "Failed reads and writes of a tier, by tier"
+    );
+    describe_gauge!(
+        "gateway_cache_tier_bytes",
+        metrics::Unit::Bytes,
+        "Bytes held by a tier (memory: windows in moka; disk: stored, compressed)"
+    );
+    describe_gauge!("gateway_cache_tier_entries", "Windows held by a tier");
+    describe_gauge!(
+        "gateway_cache_disk_up",
+        "1 while the disk tier (CACHE_DIR) works, 0 once a write failed and it is off"
+    );
+    describe_counter!(
+        "gateway_cache_revalidations_total",
+        "Stale windows refreshed in the background (stale-while-revalidate)"
+    );
+    describe_counter!(
+        "gateway_cache_refresh_ahead_total",
+        "Windows refreshed before they expired because they are being read"
+    );
+    describe_histogram!(
+        "gateway_budget_wait_by_priority_seconds",
+        metrics::Unit::Seconds,
+        "Time an upstream call waited for the shared budget, by priority (caller, revalidate, refresh_ahead)"
+    );
+}
+
+/// A counter family the `metrics` facade cannot hold (its counters are whole numbers):
+/// written by hand in the same text format.
+fn float_counter(out: &mut String, name: &str, help: &str, value: f64) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n\n"
+    );
+}
+
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
@@ -133,16 +277,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("gateway_cache_bytes", "cache" => "windows").set(bytes as f64);
     metrics::gauge!("gateway_cache_entries", "cache" => "responses").set(r_entries as f64);
     metrics::gauge!("gateway_cache_bytes", "cache" => "responses").set(r_bytes as f64);
-    metrics::gauge!("gateway_cache_hits", "kind" => "window")
-        .set(c.hits.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("gateway_cache_hits", "kind" => "response")
-        .set(c.response_hits.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("gateway_cache_misses").set(c.misses.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("gateway_cache_coalesced").set(c.coalesced.load(Ordering::Relaxed) as f64);
-    metrics::gauge!("gateway_cache_stale_served")
-        .set(c.stale_served.load(Ordering::Relaxed) as f64);
+    // Counts kept in the cache's own atomics, exported as the counters they are.
+    metrics::counter!("gateway_cache_hits_total", "kind" => "window")
+        .absolute(c.hits.load(Ordering::Relaxed));
+    metrics::counter!("gateway_cache_hits_total", "kind" => "response")
+        .absolute(c.response_hits.load(Ordering::Relaxed));
+    metrics::counter!("gateway_cache_misses_total").absolute(c.misses.load(Ordering::Relaxed));
+    metrics::counter!("gateway_cache_coalesced_total")
+        .absolute(c.coalesced.load(Ordering::Relaxed));
+    metrics::counter!("gateway_cache_stale_served_total")
+        .absolute(c.stale_served.load(Ordering::Relaxed));
     let b = state.fetcher.budget().stats();
-    metrics::gauge!("gateway_budget_wait_seconds_sum").set(b.waited_seconds);
     metrics::gauge!("gateway_budget_waiting_calls").set(b.waiting as f64);
     metrics::gauge!("gateway_budget_calls_in_window").set(b.used_in_window as f64);
     metrics::gauge!("gateway_upstream_in_flight").set(f64::from(b.in_flight));
@@ -176,17 +321,29 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .absolute(st.l2_hits.load(Ordering::Relaxed));
         metrics::gauge!("gateway_redis_up").set(if c.is_up() { 1.0 } else { 0.0 });
         metrics::gauge!("gateway_redis_replicas").set(f64::from(c.replicas()));
-        metrics::gauge!("gateway_redis_l2_hits").set(st.l2_hits.load(Ordering::Relaxed) as f64);
-        metrics::gauge!("gateway_redis_l2_writes").set(st.l2_writes.load(Ordering::Relaxed) as f64);
-        metrics::gauge!("gateway_redis_lock_waits")
-            .set(st.lock_waits.load(Ordering::Relaxed) as f64);
+        metrics::counter!("gateway_redis_l2_hits_total")
+            .absolute(st.l2_hits.load(Ordering::Relaxed));
+        metrics::counter!("gateway_redis_l2_writes_total")
+            .absolute(st.l2_writes.load(Ordering::Relaxed));
+        metrics::counter!("gateway_redis_lock_waits_total")
+            .absolute(st.lock_waits.load(Ordering::Relaxed));
     }
+    let mut text = state.metrics.render();
+    if !text.is_empty() && !text.ends_with("\n\n") {
+        text.push('\n');
+    }
+    float_counter(
+        &mut text,
+        "gateway_budget_wait_seconds_total",
+        "Seconds upstream calls spent waiting for the shared budget, summed",
+        b.waited_seconds,
+    );
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        state.metrics.render(),
+        text,
     )
         .into_response()
 }

@@ -197,11 +197,13 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
     let from = to_instant(
         parse_local(from_text, Bound::Start).map_err(|d| AppError::param("from", d))?,
         &tz,
+        Bound::Start,
     )
     .map_err(|d| AppError::param("from", d))?;
     let to = to_instant(
         parse_local(to_text, Bound::End).map_err(|d| AppError::param("to", d))?,
         &tz,
+        Bound::End,
     )
     .map_err(|d| AppError::param("to", d))?;
     if from > to {
@@ -453,12 +455,19 @@ pub fn parse_local(text: &str, bound: Bound) -> Result<DateTime, String> {
     Ok(date.to_datetime(time))
 }
 
-/// The instant of a local time: in a DST gap the later side, in a repeated hour the
-/// earlier (jiff's "compatible" rule, the one RFC 5545 and JavaScript use).
-fn to_instant(dt: DateTime, tz: &TimeZone) -> Result<Timestamp, String> {
-    tz.to_ambiguous_timestamp(dt)
-        .compatible()
-        .map_err(|_| "the time cannot be placed in this time zone".to_owned())
+/// The instant of a local time. In a DST gap (a time that does not exist) both ends take
+/// the later side (jiff's "compatible" rule, the one RFC 5545 and JavaScript use). In a
+/// repeated hour (a fall-back fold) the range is as wide as the text allows: `from` takes
+/// the earlier instant and `to` the later one, so `to=01:30` on a fall-back night keeps
+/// the repeated hour's records up to its second 01:30 instead of dropping them.
+fn to_instant(dt: DateTime, tz: &TimeZone, bound: Bound) -> Result<Timestamp, String> {
+    let ambiguous = tz.to_ambiguous_timestamp(dt);
+    match bound {
+        Bound::Start => ambiguous.compatible(),
+        // `later` equals `compatible` in a gap, and differs only in a fold.
+        Bound::End => ambiguous.later(),
+    }
+    .map_err(|_| "the time cannot be placed in this time zone".to_owned())
 }
 
 #[cfg(test)]
@@ -589,13 +598,39 @@ mod tests {
     }
 
     #[test]
-    fn dst_gap_and_fold_resolve_compatibly() {
+    fn dst_gap_resolves_compatibly_and_a_fold_widens_the_range() {
         let ny = TimeZone::get("America/New_York").unwrap();
-        // 02:30 does not exist on 2024-03-10: the later side (03:30 EDT).
-        let gap = to_instant(parse_local("2024-03-10T02:30", Bound::Start).unwrap(), &ny).unwrap();
-        assert_eq!(ny.to_offset(gap).seconds(), -4 * 3600);
-        // 01:30 happens twice on 2024-11-03: the earlier (EDT).
-        let fold = to_instant(parse_local("2024-11-03T01:30", Bound::Start).unwrap(), &ny).unwrap();
-        assert_eq!(ny.to_offset(fold).seconds(), -4 * 3600);
+        let utc = |s: &str| s.parse::<Timestamp>().unwrap();
+        for bound in [Bound::Start, Bound::End] {
+            // 02:30 does not exist on 2024-03-10: the later side (03:30 EDT) for both ends.
+            let gap =
+                to_instant(parse_local("2024-03-10T02:30", bound).unwrap(), &ny, bound).unwrap();
+            assert_eq!(ny.to_offset(gap).seconds(), -4 * 3600, "{bound:?}");
+        }
+        // 01:30 happens twice on 2024-11-03 (05:30Z in EDT, 06:30Z in EST): `from` is the
+        // earlier, `to` the later, to the second (`HH:MM` means `HH:MM:59` as an end).
+        let from = to_instant(
+            parse_local("2024-11-03T01:30", Bound::Start).unwrap(),
+            &ny,
+            Bound::Start,
+        )
+        .unwrap();
+        assert_eq!(from, utc("2024-11-03T05:30:00Z"));
+        let to = to_instant(
+            parse_local("2024-11-03T01:30", Bound::End).unwrap(),
+            &ny,
+            Bound::End,
+        )
+        .unwrap();
+        assert_eq!(to, utc("2024-11-03T06:30:59Z"));
+        // Through the whole parser: the range keeps the repeated hour.
+        let r = q("from=2024-11-03T00:00&to=2024-11-03T01:30&tz=America/New_York")
+            .unwrap()
+            .range;
+        assert_eq!(r.local_rfc3339(r.to), "2024-11-03T01:30:59-05:00");
+        assert_eq!(
+            r.to.as_second() - r.from.as_second(),
+            2 * 3600 + 30 * 60 + 59
+        );
     }
 }

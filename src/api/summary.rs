@@ -145,7 +145,10 @@ pub async fn get_summary(
             if !complete {
                 return Err(AppError::Upstream(warnings.join("; ")));
             }
-            ("text/csv; charset=utf-8", to_csv(&summary))
+            (
+                "text/csv; charset=utf-8",
+                to_csv(&summary, state.settings.csv_formula_escape),
+            )
         }
         _ => {
             let body = Body {
@@ -250,7 +253,8 @@ pub struct SummaryParams {
     /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`. Default: all four
     /// (`direction` falls back to `customerinfo.Direction`; the default also shares the
     /// cache with `/v1/interactions`).
-    fields: Option<String>,
+    #[param(style = Form, explode = false, min_items = 1, inline)]
+    fields: Option<Vec<crate::api::docs::SelectedField>>,
     /// Up to three of `day`, `hour`, `channel`, `queue`, `bot`, `agent`, `finalStatus`,
     /// `smartStatus`, `direction`, `disposition`, comma-separated, each once. None: one
     /// group for the whole range. `hour` buckets carry their offset, so a 25-hour day has 25;

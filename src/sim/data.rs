@@ -41,6 +41,14 @@ impl Filter {
 // non-ASCII and quote/backslash characters so the gateway's pass-through is really tested.
 
 const CHANNELS: [&str; 5] = ["voice", "chat", "rtm", "email", "sms"];
+const FEEDBACK: [&str; 6] = [
+    "Très bien 👍",
+    "slow \"hold\" music",
+    "ok",
+    "=HYPERLINK(\"https://example.com/refund\",\"refund\")",
+    "-- nothing to add",
+    "@agent was great",
+];
 
 const BOTS: [&str; 3] = [
     "st-4b6a22d1-b8e5-533d-8020-93f847a9c0de",
@@ -916,7 +924,9 @@ fn build(seed: u64, g: &GenSkel) -> Value {
         if rng.bool() {
             r.insert(
                 "csatFeedback".into(),
-                json!(["Très bien 👍", "slow \"hold\" music", "ok"][rng.usize(..3)]),
+                // Free text typed by customers, including what a spreadsheet would run as a
+                // formula (the CSV output must defuse it) and a plain leading dash.
+                json!(FEEDBACK[rng.usize(..FEEDBACK.len())]),
             );
         }
     }

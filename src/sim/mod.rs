@@ -75,6 +75,19 @@ pub struct SimConfig {
     pub seed: u64,
     /// Multiplies every hour's record count (1 = the demo's volume; 180 ≈ 50,000 a week).
     pub volume: u32,
+    /// How `offset` is read: a page index (current vendor docs) or a record skip (older).
+    pub offset_mode: OffsetMode,
+}
+
+/// How the simulated vendor reads the `offset` query parameter (SPEC §1 leaves both
+/// readings open). Either way one query reaches at most 1,100 records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OffsetMode {
+    /// `offset` is a page index, 0..=10.
+    #[default]
+    Page,
+    /// `offset` is a number of records to skip, 0..=1000.
+    Record,
 }
 
 impl fmt::Debug for SimConfig {
@@ -89,6 +102,7 @@ impl fmt::Debug for SimConfig {
             .field("require_jti", &self.require_jti)
             .field("seed", &self.seed)
             .field("volume", &self.volume)
+            .field("offset_mode", &self.offset_mode)
             .finish()
     }
 }
@@ -106,6 +120,7 @@ impl SimConfig {
             require_jti: false,
             seed: 1,
             volume: 1,
+            offset_mode: OffsetMode::Page,
         }
     }
 }
@@ -190,7 +205,8 @@ pub struct CallLog {
     pub end_utc: Option<Timestamp>,
     /// `timeZoneOffset`, if the body was valid.
     pub offset_minutes: Option<i32>,
-    /// Page index, if the query was valid.
+    /// `offset` as sent (a page index, or a record skip in [`OffsetMode::Record`]), if the
+    /// query was valid.
     pub page: Option<u32>,
     /// Page size, if the query was valid.
     pub limit: Option<u32>,
@@ -460,7 +476,7 @@ impl Simulator {
             start_utc: q.and_then(|q| ts(q.start)),
             end_utc: q.and_then(|q| ts(q.end)),
             offset_minutes: q.map(|q| q.offset_minutes),
-            page: facts.paging.map(|p| p.page),
+            page: facts.paging.map(|p| p.offset),
             limit: facts.paging.map(|p| p.limit),
             num_results,
             returned,
@@ -592,7 +608,7 @@ impl Simulator {
         let refused = |b: Breach| (b, None);
         rules::check_jwt(headers, &policy, &mut rt.jtis, unix_now()).map_err(refused)?;
         rules::check_account(headers, path_id, &cfg.account_id).map_err(refused)?;
-        let paging = rules::parse_paging(uri.query()).map_err(refused)?;
+        let paging = rules::parse_paging(uri.query(), cfg.offset_mode).map_err(refused)?;
         let query = rules::parse_body(headers, body).map_err(refused)?;
         let (fault, skew) = draw_fault(&mut rt);
         Ok(Accepted {
@@ -677,9 +693,7 @@ async fn interaction_details(
         rt.answered += 1;
         (rt.faults.count.clone(), rt.answered)
     };
-    let from = (paging.page as usize)
-        .saturating_mul(paging.limit as usize)
-        .min(all.len());
+    let from = (paging.skip as usize).min(all.len());
     let to = from.saturating_add(paging.limit as usize).min(all.len());
     let page = &all[from..to];
     let total = all.len() as u64;

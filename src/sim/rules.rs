@@ -14,6 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::{
+    OffsetMode,
     data::Filter,
     render::{FieldMask, OPTIONAL_FIELDS},
 };
@@ -45,20 +46,29 @@ fn breach(status: u16, rule: &'static str, detail: impl Into<String>) -> Breach 
     }
 }
 
-/// `offset` (a page index) and `limit` from the query string.
+/// `offset` and `limit` from the query string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Paging {
-    pub(crate) page: u32,
+    /// `offset` as sent: a page index, or in [`OffsetMode::Record`] a record skip.
+    pub(crate) offset: u32,
     pub(crate) limit: u32,
+    /// Records skipped before this page.
+    pub(crate) skip: u32,
 }
 
-/// Parses `?offset=&limit=`: both optional, decimal digits only, in range.
-pub(crate) fn parse_paging(query: Option<&str>) -> Result<Paging, Breach> {
-    let mut page = None;
+/// Parses `?offset=&limit=`: both optional, decimal digits only, in range. Either way one
+/// query reaches at most `(MAX_PAGE + 1) × MAX_LIMIT` records: a page index is at most
+/// `MAX_PAGE`, a record skip at most `MAX_PAGE × MAX_LIMIT`.
+pub(crate) fn parse_paging(query: Option<&str>, mode: OffsetMode) -> Result<Paging, Breach> {
+    let mut offset = None;
     let mut limit = None;
+    let max_offset = match mode {
+        OffsetMode::Page => MAX_PAGE,
+        OffsetMode::Record => MAX_PAGE * MAX_LIMIT,
+    };
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let (slot, rule, max, min) = match key.as_ref() {
-            "offset" => (&mut page, "offset", MAX_PAGE, 0),
+            "offset" => (&mut offset, "offset", max_offset, 0),
             "limit" => (&mut limit, "limit", MAX_LIMIT, 1),
             _ => continue,
         };
@@ -78,9 +88,16 @@ pub(crate) fn parse_paging(query: Option<&str>) -> Result<Paging, Breach> {
             })?;
         *slot = Some(n);
     }
+    let offset = offset.unwrap_or(0);
+    let limit = limit.unwrap_or(MAX_LIMIT);
+    let skip = match mode {
+        OffsetMode::Page => offset * limit,
+        OffsetMode::Record => offset,
+    };
     Ok(Paging {
-        page: page.unwrap_or(0),
-        limit: limit.unwrap_or(MAX_LIMIT),
+        offset,
+        limit,
+        skip,
     })
 }
 
@@ -395,16 +412,26 @@ mod tests {
 
     #[test]
     fn paging() {
+        let page = OffsetMode::Page;
         assert_eq!(
-            parse_paging(None),
+            parse_paging(None, page),
             Ok(Paging {
-                page: 0,
-                limit: 100
+                offset: 0,
+                limit: 100,
+                skip: 0
             })
         );
         assert_eq!(
-            parse_paging(Some("offset=10&limit=1")),
-            Ok(Paging { page: 10, limit: 1 })
+            parse_paging(Some("offset=10&limit=1"), page),
+            Ok(Paging {
+                offset: 10,
+                limit: 1,
+                skip: 10
+            })
+        );
+        assert_eq!(
+            parse_paging(Some("offset=3&limit=50"), page).map(|p| p.skip),
+            Ok(150)
         );
         for bad in [
             "offset=11",
@@ -417,7 +444,27 @@ mod tests {
             "offset=1&offset=2",
             "limit=99999999999999",
         ] {
-            assert!(parse_paging(Some(bad)).is_err(), "{bad}");
+            assert!(parse_paging(Some(bad), page).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn record_paging_skips_records_and_reaches_as_far_as_pages() {
+        let record = OffsetMode::Record;
+        assert_eq!(
+            parse_paging(Some("offset=150&limit=100"), record),
+            Ok(Paging {
+                offset: 150,
+                limit: 100,
+                skip: 150
+            })
+        );
+        assert_eq!(
+            parse_paging(Some("offset=1000"), record).map(|p| p.skip),
+            Ok(1000)
+        );
+        for bad in ["offset=1001", "offset=-1", "offset=1&offset=2", "limit=101"] {
+            assert!(parse_paging(Some(bad), record).is_err(), "{bad}");
         }
     }
 

@@ -10,7 +10,7 @@ use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 use kore_gateway::{
     AppState,
     config::{ApiKey, BudgetSettings, CacheSettings, OffsetMode, Rate, Settings, UpstreamSettings},
-    sim::{Faults, SimConfig, SimFilter, Simulator},
+    sim::{Faults, OffsetMode as SimOffsetMode, SimConfig, SimFilter, Simulator},
 };
 use secrecy::SecretString;
 use serde_json::Value;
@@ -45,6 +45,10 @@ pub struct Opts {
     pub sim_volume: u32,
     /// CACHE_DIR (the disk tier), when set.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// How gateway and simulator both read `offset` (KORE_OFFSET_MODE).
+    pub offset_mode: OffsetMode,
+    /// CSV_FORMULA_ESCAPE.
+    pub csv_formula_escape: bool,
 }
 
 impl Default for Opts {
@@ -76,6 +80,8 @@ impl Default for Opts {
             max_body_bytes: 32 << 20,
             sim_volume: 1,
             cache_dir: None,
+            offset_mode: OffsetMode::Page,
+            csv_formula_escape: true,
         }
     }
 }
@@ -103,8 +109,8 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
             jwt_ttl: Duration::from_secs(300),
             jwt_jti: o.jti,
             retries: o.retries,
-            offset_mode: OffsetMode::Page,
             max_body_bytes: o.max_body_bytes,
+            offset_mode: o.offset_mode,
         },
         budget: BudgetSettings {
             rate: o.rate,
@@ -141,6 +147,7 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
                 dir,
                 max_bytes: 64 << 20,
             }),
+        csv_formula_escape: o.csv_formula_escape,
     }
 }
 
@@ -152,6 +159,10 @@ impl Harness {
         cfg.faults = o.faults.clone();
         cfg.require_jti = o.jti;
         cfg.volume = o.sim_volume;
+        cfg.offset_mode = match o.offset_mode {
+            OffsetMode::Page => SimOffsetMode::Page,
+            OffsetMode::Record => SimOffsetMode::Record,
+        };
         let (sim, sim_addr) = Simulator::spawn(cfg).await.expect("simulator starts");
         let state = kore_gateway::build(settings_for(&sim, sim_addr, &o)).expect("gateway builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -210,6 +221,53 @@ impl Harness {
             &v[..v.len().min(5)]
         );
         self.server.abort();
+    }
+}
+
+/// Waits until `cond` holds, failing the test after 30 s: tests order their steps on an
+/// observable event (a call the simulator logged, a call waiting for budget), never on a
+/// guessed sleep.
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Ground truth of a range in a time zone, computed without the gateway's planner: the
+/// simulator's records between the two instants, each stretch rendered at the zone's UTC
+/// offset in force there (the range is cut at every transition jiff knows, and nowhere
+/// else — the vendor's records carry the offset of the request that fetched them).
+pub fn truth_in_zone(
+    sim: &Simulator,
+    from: Timestamp,
+    to: Timestamp,
+    tz: &str,
+    f: &SimFilter,
+) -> Vec<Value> {
+    let zone = TimeZone::get(tz).unwrap();
+    let mut out = Vec::new();
+    let mut start = from;
+    loop {
+        let change = zone
+            .following(start)
+            .next()
+            .map(|t| t.timestamp())
+            .filter(|t| *t <= to);
+        let end = match change {
+            Some(t) => t - jiff::SignedDuration::from_secs(1),
+            None => to,
+        };
+        let offset_minutes = -zone.to_offset(start).seconds() / 60;
+        out.extend(sim.truth(start, end, offset_minutes, f));
+        match change {
+            Some(t) => start = t,
+            None => return out,
+        }
     }
 }
 
