@@ -29,6 +29,7 @@ pub mod budget;
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod encoding;
 pub mod error;
 pub mod fetch;
 pub mod merge;
