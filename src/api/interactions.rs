@@ -22,9 +22,9 @@ use crate::{
         RequestId,
         auth::Caller,
         query::{Format, InteractionsQuery, RangeQuery, parse_interactions},
-        range_fetch,
+        range_fetch, stored,
     },
-    cache::{Rendered, WindowOutcome},
+    cache::{Rendered, Source, WindowOutcome},
     error::AppError,
     fetch::{Assessment, RangeFetch, assess},
     merge::merge_runs,
@@ -74,7 +74,7 @@ pub async fn get_interactions(
     );
     match q.format {
         Format::Json => json(&state, &q, &windows, &range, &headers).await,
-        Format::Ndjson | Format::Csv => streamed(&q, windows, range).await,
+        Format::Ndjson | Format::Csv => streamed(&state, &q, windows, range, &headers).await,
     }
 }
 
@@ -116,13 +116,7 @@ async fn json(
             .counters
             .response_hits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Ok(json_reply(
-            &hit.head,
-            &hit.etag,
-            render::json_tail(0, CacheStatus::Hit),
-            CacheStatus::Hit,
-            headers,
-        ));
+        return Ok(stored::reply(state, &key, &hit, headers).await);
     }
 
     let outcomes = range.all(windows).await?;
@@ -163,13 +157,20 @@ async fn json(
             .map(|o| o.data.fresh_until())
             .min()
             .unwrap_or_else(Instant::now);
+        // A hit's body is fixed (0 calls, "HIT"), so it is stored whole and its compressed
+        // forms can be made once; the ETag stays the head's, the same for hit and miss.
+        let hit_tail = render::json_tail(0, CacheStatus::Hit);
+        let mut body = BytesMut::with_capacity(head.len() + hit_tail.len());
+        body.extend_from_slice(&head);
+        body.extend_from_slice(&hit_tail);
         state.responses.insert(
             key,
-            Arc::new(Rendered {
-                head: head.clone(),
-                etag: etag.clone(),
+            Arc::new(Rendered::new(
+                body.freeze(),
+                HeaderValue::from_static("application/json"),
+                HeaderValue::from_str(&etag).ok(),
                 fresh_until,
-            }),
+            )),
         );
     }
     Ok(json_reply(
@@ -200,6 +201,9 @@ fn json_reply(
             header::CACHE_CONTROL,
             HeaderValue::from_static("private, no-cache"),
         ),
+        // The body may be compressed on the way out: caches must key on Accept-Encoding,
+        // on the 304 too (RFC 9110 §15.4.5).
+        (header::VARY, HeaderValue::from_static("accept-encoding")),
     ];
     if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
         && render::if_none_match(inm, etag)
@@ -225,12 +229,36 @@ fn json_reply(
 /// before the status line, so an early failure is a proper error status; a later failure,
 /// or a window whose count did not check out, aborts the body, so a client never mistakes a
 /// cut-short stream for a whole one.
+///
+/// A whole export of complete, fresh windows is also kept, up to
+/// [`ResponseCache::max_entry_bytes`](crate::cache::ResponseCache::max_entry_bytes), so a
+/// repeat is stored bytes (no merge, no render, no compression): see [`Export`].
 async fn streamed(
+    state: &AppState,
     q: &InteractionsQuery,
     windows: Vec<Window>,
     range: RangeFetch,
+    headers: &HeaderMap,
 ) -> Result<Response, AppError> {
     let format = q.format;
+    let key = format!(
+        "{}|export={}",
+        q.range.fingerprint(),
+        if format == Format::Csv {
+            "csv"
+        } else {
+            "ndjson"
+        }
+    );
+    if !range.refresh
+        && let Some(hit) = state.responses.get(&key)
+    {
+        state
+            .counters
+            .response_hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Ok(stored::reply(state, &key, &hit, headers).await);
+    }
     let mut rest = range.stream(windows, STREAM_LOOKAHEAD);
     let first = match rest.next().await {
         Some(r) => r?,
@@ -241,11 +269,25 @@ async fn streamed(
     }
     let mut seen: HashSet<(Box<str>, Option<Box<str>>)> = HashSet::new();
     let header_chunk = match format {
-        Format::Csv => Some(Ok(render::csv_header())),
+        Format::Csv => Some(render::csv_header()),
         _ => None,
     };
+    let export = Arc::new(std::sync::Mutex::new(Some(Export {
+        body: BytesMut::new(),
+        fresh_until: None,
+        cap: state.responses.max_entry_bytes(),
+    })));
+    if let Some(h) = &header_chunk {
+        Export::add(&export, h, None);
+    }
+    let tee = Arc::clone(&export);
     let chunks = stream::iter(std::iter::once(Ok(first))).chain(rest).map(move |r| match r {
-        Ok(o) if o.data.complete() => Ok(render_window(&o, format, &mut seen)),
+        Ok(o) if o.data.complete() => {
+            let bytes = render_window(&o, format, &mut seen);
+            let fresh = (o.source != Source::Stale).then(|| o.data.fresh_until());
+            Export::add(&tee, &bytes, Some(fresh));
+            Ok(bytes)
+        }
         Ok(o) => {
             tracing::warn!(warnings = ?o.data.warnings, "aborting a stream: a window's count did not check out");
             Err(std::io::Error::other("incomplete window"))
@@ -255,7 +297,6 @@ async fn streamed(
             Err(std::io::Error::other("upstream failed"))
         }
     });
-    let body = Body::from_stream(stream::iter(header_chunk).chain(chunks));
     let (content_type, disposition) = match format {
         Format::Csv => (
             "text/csv; charset=utf-8",
@@ -267,16 +308,76 @@ async fn streamed(
         ),
         _ => ("application/x-ndjson", None),
     };
+    let disposition = disposition.and_then(|d| HeaderValue::from_str(&d).ok());
+    // After the last chunk, the whole export (if it stayed complete, fresh and small
+    // enough) becomes a stored answer.
+    let keep = {
+        let (state, disposition) = (state.clone(), disposition.clone());
+        stream::once(async move {
+            let whole = export.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(Export {
+                body,
+                fresh_until: Some(fresh_until),
+                ..
+            }) = whole
+            {
+                let mut r = Rendered::new(
+                    body.freeze(),
+                    HeaderValue::from_static(content_type),
+                    None,
+                    fresh_until,
+                );
+                r.disposition = disposition;
+                state.responses.insert(key, Arc::new(r));
+            }
+        })
+        .filter_map(|()| std::future::ready(None::<Result<Bytes, std::io::Error>>))
+    };
+    let body = Body::from_stream(stream::iter(header_chunk.map(Ok)).chain(chunks).chain(keep));
     let mut resp = (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::VARY, HeaderValue::from_static("accept-encoding")),
+        ],
         body,
     )
         .into_response();
-    if let Some(d) = disposition.and_then(|d| HeaderValue::from_str(&d).ok()) {
+    if let Some(d) = disposition {
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, d);
     }
     Ok(resp)
+}
+
+/// A streamed export being copied aside, to be stored whole once it ends.
+struct Export {
+    body: BytesMut,
+    /// When the first window to expire does (`None` before the first window).
+    fresh_until: Option<Instant>,
+    /// Beyond this size the copy is dropped: the export is not stored.
+    cap: usize,
+}
+
+impl Export {
+    /// Appends a chunk. `fresh` is the chunk's window's freshness, or `Some(None)` for a
+    /// stale window, which makes the export unfit to store.
+    fn add(this: &std::sync::Mutex<Option<Export>>, bytes: &Bytes, fresh: Option<Option<Instant>>) {
+        let mut guard = this.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(e) = guard.as_mut() else {
+            return;
+        };
+        let fresh_until = match fresh {
+            None => e.fresh_until,
+            Some(None) => None,
+            Some(Some(t)) => Some(e.fresh_until.map_or(t, |f| f.min(t))),
+        };
+        if matches!(fresh, Some(None)) || e.body.len() + bytes.len() > e.cap {
+            *guard = None;
+            return;
+        }
+        e.fresh_until = fresh_until;
+        e.body.extend_from_slice(bytes);
+    }
 }
 
 fn render_window(

@@ -7,6 +7,7 @@ pub mod dropin;
 pub mod interactions;
 pub mod ops;
 pub mod query;
+pub mod stored;
 pub mod summary;
 
 use std::time::{Duration, Instant};
@@ -14,15 +15,16 @@ use std::time::{Duration, Instant};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{HeaderName, HeaderValue, Method, header},
+    http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use tower::ServiceBuilder;
 use tower_http::{
+    CompressionLevel,
     catch_panic::CatchPanicLayer,
-    compression::CompressionLayer,
+    compression::{CompressionLayer, DefaultPredicate, Predicate},
     cors::{AllowOrigin, Any, CorsLayer},
     trace::TraceLayer,
 };
@@ -92,8 +94,16 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
         .layer(middleware::from_fn(record_metrics))
         // 5. CORS before auth: a browser's preflight carries no key and must still pass.
         .layer(cors(&state.settings.cors_origins))
-        // 6. Compression of large JSON/CSV bodies (gzip or br, as the client accepts).
-        .layer(CompressionLayer::new())
+        // 6. Compression of answers made for this request (misses, streams), once, on the
+        //    way out, at the fastest level. Stored answers come with their forms made once
+        //    at a level chosen for ratio (api::stored), and this layer leaves them alone.
+        .layer(CompressionLayer::new().quality(CompressionLevel::Fastest).compress_when(
+            DefaultPredicate::new().and(
+                |_: StatusCode, _: Version, _: &HeaderMap, ext: &Extensions| {
+                    ext.get::<stored::Precompressed>().is_none()
+                },
+            ),
+        ))
         // 7. One deadline for the whole request: a 504 problem, never a hung socket.
         .layer(middleware::from_fn_with_state(state.clone(), deadline))
         // 8. Bodies are small by nature here; refuse big ones before reading them.
