@@ -22,7 +22,7 @@ use crate::{
         RequestId,
         auth::Caller,
         query::{Format, InteractionsQuery, RangeQuery, parse_interactions},
-        range_fetch, stored,
+        range_fetch, stored, wants_refresh,
     },
     cache::{Rendered, Source, WindowOutcome},
     error::AppError,
@@ -64,6 +64,20 @@ pub async fn get_interactions(
 ) -> Result<Response, AppError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let q = parse_interactions(raw.as_deref(), accept, state.settings.max_range_days)?;
+    // A stored answer needs no plan, no fetch context: look it up first.
+    let (key, offset) = match q.format {
+        Format::Json => json_key(&q)?,
+        Format::Ndjson | Format::Csv => (export_key(&q), 0),
+    };
+    if !(caller.admin && wants_refresh(&headers))
+        && let Some(hit) = state.responses.get(&key)
+    {
+        state
+            .counters
+            .response_hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Ok(stored::reply(&state, &key, &hit, &headers).await);
+    }
     let windows = plan_windows(&q.range)?;
     let range = range_fetch(
         &state,
@@ -73,9 +87,39 @@ pub async fn get_interactions(
         &headers,
     );
     match q.format {
-        Format::Json => json(&state, &q, &windows, &range, &headers).await,
-        Format::Ndjson | Format::Csv => streamed(&state, &q, windows, range, &headers).await,
+        Format::Json => json(&state, &q, &windows, &range, &headers, key, offset).await,
+        Format::Ndjson | Format::Csv => streamed(&state, &q, windows, range, key).await,
     }
+}
+
+/// The response-cache key of a JSON page, and the record offset its cursor stands for.
+///
+/// # Errors
+/// 400 for a cursor this gateway did not issue for this query.
+fn json_key(q: &InteractionsQuery) -> Result<(String, usize), AppError> {
+    let fingerprint = q.range.fingerprint();
+    let offset = match &q.cursor {
+        None => 0,
+        Some(c) => render::decode_cursor(c, &fingerprint).map_err(|e| match e {
+            CursorError::Malformed => {
+                AppError::param("cursor", "the cursor is not one this gateway issued")
+            }
+            CursorError::OtherQuery => {
+                AppError::param("cursor", "the cursor belongs to a different query")
+            }
+        })?,
+    };
+    Ok((format!("{fingerprint}|l={}|o={offset}", q.limit), offset))
+}
+
+/// The response-cache key of a whole CSV or NDJSON export.
+fn export_key(q: &InteractionsQuery) -> String {
+    let format = if q.format == Format::Csv {
+        "csv"
+    } else {
+        "ndjson"
+    };
+    format!("{}|export={format}", q.range.fingerprint())
 }
 
 /// Plans the windows of a query, mapping planner refusals to 400s.
@@ -95,30 +139,10 @@ async fn json(
     windows: &[Window],
     range: &RangeFetch,
     headers: &HeaderMap,
+    key: String,
+    offset: usize,
 ) -> Result<Response, AppError> {
     let fingerprint = q.range.fingerprint();
-    let offset = match &q.cursor {
-        None => 0,
-        Some(c) => render::decode_cursor(c, &fingerprint).map_err(|e| match e {
-            CursorError::Malformed => {
-                AppError::param("cursor", "the cursor is not one this gateway issued")
-            }
-            CursorError::OtherQuery => {
-                AppError::param("cursor", "the cursor belongs to a different query")
-            }
-        })?,
-    };
-    let key = format!("{fingerprint}|l={}|o={offset}", q.limit);
-    if !range.refresh
-        && let Some(hit) = state.responses.get(&key)
-    {
-        state
-            .counters
-            .response_hits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Ok(stored::reply(state, &key, &hit, headers).await);
-    }
-
     let outcomes = range.all(windows).await?;
     let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     let total = records.len();
@@ -238,27 +262,9 @@ async fn streamed(
     q: &InteractionsQuery,
     windows: Vec<Window>,
     range: RangeFetch,
-    headers: &HeaderMap,
+    key: String,
 ) -> Result<Response, AppError> {
     let format = q.format;
-    let key = format!(
-        "{}|export={}",
-        q.range.fingerprint(),
-        if format == Format::Csv {
-            "csv"
-        } else {
-            "ndjson"
-        }
-    );
-    if !range.refresh
-        && let Some(hit) = state.responses.get(&key)
-    {
-        state
-            .counters
-            .response_hits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Ok(stored::reply(state, &key, &hit, headers).await);
-    }
     let mut rest = range.stream(windows, STREAM_LOOKAHEAD);
     let first = match rest.next().await {
         Some(r) => r?,

@@ -27,7 +27,7 @@ use crate::{
         auth::Caller,
         interactions::plan_windows,
         query::{Format, Params, RANGE_PARAMS, RangeQuery, format_from_accept, pairs, parse_range},
-        range_fetch, stored,
+        range_fetch, stored, wants_refresh,
     },
     cache::Rendered,
     error::AppError,
@@ -123,14 +123,6 @@ pub async fn get_summary(
     let q = parse_summary(raw.as_deref(), accept, state.settings.max_range_days)?;
     // The same planning and mapping of refusals as `/v1/interactions`, so both routes ask
     // for (and cache) the very same windows.
-    let windows = plan_windows(&q.range)?;
-    let range = range_fetch(
-        &state,
-        &caller,
-        request_id,
-        q.range.filters.clone(),
-        &headers,
-    );
     // A warm summary is stored bytes: no merge, no aggregation, no serialisation.
     let key = format!(
         "{}|summary|g={:?}|m={:?}|f={:?}",
@@ -139,12 +131,20 @@ pub async fn get_summary(
         q.metrics,
         q.format
     );
-    if !range.refresh
+    if !(caller.admin && wants_refresh(&headers))
         && let Some(hit) = state.responses.get(&key)
     {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
         return Ok(stored::reply(&state, &key, &hit, &headers).await);
     }
+    let windows = plan_windows(&q.range)?;
+    let range = range_fetch(
+        &state,
+        &caller,
+        request_id,
+        q.range.filters.clone(),
+        &headers,
+    );
     let outcomes = range.all(&windows).await?;
     let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     let summary = summarise(&records, &q.range.tz, &q.group_by, &q.metrics);
