@@ -688,7 +688,7 @@ impl ResponseCache {
         }
     }
 
-    /// Largest answer worth storing: an eighth of the responses' share, so one export
+    /// Largest export worth storing whole: an eighth of the responses' share, so one export
     /// cannot flush every page.
     pub fn max_entry_bytes(&self) -> usize {
         usize::try_from(self.store.policy().max_capacity().unwrap_or(0) / 8).unwrap_or(usize::MAX)
@@ -702,7 +702,7 @@ impl ResponseCache {
     }
 
     pub fn insert(&self, key: String, r: Arc<Rendered>) {
-        if r.fresh_until > Instant::now() && r.body.len() <= self.max_entry_bytes() {
+        if r.fresh_until > Instant::now() {
             self.store.insert(key, r);
         }
     }

@@ -160,13 +160,15 @@ pub fn negotiate<'a>(accept_encoding: impl IntoIterator<Item = &'a [u8]>) -> Cod
 }
 
 /// How hard to compress: stored forms are made once and sent many times, so they are made
-/// for ratio; very large ones (big exports) at a level that still takes well under a
-/// second, because the first request that asks for a form waits for it.
+/// for ratio; large ones (big pages and exports) at a level that takes well under a second
+/// (the first request that asks for a form waits for it) and whose encoder stays small
+/// (brotli 9 and zstd 15 hold tens of MiB of match tables while they work, outside
+/// CACHE_MAX_BYTES).
 fn level(coding: Coding, len: usize) -> i32 {
-    let large = len > 4 << 20;
+    let large = len > 1 << 20;
     match (coding, large) {
         (Coding::Br, false) => 9,
-        (Coding::Br, true) => 5,
+        (Coding::Br, true) => 6,
         (Coding::Zstd, false) => 15,
         (Coding::Zstd, true) => 6,
         (Coding::Gzip | Coding::Deflate, false) => 9,
@@ -186,11 +188,17 @@ pub fn compress(coding: Coding, data: &[u8]) -> std::io::Result<Bytes> {
     let out = match coding {
         Coding::Identity => return Ok(Bytes::copy_from_slice(data)),
         Coding::Br => {
-            // 4 MiB window (lgwin 22): records repeat their field names across the body.
-            let mut w = brotli::CompressorWriter::new(out, 64 * 1024, level as u32, 22);
-            w.write_all(data)?;
-            w.flush()?;
-            w.into_inner()
+            // The window covers the body up to 4 MiB (records repeat their field names across
+            // it); the size hint lets the encoder size its tables to the body.
+            let params = brotli::enc::BrotliEncoderParams {
+                quality: level,
+                lgwin: (usize::BITS - data.len().max(1).leading_zeros()).clamp(16, 22) as i32,
+                size_hint: data.len(),
+                ..Default::default()
+            };
+            let mut out = out;
+            brotli::BrotliCompress(&mut &data[..], &mut out, &params)?;
+            out
         }
         Coding::Zstd => zstd::bulk::compress(data, level)?,
         Coding::Gzip => {
