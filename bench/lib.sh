@@ -54,7 +54,7 @@ free_port() {
 # wait_http URL — waits up to 10 s for URL to answer at all.
 wait_http() {
   local i
-  for i in $(seq 100); do
+  for i in $(seq "${WAIT_TRIES:-100}"); do
     if curl -s -o /dev/null --max-time 1 "$1"; then return 0; fi
     sleep 0.1
   done

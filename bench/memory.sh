@@ -2,7 +2,9 @@
 # Measurement 5: peak RSS (VmHWM) of the release gateway, run as its own process,
 #   A — streaming a year (> 50,000 records) as NDJSON with the default cache (256 MiB);
 #   B — the same with CACHE_MAX_BYTES=32 MiB, streamed twice (so the cache overflows and
-#       evicts), then JSON queries with other filters until the response cache is full too;
+#       evicts), then JSON queries with other filters until the response cache is full too
+#       (each asked twice: plain, then with a browser's Accept-Encoding, so the stored answers
+#       hold their br forms as well);
 #   C — B again with glibc limited to one malloc arena (MALLOC_ARENA_MAX=1).
 # Target: peak RSS ≤ cache bound + 64 MiB. Loopback only; every request bounded by
 # --max-time; stops only the processes it started.
@@ -57,9 +59,13 @@ run() { # name cache_bytes passes json_queries [VAR=value ...]
     to=$(date -d "$from + 29 days" +%F)
     curl -sS --fail --max-time 120 -o /dev/null -H "Authorization: Bearer $BENCH_KEY" \
       "http://127.0.0.1:$port/v1/interactions?from=$from&to=$to&tz=UTC&limit=10000$f"
+    # Again as a browser: the stored answer gains its br form, which the bound must cover.
+    curl -sS --fail --max-time 120 -o /dev/null -H "Authorization: Bearer $BENCH_KEY" \
+      -H "Accept-Encoding: gzip, deflate, br, zstd" \
+      "http://127.0.0.1:$port/v1/interactions?from=$from&to=$to&tz=UTC&limit=10000$f"
     q=$((q + 1))
   done
-  [ "$json" -gt 0 ] && echo "run $name: $json JSON queries (30-day ranges, ${#filters[@]} filter combinations, limit=10000)"
+  [ "$json" -gt 0 ] && echo "run $name: $json JSON queries (30-day ranges, ${#filters[@]} filter combinations, limit=10000), each plain and as a browser"
   local peak bound_mib
   peak=$(kib "$GW_PID" VmHWM)
   bound_mib=$((bytes / 1048576))

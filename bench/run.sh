@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole benchmark suite of BENCHMARKS.md, in one bounded run on loopback:
-#   1, 2, 4  cargo bench --bench gateway   (in-process simulator + gateway, reqwest client)
+#   1, 2, 4, 7  cargo bench --bench gateway   (in-process simulator + gateway, reqwest client;
+#            7 = rolling 30-day dashboard, upstream calls without / with containment reuse)
 #   3        bench/http.sh                 (wrk: gateway vs nginx proxy_cache)
+#   8        bench/encoding.sh             (wrk, browser Accept-Encoding: gateway vs nginx
+#            proxy_cache + gzip on vs examples/ceiling.rs serving the same stored bytes)
 #   5        bench/memory.sh               (peak RSS of the release binary)
 #   6        cargo bench --bench hot       (criterion: plan, merge, render)
 # Raw output goes to bench/results/ (RESULTS=dir to change); the last lines are the table.
@@ -29,7 +32,7 @@ need_tools nginx wrk curl python3
 
 if [ "${BUILD:-1}" = 1 ]; then
   echo "== build (release binary, bench binaries)"
-  timeout 3600 cargo build --release --quiet
+  timeout 3600 cargo build --release --quiet --bin kore-gateway --example ceiling
   timeout 3600 cargo bench --no-run --quiet 2>&1 | grep -v '^ *Executable' || true
 fi
 
@@ -38,6 +41,9 @@ BENCH_OUT="$RESULTS/gateway.json" timeout 900 cargo bench --quiet --bench gatewa
 
 echo "== 3: bench/http.sh"
 timeout 600 bench/http.sh | tee "$RESULTS/http.txt"
+
+echo "== 8: bench/encoding.sh"
+timeout 900 bench/encoding.sh | tee "$RESULTS/encoding.txt"
 
 echo "== 5: bench/memory.sh"
 timeout 900 bench/memory.sh | tee "$RESULTS/memory.txt"
@@ -49,6 +55,6 @@ echo "load:    $(cut -d' ' -f1-3 /proc/loadavg) (at the end)" | tee -a "$RESULTS
 echo
 echo "== results"
 cat "$RESULTS/machine.txt"
-grep -h '^RESULT' "$RESULTS/gateway.txt" "$RESULTS/http.txt" "$RESULTS/memory.txt"
+grep -h '^RESULT' "$RESULTS/gateway.txt" "$RESULTS/http.txt" "$RESULTS/encoding.txt" "$RESULTS/memory.txt"
 # criterion prints a long name on its own line and the time on the next one
 awk '/^[a-z]/ {name = $0} /time: *\[/ {t = $0; sub(/^.*time: */, "", t); if ($0 ~ /^[a-z]/) {n = $0; sub(/ *time:.*$/, "", n)} else {n = name}; print "RESULT 6 " n " " t}' "$RESULTS/hot.txt"

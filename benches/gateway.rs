@@ -4,7 +4,8 @@
 //!
 //! `cargo bench --bench gateway` runs them at full scale (about a minute);
 //! `cargo test --all-targets` runs this target without `--bench`, which does a seconds-long
-//! smoke run of the same code at tiny scale so it cannot rot. A name after `--` (`cold`, `mix`, `miss`) runs only
+//! smoke run of the same code at tiny scale so it cannot rot. A name after `--` (`cold`, `mix`, `miss`,
+//! `rolling`) runs only
 //! that scenario. With `BENCH_OUT=<file>` the figures are also written there as JSON.
 //!
 //! Every figure is measured, never assumed: wall times with `Instant`, upstream calls from
@@ -107,6 +108,9 @@ fn main() {
         if wants("miss") {
             report.insert("miss_latency".into(), miss_latency(scale).await);
         }
+        if wants("rolling") {
+            report.insert("rolling_dashboard".into(), rolling_dashboard(scale).await);
+        }
     });
     let report = Value::Object(report);
     if let Ok(path) = std::env::var("BENCH_OUT") {
@@ -124,6 +128,7 @@ fn main() {
 
 struct Rig {
     sim: Simulator,
+    state: kore_gateway::AppState,
     base: String,
     http: reqwest::Client,
     server: tokio::task::JoinHandle<()>,
@@ -191,12 +196,13 @@ async fn start_gateway(sim: &Simulator, sim_addr: SocketAddr, concurrency: u32) 
         .await
         .expect("loopback port");
     let addr = listener.local_addr().expect("local address");
-    let app = kore_gateway::app(state);
+    let app = kore_gateway::app(state.clone());
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
     Rig {
         sim: sim.clone(),
+        state,
         base: format!("http://{addr}"),
         http: http_client(),
         server,
@@ -1091,4 +1097,59 @@ fn one_day(d: Date) -> Window {
         end: Timestamp::from_second(start.as_second() + 86_399).expect("instant"),
         offset_seconds: 0,
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. A rolling 30-day dashboard: upstream calls with and without containment reuse.
+
+/// One dashboard that asks, once a simulated day for ten days, for the last 30 days
+/// (Asia/Kolkata), against a fresh gateway with containment reuse off, then on. Each day
+/// the range's first window shrinks by a day: without containment that is a new key and a
+/// new fetch, with it the cached window of the day before answers it.
+async fn rolling_dashboard(scale: Scale) -> Value {
+    const TZ: &str = "Asia/Kolkata";
+    let days: i64 = if scale.mix_users > 2 { 10 } else { 3 };
+    let first_today = Date::new(2024, 10, 1).expect("date");
+    println!("\n== 7. rolling 30-day dashboard: {days} simulated days from {first_today} ({TZ})");
+    let (sim, sim_addr) = start_sim(Duration::ZERO).await;
+    let mut out = serde_json::Map::new();
+    let mut totals = Vec::new();
+    for containment in [false, true] {
+        let rig = start_gateway(&sim, sim_addr, 32).await;
+        rig.state.windows.set_containment(containment);
+        let before = sim.call_count();
+        let mut per_day = Vec::new();
+        for d in 0..days {
+            let today = first_today
+                .checked_add(jiff::Span::new().days(d))
+                .expect("date");
+            let from = today.checked_sub(jiff::Span::new().days(29)).expect("date");
+            let at = sim.call_count();
+            let (body, _) = rig
+                .json(&format!(
+                    "/v1/interactions?from={from}&to={today}&tz={TZ}&limit=1"
+                ))
+                .await;
+            assert_eq!(body["meta"]["complete"], true);
+            per_day.push(sim.call_count() - at);
+        }
+        let total = sim.call_count() - before;
+        rig.assert_no_violations();
+        let label = if containment { "after" } else { "before" };
+        println!(
+            "RESULT 7 rolling-30d {label} (containment {}): upstream_calls={total} per_day={per_day:?}",
+            if containment { "on" } else { "off" }
+        );
+        out.insert(
+            label.into(),
+            json!({"upstream_calls": total, "per_day": per_day}),
+        );
+        totals.push(total);
+    }
+    println!(
+        "RESULT 7 rolling-30d saved={} of {} calls",
+        totals[0] - totals[1],
+        totals[0]
+    );
+    Value::Object(out)
 }

@@ -9,9 +9,10 @@
 //!   stale — only when the upstream cannot give a fresh one.
 //! * **Coalescing**: concurrent misses of one key share a single fetch, run as its own task,
 //!   so a caller that disconnects does not cancel it for the others.
-//! * **Rendered responses** ([`ResponseCache`]): the bytes of a complete JSON answer, keyed
-//!   by the normalised request, fresh as long as its freshest-expiring window; a repeat is
-//!   served without merging or serialising anything.
+//! * **Rendered responses** ([`ResponseCache`]): the bytes of a complete answer (a JSON
+//!   page, a CSV or NDJSON export, a summary), keyed by the normalised request, fresh as
+//!   long as its freshest-expiring window, with its compressed forms made once each; a
+//!   repeat is served without merging, rendering or compressing anything.
 //!
 //! Both are moka caches bounded in bytes by `CACHE_MAX_BYTES` (windows 3/4, responses 1/4).
 //! Freshness is checked against Tokio's clock (so tests can pause time); moka's own expiry
@@ -32,13 +33,14 @@ use futures_util::{
     FutureExt,
     future::{BoxFuture, Shared},
 };
+use http::HeaderValue;
 use jiff::Timestamp;
 use moka::Expiry;
 use tokio::time::Instant;
 
 use crate::{
-    budget::Priority, cluster::Cluster, config::CacheSettings, disk::DiskTier, merge::Record,
-    plan::Window, upstream::Filters, upstream::UpstreamError,
+    budget::Priority, cluster::Cluster, config::CacheSettings, disk::DiskTier, encoding::Coding,
+    merge::Record, plan::Window, upstream::Filters, upstream::UpstreamError,
 };
 
 /// Everything that changes an upstream answer for a window.
@@ -78,6 +80,47 @@ impl WindowKey {
         }
         e.finish()
     }
+
+    /// Everything but the bounds: windows of one family differ only in their span, so the
+    /// records of one are a subset of another's exactly when its span is (see
+    /// [`WindowKey::contains`]).
+    fn family(&self) -> Family {
+        (self.offset_seconds, Arc::clone(&self.filters))
+    }
+
+    /// Whether `self`'s answer holds every record of `inner`'s: same filters, fields and
+    /// offset (so record times are written the same way and the vendor filters the same
+    /// way), and a span that covers `inner`'s, to the second. Equal keys contain each other.
+    pub fn contains(&self, inner: &WindowKey) -> bool {
+        self.offset_seconds == inner.offset_seconds
+            && self.filters == inner.filters
+            && self.start <= inner.start
+            && inner.end <= self.end
+    }
+}
+
+/// Offset and filters: what [`WindowKey`]s that may contain one another share.
+type Family = (i32, Arc<Filters>);
+
+/// The spans of the cached windows, by family, to find a container without scanning the
+/// cache. Kept in step with the store by its insertions and its eviction listener.
+type SpanIndex = Arc<Mutex<HashMap<Family, std::collections::BTreeSet<(i64, i64)>>>>;
+
+/// The records of a container that fall in `[start, end]` (Unix seconds, inclusive, as the
+/// vendor's range is), in the container's order. `None` when a record's start time could
+/// not be read: where the vendor would put it is then unknown, so only a fetch can tell.
+///
+/// Exact because every record of one window family carries its local time in the same
+/// offset, which [`Record::start`] turns into the instant the vendor's filter compares.
+pub fn select_within(records: &[Record], start: i64, end: i64) -> Option<Vec<Record>> {
+    let mut out = Vec::new();
+    for r in records {
+        let t = r.start?;
+        if start <= t && t <= end {
+            out.push(r.clone());
+        }
+    }
+    Some(out)
 }
 
 /// Everything that selects the records of a request (range, zone as asked, filters,
@@ -300,6 +343,8 @@ pub struct CacheCounters {
     pub revalidations: AtomicU64,
     /// Windows refreshed ahead of expiry because they are being polled.
     pub refresh_ahead: AtomicU64,
+    /// Windows answered from a cached window that contains them (no upstream call).
+    pub contained: AtomicU64,
 }
 
 /// The window cache with request coalescing.
@@ -312,6 +357,9 @@ pub struct WindowCache {
     inflight: Arc<Mutex<HashMap<WindowKey, InFlight>>>,
     /// Recent windows being read, for refresh-ahead: when last read, and how to refetch.
     watched: Mutex<HashMap<WindowKey, (Instant, Refetch)>>,
+    spans: SpanIndex,
+    /// Containment reuse on (the default); off only to measure what it saves.
+    containment: std::sync::atomic::AtomicBool,
     policy: CacheSettings,
     pub counters: Arc<CacheCounters>,
 }
@@ -356,11 +404,25 @@ impl WindowCache {
         cluster: Option<Arc<Cluster>>,
         disk: Option<Arc<DiskTier>>,
     ) -> Self {
+        let spans: SpanIndex = Arc::default();
+        let forget = Arc::clone(&spans);
         let store = moka::future::Cache::builder()
             .max_capacity(policy.max_bytes / 4 * 3)
             .weigher(|_k: &WindowKey, v: &Arc<WindowData>| v.weight)
             .expire_after(WindowExpiry {
                 grace: policy.stale_grace.max(policy.swr),
+            })
+            .eviction_listener(move |k: Arc<WindowKey>, _v, cause| {
+                if cause != moka::notification::RemovalCause::Replaced {
+                    let mut spans = lock(&forget);
+                    let family = k.family();
+                    if let Some(set) = spans.get_mut(&family) {
+                        set.remove(&(k.start, k.end));
+                        if set.is_empty() {
+                            spans.remove(&family);
+                        }
+                    }
+                }
             })
             .build();
         WindowCache {
@@ -369,6 +431,8 @@ impl WindowCache {
             cluster,
             inflight: Arc::new(Mutex::new(HashMap::new())),
             watched: Mutex::new(HashMap::new()),
+            spans,
+            containment: std::sync::atomic::AtomicBool::new(true),
             policy,
             counters,
         }
@@ -377,6 +441,61 @@ impl WindowCache {
     /// The on-disk tier, when there is one.
     pub fn disk(&self) -> Option<&Arc<DiskTier>> {
         self.disk.as_ref()
+    }
+
+    /// Turns containment reuse on or off (benchmarks compare the two).
+    pub fn set_containment(&self, on: bool) {
+        self.containment.store(on, Ordering::Relaxed);
+    }
+
+    /// A window answered from a fresh, complete cached window that contains it, by
+    /// selecting its records locally: no upstream call. The answer is fresh exactly as long
+    /// as its container (same fetch time, same freshness), and is kept under its own key.
+    pub async fn contained(&self, key: &WindowKey) -> Option<Arc<WindowData>> {
+        if !self.containment.load(Ordering::Relaxed) {
+            return None;
+        }
+        let candidates: Vec<(i64, i64)> = {
+            let spans = lock(&self.spans);
+            let set = spans.get(&key.family())?;
+            set.range(..=(key.start, i64::MAX))
+                .filter(|(s, e)| {
+                    *s <= key.start && key.end <= *e && (*s, *e) != (key.start, key.end)
+                })
+                .copied()
+                .collect()
+        };
+        for (start, end) in candidates {
+            let outer = WindowKey {
+                start,
+                end,
+                ..key.clone()
+            };
+            debug_assert!(outer.contains(key));
+            let Some(c) = self.store.get(&outer).await else {
+                continue;
+            };
+            if !c.is_fresh() || !c.complete() {
+                continue;
+            }
+            let Some(records) = select_within(&c.records, key.start, key.end) else {
+                continue;
+            };
+            let window = Window {
+                start: Timestamp::from_second(key.start).ok()?,
+                end: Timestamp::from_second(key.end).ok()?,
+                offset_seconds: key.offset_seconds,
+            };
+            let mut data = WindowData::new(window, records, Vec::new(), 0);
+            data.fetched_at = c.fetched_at;
+            data.fetched_unix_ms = c.fetched_unix_ms;
+            data.fresh_for = c.fresh_for;
+            let data = Arc::new(data);
+            self.store.insert(key.clone(), Arc::clone(&data)).await;
+            index(&self.spans, key);
+            return Some(data);
+        }
+        None
     }
 
     /// How long a window's data stays fresh (the TTL policy).
@@ -398,6 +517,7 @@ impl WindowCache {
         let d = Arc::new(disk.get(key).await?);
         if d.is_fresh() || d.expired_for() < self.policy.stale_grace.max(self.policy.swr) {
             self.store.insert(key.clone(), Arc::clone(&d)).await;
+            index(&self.spans, key);
             Some(d)
         } else {
             None
@@ -416,9 +536,24 @@ impl WindowCache {
         refresh: bool,
         refetch: Refetch,
     ) -> Result<WindowOutcome, UpstreamError> {
-        if !refresh && let Some(d) = self.cached(&key).await {
-            if d.is_fresh() {
+        if !refresh {
+            let cached = self.cached(&key).await;
+            if let Some(d) = &cached
+                && d.is_fresh()
+            {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                self.watch(&key, d, &refetch);
+                return Ok(WindowOutcome {
+                    data: Arc::clone(d),
+                    source: Source::Hit,
+                    calls: 0,
+                    collapsed: false,
+                });
+            }
+            // Inside a fresh, complete cached window: selected locally, no call.
+            if let Some(d) = self.contained(&key).await {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                self.counters.contained.fetch_add(1, Ordering::Relaxed);
                 self.watch(&key, &d, &refetch);
                 return Ok(WindowOutcome {
                     data: d,
@@ -427,7 +562,10 @@ impl WindowCache {
                     collapsed: false,
                 });
             }
-            if !self.policy.swr.is_zero() && d.expired_for() < self.policy.swr {
+            if let Some(d) = cached
+                && !self.policy.swr.is_zero()
+                && d.expired_for() < self.policy.swr
+            {
                 // Stale-while-revalidate: this caller gets the copy now; one refresh runs
                 // behind (joined with any fetch of the window already under way).
                 let (_, started) = self.flight(
@@ -514,6 +652,7 @@ impl WindowCache {
         }
         let lead = Leader {
             store: self.store.clone(),
+            spans: Arc::clone(&self.spans),
             disk: self.disk.clone(),
             cluster: self.cluster.clone(),
             policy: self.policy,
@@ -640,6 +779,7 @@ fn refresh_lead(policy: &CacheSettings) -> Duration {
 struct Leader {
     store: moka::future::Cache<WindowKey, Arc<WindowData>>,
     disk: Option<Arc<DiskTier>>,
+    spans: SpanIndex,
     cluster: Option<Arc<Cluster>>,
     policy: CacheSettings,
     key: WindowKey,
@@ -740,8 +880,17 @@ impl Leader {
     async fn keep_fetched(&self, data: WindowData) -> Arc<WindowData> {
         let data = Arc::new(data);
         self.store.insert(self.key.clone(), Arc::clone(&data)).await;
+        index(&self.spans, &self.key);
         data
     }
+}
+
+/// Records that `key` is in the store, for [`WindowCache::contained`].
+fn index(spans: &SpanIndex, key: &WindowKey) {
+    lock(spans)
+        .entry(key.family())
+        .or_default()
+        .insert((key.start, key.end));
 }
 
 /// How long a replica waits for another replica's fetch of the same window.
@@ -763,20 +912,70 @@ fn freshness(policy: &CacheSettings, w: &Window, complete: bool, now: Timestamp)
     }
 }
 
-/// A rendered JSON answer, ready to send again.
+/// A stored answer, ready to send again: the complete body of a hit, and its compressed
+/// forms, each made once, on the first request that asks for it (see [`crate::encoding`]).
 #[derive(Debug)]
 pub struct Rendered {
-    /// Everything up to the per-request tail of `meta`.
-    pub head: Bytes,
-    pub etag: String,
+    /// The whole identity body of a hit (for JSON pages: `meta.cache` "HIT", 0 calls).
+    pub body: Bytes,
+    pub content_type: HeaderValue,
+    /// `Content-Disposition` of exports.
+    pub disposition: Option<HeaderValue>,
+    /// The ETag of JSON pages (computed over the head, so hit and miss share it).
+    pub etag: Option<HeaderValue>,
     pub fresh_until: Instant,
     /// Wall-clock fetch time of its oldest window (Unix ms), for `Age`.
     pub fetched_unix_ms: i64,
+    /// br, zstd, gzip, deflate, in the order of [`Coding::STORED`].
+    forms: [tokio::sync::OnceCell<Bytes>; 4],
 }
 
-/// Rendered answers of complete requests.
+impl Rendered {
+    pub fn new(
+        body: Bytes,
+        content_type: HeaderValue,
+        etag: Option<HeaderValue>,
+        fresh_until: Instant,
+    ) -> Self {
+        Rendered {
+            body,
+            content_type,
+            disposition: None,
+            etag,
+            fresh_until,
+            fetched_unix_ms: Timestamp::now().as_millisecond(),
+            forms: Default::default(),
+        }
+    }
+
+    /// The stored bytes in `coding`, if that form was made already.
+    pub fn form(&self, coding: Coding) -> Option<&Bytes> {
+        match coding.stored_index() {
+            None => Some(&self.body),
+            Some(i) => self.forms[i].get(),
+        }
+    }
+
+    /// Bytes held, for the weigher: the body and every form made so far.
+    fn weight(&self) -> usize {
+        self.body.len()
+            + self
+                .forms
+                .iter()
+                .filter_map(|f| f.get())
+                .map(Bytes::len)
+                .sum::<usize>()
+            + self.etag.as_ref().map_or(0, HeaderValue::len)
+            + self.disposition.as_ref().map_or(0, HeaderValue::len)
+            + std::mem::size_of::<Self>()
+    }
+}
+
+/// Stored answers of complete requests (JSON pages, exports, summaries).
 pub struct ResponseCache {
     store: moka::sync::Cache<String, Arc<Rendered>>,
+    /// Compressor runs, for `/metrics` and for tests that prove a hit makes none.
+    compressions: AtomicU64,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -805,11 +1004,20 @@ impl ResponseCache {
         let store = moka::sync::Cache::builder()
             .max_capacity(policy.max_bytes / 4)
             .weigher(|k: &String, v: &Arc<Rendered>| {
-                u32::try_from(k.len() + v.head.len() + v.etag.len() + 64).unwrap_or(u32::MAX)
+                u32::try_from(k.len() + v.weight()).unwrap_or(u32::MAX)
             })
             .expire_after(ResponseExpiry)
             .build();
-        ResponseCache { store }
+        ResponseCache {
+            store,
+            compressions: AtomicU64::new(0),
+        }
+    }
+
+    /// Largest export worth storing whole: an eighth of the responses' share, so one export
+    /// cannot flush every page.
+    pub fn max_entry_bytes(&self) -> usize {
+        usize::try_from(self.store.policy().max_capacity().unwrap_or(0) / 8).unwrap_or(usize::MAX)
     }
 
     /// The fresh rendering of `key`, if any.
@@ -823,6 +1031,55 @@ impl ResponseCache {
         if r.fresh_until > Instant::now() {
             self.store.insert(key, r);
         }
+    }
+
+    /// The bytes of `r` (stored under `key`) in `coding`, and the coding they are in. The
+    /// first request for a form compresses it, off the runtime, once for all concurrent
+    /// askers, and re-weighs the entry; every later one gets the stored bytes (a reference
+    /// count, no copy). Should a compressor fail, the identity body is sent.
+    pub async fn encoded(&self, key: &str, r: &Arc<Rendered>, coding: Coding) -> (Bytes, Coding) {
+        let Some(i) = coding.stored_index() else {
+            return (r.body.clone(), Coding::Identity);
+        };
+        if let Some(b) = r.forms[i].get() {
+            return (b.clone(), coding);
+        }
+        let mut made_here = false;
+        let made = r.forms[i]
+            .get_or_try_init(|| async {
+                made_here = true;
+                self.compressions.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("gateway_compressions_total", "coding" => coding.token())
+                    .increment(1);
+                let body = r.body.clone();
+                match tokio::task::spawn_blocking(move || crate::encoding::compress(coding, &body))
+                    .await
+                {
+                    Ok(Ok(b)) => Ok(b),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await;
+        match made {
+            Ok(b) => {
+                let b = b.clone();
+                if made_here && self.store.get(key).is_some_and(|cur| Arc::ptr_eq(&cur, r)) {
+                    // Same entry, new weight: the form now counts in CACHE_MAX_BYTES.
+                    self.store.insert(key.to_owned(), Arc::clone(r));
+                }
+                (b, coding)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, coding = coding.token(), "compressing a stored answer failed; sending it plain");
+                (r.body.clone(), Coding::Identity)
+            }
+        }
+    }
+
+    /// How many times a stored form was compressed since start.
+    pub fn compressions(&self) -> u64 {
+        self.compressions.load(Ordering::Relaxed)
     }
 
     pub fn purge(&self) {
@@ -1197,5 +1454,176 @@ mod tests {
         assert_ne!(key(&w), WindowKey::new(&w, &voice));
         assert_ne!(key(&w), key(&other_offset));
         assert_eq!(key(&w), WindowKey::new(&w, &Arc::new(Filters::default())));
+    }
+
+    fn record(local: &str, id: &str, w: &Window) -> Record {
+        let raw = format!(r#"{{"sessionId":"{id}","sessionStartTime":"{local}"}}"#);
+        Record::new(serde_json::value::RawValue::from_string(raw).unwrap(), w)
+    }
+
+    /// Local wall-clock text of `t` in the window's offset, as the vendor writes it.
+    fn local_text(t: i64, offset_seconds: i32) -> String {
+        let off = jiff::tz::Offset::from_seconds(offset_seconds).unwrap();
+        off.to_datetime(Timestamp::from_second(t).unwrap())
+            .strftime("%Y-%m-%dT%H:%M:%S")
+            .to_string()
+    }
+
+    proptest::proptest! {
+        /// Selecting from a container gives what a fetch of the inner span would: the
+        /// records whose local `sessionStartTime` text lies between the inner window's local
+        /// bounds (string compare, the vendor's rule), and never one outside them.
+        #[test]
+        fn containment_selects_exactly_what_a_fetch_would(
+            offset_q in -56i32..=56,
+            start in 1_600_000_000i64..1_800_000_000,
+            len in 0i64..7 * 86_400,
+            cut in (0.0f64..=1.0, 0.0f64..=1.0),
+            times in proptest::collection::vec(0.0f64..=1.0, 0..60),
+        ) {
+            let offset_seconds = offset_q * 900;
+            let outer = Window {
+                start: Timestamp::from_second(start).unwrap(),
+                end: Timestamp::from_second(start + len).unwrap(),
+                offset_seconds,
+            };
+            let at = |f: f64| start + (f * len as f64) as i64;
+            let (a, b) = (at(cut.0.min(cut.1)), at(cut.0.max(cut.1)));
+            // Records exactly on the inner bounds and a second either side of them, too.
+            let secs = times
+                .iter()
+                .map(|f| at(*f))
+                .chain([a - 1, a, b, b + 1].into_iter().filter(|t| (start..=start + len).contains(t)));
+            let mut records: Vec<Record> = secs
+                .enumerate()
+                .map(|(i, t)| record(&local_text(t, offset_seconds), &format!("s{i}"), &outer))
+                .collect();
+            crate::merge::dedupe_and_sort(&mut records);
+            let got = select_within(&records, a, b).unwrap();
+            let (lo, hi) = (local_text(a, offset_seconds), local_text(b, offset_seconds));
+            let truth: Vec<String> = records
+                .iter()
+                .filter(|r| {
+                    let v: serde_json::Value = serde_json::from_str(r.raw.get()).unwrap();
+                    let t = v["sessionStartTime"].as_str().unwrap().to_owned();
+                    lo <= t && t <= hi
+                })
+                .map(|r| r.raw.get().to_owned())
+                .collect();
+            let got: Vec<String> = got.iter().map(|r| r.raw.get().to_owned()).collect();
+            proptest::prop_assert_eq!(got, truth);
+        }
+    }
+
+    #[test]
+    fn a_record_without_a_readable_start_refuses_containment() {
+        let w = window_ending(Timestamp::from_second(1_700_000_000).unwrap());
+        let good = record(&local_text(1_699_999_000, 0), "a", &w);
+        let bad = record("not a time", "b", &w);
+        assert!(select_within(std::slice::from_ref(&good), 0, i64::MAX).is_some());
+        assert!(select_within(&[good, bad], 0, i64::MAX).is_none());
+    }
+
+    #[test]
+    fn containment_needs_the_same_family_and_a_covering_span() {
+        let w = window_ending(Timestamp::from_second(1_700_000_000).unwrap());
+        let inner = Window {
+            start: Timestamp::from_second(w.start.as_second() + 10).unwrap(),
+            ..w
+        };
+        assert!(key(&w).contains(&key(&inner)));
+        assert!(!key(&inner).contains(&key(&w)));
+        let voice = Arc::new(Filters {
+            channels: vec!["voice".into()],
+            ..Default::default()
+        });
+        assert!(!key(&w).contains(&WindowKey::new(&inner, &voice)));
+        let shifted = Window {
+            offset_seconds: 3600,
+            ..inner
+        };
+        assert!(!key(&w).contains(&key(&shifted)));
+    }
+
+    /// A fetch of the whole window, then one of a part: the part comes from the cache,
+    /// expires with its container, and an incomplete container is never used.
+    #[tokio::test(start_paused = true)]
+    async fn a_contained_window_is_answered_locally_and_no_fresher_than_its_container() {
+        let cache = WindowCache::new(policy(), Arc::default(), None);
+        let count = Arc::new(AtomicU32::new(0));
+        let now = Timestamp::now().as_second();
+        let outer = Window {
+            start: Timestamp::from_second(now - 7200).unwrap(),
+            end: Timestamp::from_second(now - 60).unwrap(),
+            offset_seconds: 0,
+        };
+        let inner = Window {
+            start: Timestamp::from_second(now - 3600).unwrap(),
+            ..outer
+        };
+        let recs: Vec<Record> = [now - 7000, now - 3000, now - 100]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| record(&local_text(*t, 0), &format!("s{i}"), &outer))
+            .collect();
+        let c2 = Arc::clone(&count);
+        let outer_fetch: Refetch = Arc::new(move |_| {
+            let (c2, recs) = (Arc::clone(&c2), recs.clone());
+            async move {
+                c2.fetch_add(1, Ordering::SeqCst);
+                Ok(WindowData::new(outer, recs, Vec::new(), 1))
+            }
+            .boxed()
+        });
+        let o = cache
+            .get_or_fetch(key(&outer), false, outer_fetch)
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Miss);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let o = cache
+            .get_or_fetch(key(&inner), false, fetcher(inner, Arc::clone(&count), true))
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Hit);
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            1,
+            "no fetch for the inner window"
+        );
+        assert_eq!(o.data.records.len(), 2);
+        assert_eq!(cache.counters.contained.load(Ordering::SeqCst), 1);
+        // Recent window (ends a minute ago): 30 s fresh from the container's fetch.
+        tokio::time::advance(Duration::from_secs(21)).await;
+        let o = cache
+            .get_or_fetch(
+                key(&inner),
+                false,
+                fetcher(inner, Arc::clone(&count), false),
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Miss, "expired with its container");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+
+        // An incomplete container is not used.
+        let past = Window {
+            start: Timestamp::from_second(now - 90 * 86_400).unwrap(),
+            end: Timestamp::from_second(now - 89 * 86_400).unwrap(),
+            offset_seconds: 0,
+        };
+        let part = Window {
+            start: Timestamp::from_second(past.start.as_second() + 60).unwrap(),
+            ..past
+        };
+        let short: Refetch = Arc::new(move |_| {
+            async move { Ok(WindowData::new(past, Vec::new(), vec!["short".into()], 1)) }.boxed()
+        });
+        cache.get_or_fetch(key(&past), false, short).await.unwrap();
+        let o = cache
+            .get_or_fetch(key(&part), false, fetcher(part, Arc::clone(&count), false))
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Miss);
     }
 }

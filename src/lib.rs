@@ -30,6 +30,7 @@ pub mod cache;
 pub mod cluster;
 pub mod config;
 pub mod disk;
+pub mod encoding;
 pub mod error;
 pub mod fetch;
 pub mod merge;

@@ -23,12 +23,12 @@ use crate::{
         RequestId,
         auth::Caller,
         query::{Format, InteractionsQuery, RangeQuery, parse_interactions},
-        range_fetch, stamp_cache_headers,
+        range_fetch, stamp_cache_headers, stored, wants_refresh,
     },
     cache::{KeyEncoder, Rendered, WindowOutcome, hex},
     error::AppError,
     fetch::{Assessment, RangeFetch, assess},
-    merge::{merge_runs, resume_after},
+    merge::{Position, merge_runs, resume_after},
     plan::{PlanError, Window, plan},
     render::{self, CacheStatus, CursorError, MetaHead},
 };
@@ -71,6 +71,27 @@ pub async fn get_interactions(
 ) -> Result<Response, AppError> {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let q = parse_interactions(raw.as_deref(), accept, state.settings.max_range_days)?;
+    // A stored answer needs no plan, no fetch context: look it up first.
+    let (key, after) = match q.format {
+        Format::Json => json_key(&state, &q)?,
+        Format::Ndjson | Format::Csv => (export_key(&q), None),
+    };
+    if !(caller.admin && wants_refresh(&headers))
+        && let Some(hit) = state.responses.get(&key)
+    {
+        state
+            .counters
+            .response_hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut resp = stored::reply(&state, &key, &hit, &headers).await;
+        if q.format != Format::Json {
+            // Only whole, fresh exports are stored.
+            let h = resp.headers_mut();
+            h.insert(X_COMPLETE.clone(), HeaderValue::from_static("true"));
+            h.insert(X_STALE.clone(), HeaderValue::from_static("false"));
+        }
+        return Ok(resp);
+    }
     let windows = plan_windows(&q.range)?;
     let range = range_fetch(
         &state,
@@ -80,11 +101,60 @@ pub async fn get_interactions(
         &headers,
     );
     match q.format {
-        Format::Json => json(&state, &q, &windows, &range, &headers).await,
-        Format::Ndjson | Format::Csv => {
-            streamed(&q, windows, range, state.settings.csv_formula_escape).await
+        Format::Json => json(&state, &q, &windows, &range, &headers, key, after).await,
+        Format::Ndjson | Format::Csv => streamed(&state, &q, windows, range, key).await,
+    }
+}
+
+static X_COMPLETE: header::HeaderName = header::HeaderName::from_static("x-complete");
+static X_STALE: header::HeaderName = header::HeaderName::from_static("x-stale");
+
+/// The response-cache key of a JSON page — the query's digest, the page size and the place
+/// it resumes after, each length-prefixed — and that place, from its cursor.
+///
+/// # Errors
+/// 400 for a cursor this gateway did not issue for this query.
+fn json_key(
+    state: &AppState,
+    q: &InteractionsQuery,
+) -> Result<(String, Option<Position>), AppError> {
+    let binding = q.range.key("interactions").digest();
+    let after = match &q.cursor {
+        None => None,
+        Some(c) => Some(
+            render::decode_cursor(c, &binding, &state.cursor_key).map_err(|e| match e {
+                CursorError::Malformed => {
+                    AppError::param("cursor", "the cursor is not one this gateway issued")
+                }
+                CursorError::OtherQuery => {
+                    AppError::param("cursor", "the cursor belongs to a different query")
+                }
+            })?,
+        ),
+    };
+    let mut e = KeyEncoder::default();
+    e.text("page");
+    e.bytes(&binding);
+    e.int(q.limit as i64);
+    match &after {
+        None => e.int(-1),
+        Some(p) => {
+            e.int(p.start);
+            e.text(&p.session);
+            e.text(&p.conversation);
+            e.bytes(&p.tie);
         }
     }
+    Ok((hex(&e.finish()), after))
+}
+
+/// The response-cache key of a whole CSV or NDJSON export.
+fn export_key(q: &InteractionsQuery) -> String {
+    let mut e = KeyEncoder::default();
+    e.text("export");
+    e.bytes(&q.range.key("interactions").digest());
+    e.text(q.format.as_str());
+    hex(&e.finish())
 }
 
 /// Plans the windows of a query, mapping planner refusals to 400s.
@@ -104,65 +174,10 @@ async fn json(
     windows: &[Window],
     range: &RangeFetch,
     headers: &HeaderMap,
+    key: String,
+    after: Option<Position>,
 ) -> Result<Response, AppError> {
     let binding = q.range.key("interactions").digest();
-    let after = match &q.cursor {
-        None => None,
-        Some(c) => Some(
-            render::decode_cursor(c, &binding, &state.cursor_key).map_err(|e| match e {
-                CursorError::Malformed => {
-                    AppError::param("cursor", "the cursor is not one this gateway issued")
-                }
-                CursorError::OtherQuery => {
-                    AppError::param("cursor", "the cursor belongs to a different query")
-                }
-            })?,
-        ),
-    };
-    // The page's key: the query's digest, the page size and the place it resumes after,
-    // each length-prefixed.
-    let key = {
-        let mut e = KeyEncoder::default();
-        e.bytes(&binding);
-        e.int(q.limit as i64);
-        match &after {
-            None => e.int(-1),
-            Some(p) => {
-                e.int(p.start);
-                e.text(&p.session);
-                e.text(&p.conversation);
-                e.bytes(&p.tie);
-            }
-        }
-        hex(&e.finish())
-    };
-    if !range.refresh
-        && let Some(hit) = state.responses.get(&key)
-    {
-        state
-            .counters
-            .response_hits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut resp = json_reply(
-            &hit.head,
-            &hit.etag,
-            render::json_tail(0, CacheStatus::Hit),
-            CacheStatus::Hit,
-            headers,
-        );
-        let ttl = hit
-            .fresh_until
-            .saturating_duration_since(Instant::now())
-            .as_secs();
-        let age = (jiff::Timestamp::now().as_millisecond() - hit.fetched_unix_ms).max(0) / 1000;
-        stamp_cache_headers(
-            &mut resp,
-            &format!("kore-gateway; hit; ttl={ttl}"),
-            age as u64,
-        );
-        return Ok(resp);
-    }
-
     let outcomes = range.all(windows).await?;
     let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     let total = records.len();
@@ -203,24 +218,20 @@ async fn json(
     let etag = render::etag(&head);
     let stored = complete && !stale;
     if stored {
-        let fresh_until = outcomes
-            .iter()
-            .map(|o| o.data.fresh_until())
-            .min()
-            .unwrap_or_else(Instant::now);
-        state.responses.insert(
-            key,
-            Arc::new(Rendered {
-                head: head.clone(),
-                etag: etag.clone(),
-                fresh_until,
-                fetched_unix_ms: outcomes
-                    .iter()
-                    .map(|o| o.data.fetched_unix_ms)
-                    .min()
-                    .unwrap_or(0),
-            }),
+        // A hit's body is fixed (0 calls, "HIT"), so it is stored whole and its compressed
+        // forms can be made once; the ETag stays the head's, the same for hit and miss.
+        let hit_tail = render::json_tail(0, CacheStatus::Hit);
+        let mut body = BytesMut::with_capacity(head.len() + hit_tail.len());
+        body.extend_from_slice(&head);
+        body.extend_from_slice(&hit_tail);
+        let mut r = Rendered::new(
+            body.freeze(),
+            HeaderValue::from_static("application/json"),
+            HeaderValue::from_str(&etag).ok(),
+            fresh_until(&outcomes),
         );
+        r.fetched_unix_ms = oldest_fetch(&outcomes);
+        state.responses.insert(key, Arc::new(r));
     }
     let mut resp = json_reply(
         &head,
@@ -235,6 +246,24 @@ async fn json(
         verdict.age,
     );
     Ok(resp)
+}
+
+/// When the first of these windows expires.
+fn fresh_until(outcomes: &[WindowOutcome]) -> Instant {
+    outcomes
+        .iter()
+        .map(|o| o.data.fresh_until())
+        .min()
+        .unwrap_or_else(Instant::now)
+}
+
+/// Wall-clock fetch time of the oldest of these windows (Unix ms).
+fn oldest_fetch(outcomes: &[WindowOutcome]) -> i64 {
+    outcomes
+        .iter()
+        .map(|o| o.data.fetched_unix_ms)
+        .min()
+        .unwrap_or(0)
 }
 
 fn json_reply(
@@ -256,6 +285,9 @@ fn json_reply(
             header::CACHE_CONTROL,
             HeaderValue::from_static("private, no-cache"),
         ),
+        // The body may be compressed on the way out: caches must key on Accept-Encoding,
+        // on the 304 too (RFC 9110 §15.4.5).
+        (header::VARY, HeaderValue::from_static("accept-encoding")),
     ];
     if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
         && render::if_none_match(inm, etag)
@@ -281,32 +313,45 @@ fn json_reply(
 /// upstream) before the status line, so the headers can say whether the answer is whole:
 /// `X-Complete: false` when any window's count did not check out and `X-Stale: true` when
 /// any window is an expired copy, with the reasons in `X-Warning` headers, exactly as
-/// `meta` says in JSON. The body is then rendered one window at a time, so the rendered
-/// text is never held whole.
+/// `meta` says in JSON. The body is then rendered one window at a time.
+///
+/// A whole export of complete, fresh windows is also copied aside as it goes out, up to
+/// [`ResponseCache::max_entry_bytes`](crate::cache::ResponseCache::max_entry_bytes), and
+/// kept once it ends, so a repeat is stored bytes (no merge, no render, no compression).
 async fn streamed(
+    state: &AppState,
     q: &InteractionsQuery,
     windows: Vec<Window>,
     range: RangeFetch,
-    csv_formula_escape: bool,
+    key: String,
 ) -> Result<Response, AppError> {
     let format = q.format;
-    let range_refresh = range.refresh;
+    let csv_formula_escape = state.settings.csv_formula_escape;
     let outcomes = range.all(&windows).await?;
     let verdict = assess(&outcomes);
+    let storable = verdict.complete && !verdict.stale;
+    let (fresh_until, fetched_unix_ms) = (fresh_until(&outcomes), oldest_fetch(&outcomes));
     let mut seen: HashSet<(Box<str>, Option<Box<str>>)> = HashSet::new();
     let header_chunk = match format {
         Format::Csv => Some(render::csv_header()),
         _ => None,
     };
-    let chunks = stream::iter(
-        header_chunk.into_iter().chain(
+    let export = Arc::new(std::sync::Mutex::new(storable.then(|| Export {
+        body: BytesMut::new(),
+        cap: state.responses.max_entry_bytes(),
+    })));
+    let tee = Arc::clone(&export);
+    let chunks = header_chunk
+        .into_iter()
+        .chain(
             outcomes
                 .into_iter()
                 .map(move |o| render_window(&o, format, csv_formula_escape, &mut seen)),
-        ),
-    )
-    .map(Ok::<_, std::io::Error>);
-    let body = Body::from_stream(chunks);
+        )
+        .map(move |bytes| {
+            Export::add(&tee, &bytes);
+            Ok::<_, std::io::Error>(bytes)
+        });
     let (content_type, disposition) = match format {
         Format::Csv => (
             "text/csv; charset=utf-8",
@@ -318,32 +363,56 @@ async fn streamed(
         ),
         _ => ("application/x-ndjson", None),
     };
+    let disposition = disposition.and_then(|d| HeaderValue::from_str(&d).ok());
+    // After the last chunk, the whole export (if it stayed small enough) becomes a stored
+    // answer.
+    let keep = {
+        let (state, disposition) = (state.clone(), disposition.clone());
+        stream::once(async move {
+            let whole = export.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(Export { body, .. }) = whole {
+                let mut r = Rendered::new(
+                    body.freeze(),
+                    HeaderValue::from_static(content_type),
+                    None,
+                    fresh_until,
+                );
+                r.disposition = disposition;
+                r.fetched_unix_ms = fetched_unix_ms;
+                state.responses.insert(key, Arc::new(r));
+            }
+        })
+        .filter_map(|()| std::future::ready(None::<Result<Bytes, std::io::Error>>))
+    };
+    let body = Body::from_stream(stream::iter(chunks).chain(keep));
     let mut resp = (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::VARY, HeaderValue::from_static("accept-encoding")),
+        ],
         body,
     )
         .into_response();
+    stamp_cache_headers(
+        &mut resp,
+        &verdict.cache_status(range.refresh, storable),
+        verdict.age,
+    );
     let h = resp.headers_mut();
-    if let Some(d) = disposition.and_then(|d| HeaderValue::from_str(&d).ok()) {
+    if let Some(d) = disposition {
         h.insert(header::CONTENT_DISPOSITION, d);
     }
     h.insert(
         header::HeaderName::from_static("x-cache"),
         HeaderValue::from_static(verdict.cache.as_str()),
     );
-    stamp_cache_headers(
-        &mut resp,
-        &verdict.cache_status(range_refresh, false),
-        verdict.age,
-    );
-    let h = resp.headers_mut();
     h.insert(
-        header::HeaderName::from_static("x-complete"),
+        X_COMPLETE.clone(),
         HeaderValue::from_static(if verdict.complete { "true" } else { "false" }),
     );
     h.insert(
-        header::HeaderName::from_static("x-stale"),
+        X_STALE.clone(),
         HeaderValue::from_static(if verdict.stale { "true" } else { "false" }),
     );
     for w in verdict.warnings.iter().take(MAX_WARNING_HEADERS) {
@@ -369,6 +438,28 @@ fn ascii_header_text(text: &str) -> String {
         })
         .take(512)
         .collect()
+}
+
+/// A streamed export being copied aside, to be stored whole once it ends.
+struct Export {
+    body: BytesMut,
+    /// Beyond this size the copy is dropped: the export is not stored.
+    cap: usize,
+}
+
+impl Export {
+    /// Appends a chunk, or drops the copy once it would pass its cap.
+    fn add(this: &std::sync::Mutex<Option<Export>>, bytes: &Bytes) {
+        let mut guard = this.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(e) = guard.as_mut() else {
+            return;
+        };
+        if e.body.len() + bytes.len() > e.cap {
+            *guard = None;
+            return;
+        }
+        e.body.extend_from_slice(bytes);
+    }
 }
 
 fn render_window(

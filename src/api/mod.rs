@@ -7,6 +7,7 @@ pub mod dropin;
 pub mod interactions;
 pub mod ops;
 pub mod query;
+pub mod stored;
 pub mod summary;
 
 use std::time::{Duration, Instant};
@@ -14,15 +15,16 @@ use std::time::{Duration, Instant};
 use axum::{
     Router,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{HeaderName, HeaderValue, Method, header},
+    http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use tower::ServiceBuilder;
 use tower_http::{
+    CompressionLevel,
     catch_panic::CatchPanicLayer,
-    compression::CompressionLayer,
+    compression::{CompressionLayer, DefaultPredicate, Predicate},
     cors::{AllowOrigin, Any, CorsLayer},
     trace::TraceLayer,
 };
@@ -75,33 +77,51 @@ pub fn router(state: AppState) -> Router {
 fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
     routes.layer(
         ServiceBuilder::new()
-        // 1. Request id first, so every later layer, log line and upstream call can use it,
-        //    and every response (errors included) carries it back.
-        .layer(middleware::from_fn(request_id))
-        // 2. A bug must never drop the connection: a panic below becomes a logged 500
-        //    problem+json (and the id layer above still stamps it).
-        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
-            AppError::Internal("a handler panicked".into()).into_response()
-        }))
-        // 3. Tracing inside the id, so spans carry it; logs method, route, status, latency.
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req.extensions().get::<RequestId>().map(|r| r.0.to_string()).unwrap_or_default();
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
-        // 4. Metrics see the final status of everything below, including auth refusals.
-        .layer(middleware::from_fn(record_metrics))
-        // 5. CORS before auth: a browser's preflight carries no key and must still pass.
-        .layer(cors(&state.settings.cors_origins))
-        // 6. Compression of large JSON/CSV bodies (gzip or br, as the client accepts).
-        .layer(CompressionLayer::new())
-        // 7. One deadline for the whole request: a 504 problem, never a hung socket.
-        .layer(middleware::from_fn_with_state(state.clone(), deadline))
-        // 8. Bodies are small by nature here; refuse big ones before reading them.
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+            // 1. Request id first, so every later layer, log line and upstream call can use it,
+            //    and every response (errors included) carries it back.
+            .layer(middleware::from_fn(request_id))
+            // 2. A bug must never drop the connection: a panic below becomes a logged 500
+            //    problem+json (and the id layer above still stamps it).
+            .layer(CatchPanicLayer::custom(
+                |_: Box<dyn std::any::Any + Send>| {
+                    AppError::Internal("a handler panicked".into()).into_response()
+                },
+            ))
+            // 3. Tracing inside the id, so spans carry it; logs method, route, status, latency.
+            //    The id is read inside the macro, so nothing is formatted when the span is off.
+            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(),
+                request_id = %req.extensions().get::<RequestId>().map_or("", |r| &*r.0))
+            }))
+            // 4. Metrics see the final status of everything below, including auth refusals.
+            .layer(middleware::from_fn(record_metrics))
+            // 5. CORS before auth: a browser's preflight carries no key and must still pass
+            //    (only with an allow-list: without one no CORS header is due).
+            .layer(tower::util::option_layer(cors(
+                &state.settings.cors_origins,
+            )))
+            // 6. Compression of answers made for this request (misses, streams), once, on the
+            //    way out, at the fastest level. Stored answers come with their forms made once
+            //    at a level chosen for ratio (api::stored), and this layer leaves them alone.
+            .layer(
+                CompressionLayer::new()
+                    .quality(CompressionLevel::Fastest)
+                    .compress_when(DefaultPredicate::new().and(
+                        |_: StatusCode, _: Version, _: &HeaderMap, ext: &Extensions| {
+                            ext.get::<stored::Precompressed>().is_none()
+                        },
+                    )),
+            )
+            // 7. One deadline for the whole request: a 504 problem, never a hung socket.
+            .layer(middleware::from_fn_with_state(state.clone(), deadline))
+            // 8. Bodies are small by nature here; refuse big ones before reading them.
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
     )
 }
 
-fn cors(origins: &[String]) -> CorsLayer {
+/// The CORS layer for the allow-list, or none without one (same-origin only): then no CORS
+/// header is due, and a hit does not pay for the layer (it clones its policy per request).
+fn cors(origins: &[String]) -> Option<CorsLayer> {
     let base = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([
@@ -121,14 +141,13 @@ fn cors(origins: &[String]) -> CorsLayer {
         ])
         .max_age(Duration::from_secs(600));
     if origins.is_empty() {
-        // No allow-list: no CORS headers at all (same-origin only).
-        CorsLayer::new()
+        None
     } else if origins.iter().any(|o| o == "*") {
-        base.allow_origin(Any)
+        Some(base.allow_origin(Any))
     } else {
-        base.allow_origin(AllowOrigin::list(
+        Some(base.allow_origin(AllowOrigin::list(
             origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
-        ))
+        )))
     }
 }
 
@@ -150,17 +169,29 @@ async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// A random id in UUID v4 form.
+/// A random id in UUID v4 form (written digit by digit: it is made for most requests).
 pub fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let (a, b) = (fastrand::u64(..), fastrand::u64(..));
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0x0fff,
-        (b >> 48) & 0x3fff | 0x8000,
-        b & 0xffff_ffff_ffff
-    )
+    // 32 random-ish nibbles: a's 16, then b's with the version and variant bits set.
+    let b = (b & !(0xc000u64 << 48)) | (0x8000u64 << 48);
+    let mut out = String::with_capacity(36);
+    let mut nibble = 0;
+    for word in [a, b] {
+        for k in (0..16).rev() {
+            if matches!(nibble, 8 | 12 | 16 | 20) {
+                out.push('-');
+            }
+            let v = if nibble == 12 {
+                4 // version 4
+            } else {
+                ((word >> (k * 4)) & 0xf) as usize
+            };
+            out.push(char::from(HEX[v]));
+            nibble += 1;
+        }
+    }
+    out
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {
@@ -169,15 +200,46 @@ async fn record_metrics(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().clone();
+    let method = static_method(req.method());
     let started = Instant::now();
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
-    metrics::counter!("gateway_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status)
+    metrics::counter!("gateway_requests_total", "route" => route.clone(), "method" => method, "status" => static_status(resp.status()))
         .increment(1);
     metrics::histogram!("gateway_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+/// The label of a method, without allocating for the usual ones.
+fn static_method(m: &Method) -> metrics::SharedString {
+    match *m {
+        Method::GET => "GET".into(),
+        Method::POST => "POST".into(),
+        Method::DELETE => "DELETE".into(),
+        Method::OPTIONS => "OPTIONS".into(),
+        Method::HEAD => "HEAD".into(),
+        ref other => other.to_string().into(),
+    }
+}
+
+/// The label of a status, without allocating for the ones this service answers.
+fn static_status(s: StatusCode) -> metrics::SharedString {
+    match s.as_u16() {
+        200 => "200".into(),
+        204 => "204".into(),
+        304 => "304".into(),
+        400 => "400".into(),
+        401 => "401".into(),
+        403 => "403".into(),
+        404 => "404".into(),
+        405 => "405".into(),
+        429 => "429".into(),
+        500 => "500".into(),
+        502 => "502".into(),
+        503 => "503".into(),
+        504 => "504".into(),
+        other => other.to_string().into(),
+    }
 }
 
 async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -13,7 +13,11 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use std::sync::{Arc, atomic::Ordering};
+
+use bytes::Bytes;
 use serde::Serialize;
+use tokio::time::Instant;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{
@@ -23,11 +27,13 @@ use crate::{
         auth::Caller,
         interactions::plan_windows,
         query::{Format, Params, RANGE_PARAMS, RangeQuery, format_from_accept, pairs, parse_range},
-        range_fetch,
+        range_fetch, stored, wants_refresh,
     },
+    cache::{KeyEncoder, Rendered, hex},
     error::AppError,
     fetch::{Assessment, assess},
     merge::merge_runs,
+    render::CacheStatus,
     summary::{Dimension, GroupsJson, Metric, summarise, to_csv},
 };
 
@@ -117,6 +123,25 @@ pub async fn get_summary(
     let q = parse_summary(raw.as_deref(), accept, state.settings.max_range_days)?;
     // The same planning and mapping of refusals as `/v1/interactions`, so both routes ask
     // for (and cache) the very same windows.
+    // A warm summary is stored bytes: no merge, no aggregation, no serialisation.
+    // The stored answer's key: the range's digest, then each dimension, metric and the
+    // format, length-prefixed.
+    let key = {
+        let mut e = KeyEncoder::default();
+        e.bytes(&q.range.key("summary").digest());
+        let dims: Vec<String> = q.group_by.iter().map(|d| format!("{d:?}")).collect();
+        let metrics: Vec<String> = q.metrics.iter().map(|m| format!("{m:?}")).collect();
+        e.list(&dims);
+        e.list(&metrics);
+        e.text(q.format.as_str());
+        hex(&e.finish())
+    };
+    if !(caller.admin && wants_refresh(&headers))
+        && let Some(hit) = state.responses.get(&key)
+    {
+        state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
+        return Ok(stored::reply(&state, &key, &hit, &headers).await);
+    }
     let windows = plan_windows(&q.range)?;
     let range = range_fetch(
         &state,
@@ -138,40 +163,79 @@ pub async fn get_summary(
         ..
     } = verdict;
 
-    let (content_type, body) = match q.format {
+    let storable = complete && !stale;
+    let (content_type, body, hit_body) = match q.format {
         Format::Csv => {
             // CSV has no `meta` to say a part is missing, so, like the record stream, it is
             // refused rather than passed off as whole.
             if !complete {
                 return Err(AppError::Upstream(warnings.join("; ")));
             }
-            (
-                "text/csv; charset=utf-8",
-                to_csv(&summary, state.settings.csv_formula_escape),
-            )
+            let body = Bytes::from(to_csv(&summary, state.settings.csv_formula_escape));
+            ("text/csv; charset=utf-8", body.clone(), body)
         }
         _ => {
-            let body = Body {
-                groups: GroupsJson(&summary),
-                meta: Meta {
-                    from: q.range.local_rfc3339(q.range.from),
-                    to: q.range.local_rfc3339(q.range.to),
-                    tz: &q.range.tz_name,
-                    total: summary.records,
-                    groups: summary.groups.len(),
-                    complete,
-                    stale,
-                    warnings,
-                    windows: windows.len(),
-                    upstream_calls: calls,
-                    cache: status.as_str(),
-                },
+            let json = |upstream_calls: u32, cache: CacheStatus| {
+                let body = Body {
+                    groups: GroupsJson(&summary),
+                    meta: Meta {
+                        from: q.range.local_rfc3339(q.range.from),
+                        to: q.range.local_rfc3339(q.range.to),
+                        tz: &q.range.tz_name,
+                        total: summary.records,
+                        groups: summary.groups.len(),
+                        complete,
+                        stale,
+                        warnings,
+                        windows: windows.len(),
+                        upstream_calls,
+                        cache: cache.as_str(),
+                    },
+                };
+                serde_json::to_vec(&body)
+                    .map(Bytes::from)
+                    .map_err(|e| AppError::Internal(format!("summary serialisation: {e}")))
             };
-            let bytes = serde_json::to_vec(&body)
-                .map_err(|e| AppError::Internal(format!("summary serialisation: {e}")))?;
-            ("application/json", bytes)
+            let body = json(calls, status)?;
+            // What a repeat says: no upstream call, a hit.
+            let hit_body = if !storable || (calls == 0 && status == CacheStatus::Hit) {
+                body.clone()
+            } else {
+                json(0, CacheStatus::Hit)?
+            };
+            ("application/json", body, hit_body)
         }
     };
+    let disposition = (q.format == Format::Csv)
+        .then(|| {
+            HeaderValue::from_str(&format!(
+                "attachment; filename=\"summary-{}-{}.csv\"",
+                q.range.from.as_second(),
+                q.range.to.as_second()
+            ))
+            .ok()
+        })
+        .flatten();
+    if storable {
+        let fresh_until = outcomes
+            .iter()
+            .map(|o| o.data.fresh_until())
+            .min()
+            .unwrap_or_else(Instant::now);
+        let mut r = Rendered::new(
+            hit_body,
+            HeaderValue::from_static(content_type),
+            None,
+            fresh_until,
+        );
+        r.disposition = disposition.clone();
+        r.fetched_unix_ms = outcomes
+            .iter()
+            .map(|o| o.data.fetched_unix_ms)
+            .min()
+            .unwrap_or(0);
+        state.responses.insert(key, Arc::new(r));
+    }
     let mut resp = (
         StatusCode::OK,
         [
@@ -184,24 +248,18 @@ pub async fn get_summary(
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("private, no-cache"),
             ),
+            (header::VARY, HeaderValue::from_static("accept-encoding")),
         ],
         body,
     )
         .into_response();
     crate::api::stamp_cache_headers(
         &mut resp,
-        &verdict.cache_status(range.refresh, false),
+        &verdict.cache_status(range.refresh, storable),
         verdict.age,
     );
-    if q.format == Format::Csv {
-        let name = format!(
-            "attachment; filename=\"summary-{}-{}.csv\"",
-            q.range.from.as_second(),
-            q.range.to.as_second()
-        );
-        if let Ok(v) = HeaderValue::from_str(&name) {
-            resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
-        }
+    if let Some(v) = disposition {
+        resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
 }
