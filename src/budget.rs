@@ -19,7 +19,8 @@
 //! arrivals. Recording send times instead would need a guessed safety margin.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
@@ -76,6 +77,8 @@ pub struct CallPermit {
     used: bool,
     /// The slot in the replicas' shared budget, when there is one.
     global: Option<(Arc<Cluster>, String)>,
+    /// When it was granted: how long calls take feeds [`Budget::time_to_serve`].
+    granted_at: Instant,
 }
 
 impl Drop for CallPermit {
@@ -86,6 +89,18 @@ impl Drop for CallPermit {
             rt.spawn(async move { cluster.release_slot(&member).await });
         }
         if self.used {
+            let took = self
+                .granted_at
+                .elapsed()
+                .as_micros()
+                .min(u128::from(u64::MAX)) as u64;
+            // A moving average over about the last eight calls.
+            let _ =
+                self.shared
+                    .call_micros
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                        Some(if old == 0 { took } else { (old * 7 + took) / 8 })
+                    });
             let mut q = lock(&self.shared.queues);
             q.log.times.push_back(Instant::now());
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -149,6 +164,8 @@ struct Shared {
     max_wait: Duration,
     granted: AtomicU64,
     waited_micros: AtomicU64,
+    /// Moving average of how long a granted call holds its permit (microseconds).
+    call_micros: AtomicU64,
     /// The replicas' shared budget (REDIS_URL), asked before every grant when present.
     global: Option<Arc<Cluster>>,
     /// How long a shared-budget slot of a call in flight counts if its replica dies.
@@ -200,6 +217,7 @@ impl Budget {
             max_wait: s.max_wait,
             granted: AtomicU64::new(0),
             waited_micros: AtomicU64::new(0),
+            call_micros: AtomicU64::new(0),
             global,
             lease,
         });
@@ -230,6 +248,7 @@ impl Budget {
                     shared: Arc::clone(&self.shared),
                     used: true,
                     global: None,
+                    granted_at: Instant::now(),
                 });
             }
             let (tx, rx) = oneshot::channel();
@@ -276,6 +295,67 @@ impl Budget {
             used_in_window: q.log.times.len()
                 + self.shared.in_flight.load(Ordering::Relaxed) as usize,
         }
+    }
+}
+
+/// Most future calls [`Budget::time_to_serve`] plays through (bounds its work).
+const MAX_SCHEDULED: u64 = 200_000;
+
+impl Budget {
+    /// The budget's rate (`KORE_RATE_LIMIT`).
+    pub fn rate(&self) -> Rate {
+        self.shared.rate
+    }
+
+    /// Calls waiting for a grant, per caller.
+    pub fn waiting_by_caller(&self) -> HashMap<Arc<str>, usize> {
+        lock(&self.shared.queues)
+            .by_caller
+            .iter()
+            .map(|(k, q)| (Arc::clone(k), q.len()))
+            .collect()
+    }
+
+    /// Moving average of how long one upstream call takes.
+    pub fn mean_call(&self) -> Duration {
+        Duration::from_micros(self.shared.call_micros.load(Ordering::Relaxed))
+    }
+
+    /// When the `calls`-th call granted from now would complete, if calls kept coming: the
+    /// sliding log played forward. Each of the N slots of the period is busy from a grant
+    /// until its call completes plus one period (the log's rule); completions in the log
+    /// and calls in flight occupy their slots first, and a call takes the mean duration.
+    /// This is the schedule the dispatcher follows, so an ETA built on it is not a guess
+    /// about the rate but a reading of it.
+    pub fn time_to_serve(&self, calls: u64) -> Duration {
+        if calls == 0 {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let call = self.mean_call();
+        let span = self.shared.span;
+        let mut slots: BinaryHeap<Reverse<Instant>> = {
+            let mut q = lock(&self.shared.queues);
+            q.log.prune(now, span);
+            q.log.times.iter().map(|t| Reverse(*t + span)).collect()
+        };
+        let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
+        for _ in 0..in_flight {
+            slots.push(Reverse(now + call + span));
+        }
+        while slots.len() < self.shared.rate.calls.max(1) as usize {
+            slots.push(Reverse(now));
+        }
+        let mut last = now;
+        for _ in 0..calls.min(MAX_SCHEDULED) {
+            let Some(Reverse(free)) = slots.pop() else {
+                break;
+            };
+            let granted = free.max(now);
+            slots.push(Reverse(granted + call + span));
+            last = granted;
+        }
+        (last + call).saturating_duration_since(now)
     }
 }
 
@@ -431,6 +511,7 @@ fn grant(shared: &Arc<Shared>, global: Option<(Arc<Cluster>, String)>) -> bool {
         shared: Arc::clone(shared),
         used: true,
         global,
+        granted_at: Instant::now(),
     };
     match w.tx.send(permit) {
         Ok(()) => {
@@ -583,6 +664,24 @@ mod tests {
         for t in bigs {
             t.abort();
         }
+    }
+
+    /// The played-forward schedule matches when grants really happen.
+    #[tokio::test(start_paused = true)]
+    async fn time_to_serve_follows_the_sliding_log() {
+        let budget = Arc::new(Budget::new_local(&settings(4, 1000, 100, 600_000)));
+        let c: Arc<str> = "t".into();
+        // An idle budget serves N at once; the next N a period later, and so on.
+        assert!(budget.time_to_serve(4) < Duration::from_millis(10));
+        let predicted = budget.time_to_serve(10);
+        let start = Instant::now();
+        for _ in 0..10 {
+            drop(budget.acquire(&c).await.unwrap());
+        }
+        let real = start.elapsed();
+        let diff = predicted.as_secs_f64() - real.as_secs_f64();
+        assert!(diff.abs() < 0.05, "predicted {predicted:?}, real {real:?}");
+        assert!(real >= Duration::from_secs(2), "{real:?}");
     }
 
     #[tokio::test(start_paused = true)]

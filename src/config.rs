@@ -160,6 +160,10 @@ pub struct Cli {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// How long a finished `Prefer: respond-async` job is kept (then GET /v1/jobs/{id} is 404).
+    #[arg(long, env = "JOB_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub job_ttl: Duration,
 }
 
 /// Fully validated settings the application runs on.
@@ -178,6 +182,8 @@ pub struct Settings {
     pub redis_url: Option<SecretString>,
     /// Floor of the replica count used for the local budget share while Redis is down.
     pub replicas: u32,
+    /// JOB_TTL: how long an ended job is kept.
+    pub job_ttl: Duration,
 }
 
 /// Where and how to call the vendor.
@@ -520,6 +526,7 @@ impl Cli {
                 .redis_url
                 .filter(|u| !u.expose_secret().trim().is_empty()),
             replicas: self.gateway_replicas,
+            job_ttl: self.job_ttl,
         })
     }
 }

@@ -18,7 +18,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicI64, AtomicU32, Ordering},
+        atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -139,6 +139,7 @@ impl Fetcher {
                 .await;
             drop(permit);
             calls.fetch_add(1, Ordering::Relaxed);
+            ctx.allowance.completed.fetch_add(1, Ordering::Relaxed);
             let outcome = match &result {
                 Ok(_) => "ok",
                 Err(e) => e.label(),
@@ -237,11 +238,10 @@ impl Fetcher {
             let estimate = estimated_calls(hint);
             let believable = estimate <= u64::from(ctx.allowance.left());
             if hint > MAX_REACH && cuttable && believable {
-                return Ok(Fetched::Cut(window.cut_bounded(
-                    parts_for(hint),
-                    MAX_PARTS_PER_CUT,
-                    MIN_PART_SECONDS,
-                )));
+                let parts =
+                    window.cut_bounded(parts_for(hint), MAX_PARTS_PER_CUT, MIN_PART_SECONDS);
+                ctx.allowance.expect_cut(parts.len() as u64, hint);
+                return Ok(Fetched::Cut(parts));
             }
             if hint > MAX_REACH {
                 // Not believable within this request's allowance (or too short to cut):
@@ -260,6 +260,7 @@ impl Fetcher {
                 batch = (hint.div_ceil(PAGE_LIMIT as u64) as usize)
                     .saturating_sub(1)
                     .max(1);
+                ctx.allowance.expect_pages(batch as u64);
             }
         }
         // Page on while the last page seen is full.
@@ -301,11 +302,9 @@ impl Fetcher {
                 } else {
                     2
                 };
-                return Ok(Fetched::Cut(window.cut_bounded(
-                    hinted,
-                    MAX_PARTS_PER_CUT,
-                    MIN_PART_SECONDS,
-                )));
+                let parts = window.cut_bounded(hinted, MAX_PARTS_PER_CUT, MIN_PART_SECONDS);
+                ctx.allowance.expect_cut(parts.len() as u64, hint);
+                return Ok(Fetched::Cut(parts));
             }
             warnings.push(format!(
                 "window {} .. {} holds more records than the upstream lets one query reach, even cut to {MIN_PART_SECONDS} s",
@@ -353,11 +352,20 @@ pub fn estimated_calls(n: u64) -> u64 {
 }
 
 /// The upstream calls one request may still cause (`MAX_CALLS_PER_REQUEST`); every call,
-/// retries included, takes one before it waits for the shared budget.
+/// retries included, takes one before it waits for the shared budget. It is also the
+/// request's ledger, read by the progress of a job: calls completed, and calls its windows'
+/// first pages said are still to come.
 #[derive(Debug)]
 pub struct Allowance {
     limit: u32,
     used: AtomicU32,
+    /// Calls answered (or failed) so far.
+    completed: AtomicU32,
+    /// Calls beyond each part's first page that first pages announced (more pages, or the
+    /// first pages of the parts of a cut).
+    announced: AtomicU64,
+    /// Pages a cut counted in `announced` that its parts' first pages will announce again.
+    credit: AtomicU64,
     /// How long the shared budget takes to serve `limit` calls: when a retry of a request
     /// that ran out can expect to go on (what it fetched stays cached).
     refill: Duration,
@@ -370,6 +378,9 @@ impl Allowance {
         Allowance {
             limit,
             used: AtomicU32::new(0),
+            completed: AtomicU32::new(0),
+            announced: AtomicU64::new(0),
+            credit: AtomicU64::new(0),
             refill: rate.period.saturating_mul(periods.max(1)),
         }
     }
@@ -379,6 +390,9 @@ impl Allowance {
         Allowance {
             limit: u32::MAX,
             used: AtomicU32::new(0),
+            completed: AtomicU32::new(0),
+            announced: AtomicU64::new(0),
+            credit: AtomicU64::new(0),
             refill: Duration::ZERO,
         }
     }
@@ -390,6 +404,44 @@ impl Allowance {
 
     pub fn limit(&self) -> u32 {
         self.limit
+    }
+
+    /// Upstream calls of this request that have completed (answered or failed).
+    pub fn completed(&self) -> u32 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Calls first pages announced beyond themselves (see [`Allowance`]).
+    pub fn announced(&self) -> u64 {
+        self.announced.load(Ordering::Relaxed)
+    }
+
+    /// A first page announced `pages` more pages of its window or part.
+    fn expect_pages(&self, pages: u64) {
+        self.announce(pages, 0);
+    }
+
+    /// A window reported to hold `records` is cut into `parts`: each part's first page, and
+    /// the pages beyond them that the records fill, are to come.
+    fn expect_cut(&self, parts: u64, records: u64) {
+        let pages = records.div_ceil(u64::from(PAGE_LIMIT));
+        let beyond = pages.saturating_sub(parts);
+        self.announce(parts + beyond, beyond);
+    }
+
+    /// Counts `calls` more to come, less what an earlier cut already counted for the parts
+    /// (its `credit`), so a part's pages are not counted twice; `credit` is what this
+    /// announcement counts on behalf of parts that will announce it again.
+    fn announce(&self, calls: u64, credit: u64) {
+        let mut covered = 0;
+        let _ = self
+            .credit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                covered = c.min(calls);
+                Some(c - covered)
+            });
+        self.announced.fetch_add(calls - covered, Ordering::Relaxed);
+        self.credit.fetch_add(credit, Ordering::Relaxed);
     }
 
     /// Calls still allowed.

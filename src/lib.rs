@@ -31,6 +31,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod fetch;
+pub mod jobs;
 pub mod merge;
 pub mod plan;
 pub mod render;
@@ -69,6 +70,8 @@ pub struct App {
     pub cluster: Option<Arc<Cluster>>,
     /// Signs and checks cursors (derived from the client secret).
     pub cursor_key: render::CursorKey,
+    /// `Prefer: respond-async` jobs.
+    pub jobs: jobs::Jobs,
 }
 
 /// Cheap-to-clone handle on the [`App`].
@@ -136,6 +139,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     let responses = ResponseCache::new(&settings.cache);
     let keys = KeyRing::new(&settings.api_keys, settings.allow_anonymous);
     let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
+    let settings_job_ttl = settings.job_ttl;
     let cursor_key = {
         use secrecy::ExposeSecret;
         render::CursorKey::derive(settings.upstream.client_secret.expose_secret().as_bytes())
@@ -152,6 +156,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         health: api::ops::Health::default(),
         cluster,
         cursor_key,
+        jobs: jobs::Jobs::new(settings_job_ttl),
     })))
 }
 

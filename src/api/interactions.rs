@@ -73,6 +73,20 @@ pub async fn get_interactions(
         q.range.filters.clone(),
         &headers,
     );
+    // `Prefer: respond-async` on a range not already cached: 202 and a job.
+    if let Some(accepted) = crate::api::jobs::respond_async(
+        &state,
+        &caller,
+        &headers,
+        "/v1/interactions",
+        raw.as_deref(),
+        &windows,
+        &range,
+    )
+    .await?
+    {
+        return Ok(accepted);
+    }
     match q.format {
         Format::Json => json(&state, &q, &windows, &range, &headers).await,
         Format::Ndjson | Format::Csv => streamed(&q, windows, range).await,

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod docs;
 pub mod dropin;
 pub mod interactions;
+pub mod jobs;
 pub mod ops;
 pub mod query;
 pub mod summary;
@@ -52,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/interactions", get(interactions::get_interactions))
         .route("/v1/interactions/summary", get(summary::get_summary))
         .route(crate::sim::VENDOR_PATH, post(dropin::interaction_details))
+        .route("/v1/jobs", get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -125,6 +125,20 @@ pub async fn get_summary(
         q.range.filters.clone(),
         &headers,
     );
+    // `Prefer: respond-async` on a range not already cached: 202 and a job.
+    if let Some(accepted) = crate::api::jobs::respond_async(
+        &state,
+        &caller,
+        &headers,
+        "/v1/interactions/summary",
+        raw.as_deref(),
+        &windows,
+        &range,
+    )
+    .await?
+    {
+        return Ok(accepted);
+    }
     let outcomes = range.all(&windows).await?;
     let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     let summary = summarise(&records, &q.range.tz, &q.group_by, &q.metrics);

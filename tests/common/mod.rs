@@ -43,6 +43,8 @@ pub struct Opts {
     pub max_body_bytes: usize,
     /// Simulator data volume (see `SimConfig::volume`).
     pub sim_volume: u32,
+    /// JOB_TTL.
+    pub job_ttl: Duration,
 }
 
 impl Default for Opts {
@@ -71,6 +73,7 @@ impl Default for Opts {
             max_calls_per_request: 1000,
             max_body_bytes: 32 << 20,
             sim_volume: 1,
+            job_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -129,6 +132,7 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
         max_range_days: 92,
         redis_url: None,
         replicas: 1,
+        job_ttl: o.job_ttl,
     }
 }
 
