@@ -316,6 +316,23 @@ impl Budget {
             .collect()
     }
 
+    /// The budget as the RateLimit header reports it: calls still free in the current
+    /// window (less the calls already waiting for one), and how long until the oldest
+    /// call leaves the window (zero when the window holds none).
+    pub fn remaining(&self) -> (u32, Duration) {
+        let now = Instant::now();
+        let mut q = lock(&self.shared.queues);
+        q.log.prune(now, self.shared.span);
+        let used =
+            q.log.times.len() + self.shared.in_flight.load(Ordering::Relaxed) as usize + q.waiting;
+        let left = (self.shared.rate.calls as usize).saturating_sub(used) as u32;
+        let reset = q
+            .log
+            .next_free(self.shared.span)
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        (left, reset)
+    }
+
     /// Moving average of how long one upstream call takes.
     pub fn mean_call(&self) -> Duration {
         Duration::from_micros(self.shared.call_micros.load(Ordering::Relaxed))
@@ -541,6 +558,27 @@ impl KeyLimiter {
             rate,
             logs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The key's limit.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// Requests `caller` may still make in the current window, and how long until the
+    /// oldest of its counted requests leaves the window (zero when none is counted).
+    pub fn remaining(&self, caller: &Arc<str>) -> (u32, Duration) {
+        let now = Instant::now();
+        let mut logs = lock(&self.logs);
+        let Some(log) = logs.get_mut(caller) else {
+            return (self.rate.calls, Duration::ZERO);
+        };
+        log.prune(now, self.rate.period);
+        let left = (self.rate.calls as usize).saturating_sub(log.times.len()) as u32;
+        let reset = log
+            .next_free(self.rate.period)
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        (left, reset)
     }
 
     /// Counts one request of `caller`.

@@ -34,6 +34,7 @@ pub mod fetch;
 pub mod jobs;
 pub mod merge;
 pub mod plan;
+pub mod ratelimit_headers;
 pub mod render;
 pub mod sim;
 pub mod summary;

@@ -111,6 +111,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::IF_NONE_MATCH,
+            HeaderName::from_static("prefer"),
             HeaderName::from_static("x-api-key"),
             X_REQUEST_ID.clone(),
         ])
@@ -119,6 +120,10 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-cache"),
             X_REQUEST_ID.clone(),
             header::RETRY_AFTER,
+            header::LOCATION,
+            HeaderName::from_static("preference-applied"),
+            HeaderName::from_static("ratelimit-policy"),
+            HeaderName::from_static("ratelimit"),
         ])
         .max_age(Duration::from_secs(600));
     if origins.is_empty() {
