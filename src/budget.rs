@@ -123,11 +123,40 @@ struct Queues {
     /// Callers with waiting calls, in round-robin order.
     ring: VecDeque<Arc<str>>,
     waiting: usize,
+    /// Grants per caller since start (the status page's "calls by team").
+    granted_by_caller: HashMap<Arc<str>, u64>,
+    /// Grants per wall-clock second, the last [`HISTORY_SECONDS`] (the status page's chart).
+    history: VecDeque<(i64, u32)>,
+}
+
+/// Seconds of grant history kept for the status page.
+pub const HISTORY_SECONDS: i64 = 600;
+
+impl Queues {
+    /// Counts one grant to `caller`.
+    fn record_grant(&mut self, caller: &Arc<str>) {
+        *self
+            .granted_by_caller
+            .entry(Arc::clone(caller))
+            .or_default() += 1;
+        let now = jiff::Timestamp::now().as_second();
+        match self.history.back_mut() {
+            Some((sec, n)) if *sec == now => *n += 1,
+            _ => self.history.push_back((now, 1)),
+        }
+        while self
+            .history
+            .front()
+            .is_some_and(|(sec, _)| now - sec >= HISTORY_SECONDS)
+        {
+            self.history.pop_front();
+        }
+    }
 }
 
 impl Queues {
-    /// The next live waiter, round-robin across callers.
-    fn next_waiter(&mut self) -> Option<Waiter> {
+    /// The next live waiter and its caller, round-robin across callers.
+    fn next_waiter(&mut self) -> Option<(Arc<str>, Waiter)> {
         while let Some(caller) = self.ring.pop_front() {
             let Some(q) = self.by_caller.get_mut(&caller) else {
                 continue;
@@ -143,10 +172,10 @@ impl Queues {
             if q.is_empty() {
                 self.by_caller.remove(&caller);
             } else {
-                self.ring.push_back(caller);
+                self.ring.push_back(Arc::clone(&caller));
             }
-            if found.is_some() {
-                return found;
+            if let Some(w) = found {
+                return Some((caller, w));
             }
         }
         None
@@ -244,6 +273,7 @@ impl Budget {
             {
                 self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
                 self.shared.granted.fetch_add(1, Ordering::Relaxed);
+                q.record_grant(caller);
                 return Ok(CallPermit {
                     shared: Arc::clone(&self.shared),
                     used: true,
@@ -331,6 +361,23 @@ impl Budget {
             .next_free(self.shared.span)
             .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
         (left, reset)
+    }
+
+    /// Upstream calls granted per caller since start.
+    pub fn granted_by_caller(&self) -> Vec<(Arc<str>, u64)> {
+        let mut v: Vec<(Arc<str>, u64)> = lock(&self.shared.queues)
+            .granted_by_caller
+            .iter()
+            .map(|(k, n)| (Arc::clone(k), *n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Calls granted per wall-clock second (unix seconds), oldest first; seconds without a
+    /// grant are absent.
+    pub fn history(&self) -> Vec<(i64, u32)> {
+        lock(&self.shared.queues).history.iter().copied().collect()
     }
 
     /// Moving average of how long one upstream call takes.
@@ -516,7 +563,7 @@ fn local_step(shared: &Arc<Shared>, limit: u32) -> Step {
 /// slot that finds nobody waiting is given back. Returns whether a waiter got it.
 fn grant(shared: &Arc<Shared>, global: Option<(Arc<Cluster>, String)>) -> bool {
     let mut q = lock(&shared.queues);
-    let Some(w) = q.next_waiter() else {
+    let Some((caller, w)) = q.next_waiter() else {
         drop(q);
         if let Some((c, member)) = global {
             tokio::spawn(async move { c.release_slot(&member).await });
@@ -533,6 +580,7 @@ fn grant(shared: &Arc<Shared>, global: Option<(Arc<Cluster>, String)>) -> bool {
     match w.tx.send(permit) {
         Ok(()) => {
             shared.granted.fetch_add(1, Ordering::Relaxed);
+            q.record_grant(&caller);
             true
         }
         Err(mut unused) => {

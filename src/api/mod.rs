@@ -8,6 +8,7 @@ pub mod interactions;
 pub mod jobs;
 pub mod ops;
 pub mod query;
+pub mod status;
 pub mod summary;
 
 use std::time::{Duration, Instant};
@@ -55,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route(crate::sim::VENDOR_PATH, post(dropin::interaction_details))
         .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
+        .route("/status.json", get(status::status_json))
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -64,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/status", get(status::page))
         .merge(docs::routes());
 
     let routes = Router::new()
