@@ -7,6 +7,8 @@ use axum::{Json, extract::State, http::StatusCode};
 use crate::{AppState, api::docs::CacheStats};
 
 /// Entries, bytes and hit ratio of the caches, and the state of the upstream budget.
+///
+/// Admin keys only.
 #[utoipa::path(get, path = "/v1/cache", tag = "admin",
     responses((status = 200, description = "Cache statistics", body = CacheStats),
               (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
@@ -41,6 +43,8 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
 }
 
 /// Drops every cached window and response.
+///
+/// Admin keys only; the next requests refetch from the upstream, within the shared budget.
 #[utoipa::path(delete, path = "/v1/cache", tag = "admin",
     responses((status = 204, description = "Purged"),
               (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),

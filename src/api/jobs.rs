@@ -113,7 +113,9 @@ pub struct JobList {
     pub jobs: Vec<JobView>,
 }
 
-/// The jobs of this key (an admin key sees every key's jobs), oldest first.
+/// The jobs of this key, oldest first.
+///
+/// An admin key sees every key's jobs. Ended jobs are listed until JOB_TTL after they end.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
     responses((status = 200, description = "Jobs this key can see", body = JobList),
               (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
@@ -133,6 +135,9 @@ pub async fn list_jobs(
 }
 
 /// A job's state, progress and ETA; when done, the URL of its result.
+///
+/// Counts never go down; `eta_seconds` comes from the shared budget's schedule. Only the key
+/// that made the job (or an admin key) sees it.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "The job id from `Location`")),
     responses((status = 200, description = "The job", body = JobView,
@@ -160,7 +165,10 @@ pub async fn get_job(
     Ok(resp)
 }
 
-/// Cancels a job and forgets it. Windows it already fetched (or had under way) stay cached.
+/// Cancels a job and forgets it.
+///
+/// Windows it already fetched (or had under way) stay cached; windows it had not started are
+/// not fetched.
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "The job id from `Location`")),
     responses((status = 204, description = "Cancelled and forgotten"),

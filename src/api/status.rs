@@ -30,8 +30,11 @@ const PAGE: &str = include_str!("status.html");
 /// Seconds of budget history the page draws.
 const HISTORY_SHOWN: i64 = 300;
 
-/// The status page (HTML, no data of its own: see `/status.json`).
-#[utoipa::path(get, path = "/status", tag = "operations",
+/// The operators' status page.
+///
+/// HTML with no data of its own: it draws `/status.json` every few seconds with the key it is
+/// given (from the URL fragment `#key=…` or its input field).
+#[utoipa::path(get, path = "/status", tag = "operations", security(()),
     responses((status = 200, description = "The operators' status page (HTML, self-contained); it draws `/status.json` with the key it is given", body = String, content_type = "text/html")))]
 pub async fn page() -> Response {
     (
@@ -78,6 +81,7 @@ pub struct BudgetStatus {
     pub granted: u64,
     /// Calls granted per second over the last five minutes: `[unix second, calls]`,
     /// seconds without a call omitted.
+    #[schema(value_type = Vec<Vec<i64>>)]
     pub history: Vec<(i64, u32)>,
     /// Calls granted since start and calls waiting now, per API key name.
     pub by_caller: Vec<CallerStatus>,
@@ -126,6 +130,9 @@ pub struct UpstreamStatus {
 }
 
 /// The numbers of the status page.
+///
+/// The shared budget (now and per second over five minutes), calls by key, jobs, cache tiers
+/// and upstream health; any API key.
 #[utoipa::path(get, path = "/status.json", tag = "operations",
     responses((status = 200, description = "Budget, calls by key, jobs, cache tiers and upstream health", body = Status),
               (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
