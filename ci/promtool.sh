@@ -14,7 +14,7 @@ if [ -z "$promtool" ]; then
     (cd "$tools" && apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null; })
     dpkg-deb -x "$tools"/prometheus_*.deb "$tools"
   fi
-  promtool="$tools/usr/bin/promtool"
+  promtool="$PWD/$tools/usr/bin/promtool"
 fi
 [ -x "$promtool" ] || { echo "promtool not found (install Debian's prometheus package, or put promtool on PATH)" >&2; exit 1; }
 "$promtool" check rules deploy/prometheus/kore-gateway.rules.yml
