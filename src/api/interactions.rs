@@ -42,7 +42,7 @@ use crate::{
     path = "/v1/interactions",
     tag = "interactions",
     params(crate::api::docs::InteractionsParams,
-        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 at once with a job to poll, instead of holding the connection while the budget serves it; a cached range answers 200 as usual.", example = "respond-async")),
+        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 at once with a job to poll, instead of holding the connection while the budget serves it; a cached range answers 200 as usual.")),
     responses(
         (status = 200, description = "Records of the range, oldest first. As `format=ndjson` or `format=csv` the whole range comes in one answer, and its headers say before the first byte whether it is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy served because the upstream failed, with the reasons in `X-Warning` headers (what `meta` says in JSON).",
             headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String), ("X-Request-Id" = String),

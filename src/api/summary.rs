@@ -92,7 +92,7 @@ pub fn parse_summary(
     path = "/v1/interactions/summary",
     tag = "interactions",
     params(SummaryParams,
-        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 with a job to poll; a cached range answers 200 as usual.", example = "respond-async")),
+        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 with a job to poll; a cached range answers 200 as usual.")),
     responses(
         (status = 200, description = "One entry per group, sorted by key (time by instant, missing values last)",
             headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String),
