@@ -27,6 +27,7 @@ use futures_util::{
     FutureExt,
     future::{BoxFuture, try_join_all},
 };
+use tracing::Instrument;
 
 use crate::{
     budget::Budget,
@@ -131,11 +132,22 @@ impl Fetcher {
         let mut reminted = false;
         loop {
             ctx.allowance.take()?;
+            let asked = std::time::Instant::now();
             let permit = self.permit(ctx).await?;
             let started = std::time::Instant::now();
+            let span = tracing::info_span!(
+                "upstream.call",
+                request_id = %ctx.request_id,
+                caller = %ctx.caller,
+                page,
+                attempt,
+                budget_wait_seconds = started.duration_since(asked).as_secs_f64(),
+                outcome = tracing::field::Empty,
+            );
             let result = self
                 .client
                 .fetch_page(window, filters, page, &ctx.request_id)
+                .instrument(span.clone())
                 .await;
             drop(permit);
             calls.fetch_add(1, Ordering::Relaxed);
@@ -144,6 +156,7 @@ impl Fetcher {
                 Ok(_) => "ok",
                 Err(e) => e.label(),
             };
+            span.record("outcome", outcome);
             metrics::counter!("gateway_upstream_calls_total", "outcome" => outcome).increment(1);
             metrics::histogram!("gateway_upstream_call_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -494,9 +507,31 @@ impl RangeFetch {
     pub async fn window(&self, window: Window) -> Result<WindowOutcome, UpstreamError> {
         let key = WindowKey::new(&window, &self.filters);
         let this = self.clone();
-        self.cache
+        let span = tracing::info_span!(
+            "window",
+            request_id = %self.ctx.request_id,
+            start = window.start.as_second(),
+            end = window.end.as_second(),
+            offset_seconds = window.offset_seconds,
+            cache = tracing::field::Empty,
+            calls = tracing::field::Empty,
+        );
+        let outcome = self
+            .cache
             .get_or_fetch(key, self.refresh, move || this.fetch_uncached(window))
-            .await
+            .instrument(span.clone())
+            .await;
+        if let Ok(o) = &outcome {
+            let tier = match o.source {
+                Source::Hit if o.data.shared => "redis",
+                Source::Hit => "memory",
+                Source::Miss => "miss",
+                Source::Stale => "stale",
+            };
+            span.record("cache", tier);
+            span.record("calls", o.calls);
+        }
+        outcome
     }
 
     /// Fetches one window from the upstream. A window too full for one query is cut into
@@ -507,6 +542,8 @@ impl RangeFetch {
         self,
         window: Window,
     ) -> BoxFuture<'static, Result<WindowData, UpstreamError>> {
+        // Created inside the `window` span, run in the cache's own task: its child.
+        let span = tracing::info_span!("window.fetch", request_id = %self.ctx.request_id);
         async move {
             let calls = AtomicU32::new(0);
             let fetched = self
@@ -532,6 +569,7 @@ impl RangeFetch {
             dedupe_and_sort(&mut records);
             Ok(WindowData::new(window, records, warnings, calls))
         }
+        .instrument(span)
         .boxed()
     }
 

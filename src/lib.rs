@@ -38,6 +38,7 @@ pub mod ratelimit_headers;
 pub mod render;
 pub mod sim;
 pub mod summary;
+pub mod telemetry;
 pub mod upstream;
 
 use std::sync::{Arc, OnceLock};

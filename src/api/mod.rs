@@ -92,7 +92,10 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
         // 3. Tracing inside the id, so spans carry it; logs method, route, status, latency.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let id = req.extensions().get::<RequestId>().map(|r| r.0.to_string()).unwrap_or_default();
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id);
+            // A caller's W3C traceparent makes this span part of its trace (OTEL_*).
+            crate::telemetry::adopt_parent(&span, req.headers());
+            span
         }))
         // 4. Metrics see the final status of everything below, including auth refusals.
         .layer(middleware::from_fn(record_metrics))
