@@ -189,18 +189,10 @@ impl Jobs {
         }
     }
 
-    /// The queued or running job `owner` started for `identity`, if any (identical
-    /// requests share one job).
-    pub fn find_active(&self, owner: &str, identity: &str) -> Option<Arc<Job>> {
-        let mut map = lock(&self.by_id);
-        self.prune(&mut map);
-        map.values()
-            .find(|j| &*j.owner == owner && j.identity == identity && j.is_active())
-            .cloned()
-    }
-
-    /// Starts a job fetching `windows` through `range` for `owner`; its `result` is
-    /// `result` and identical later requests (same `identity`) share it.
+    /// The job of `owner` for `identity`: the one queued or running, which identical
+    /// requests share, or a new one fetching `windows` through `range`, whose `result` is
+    /// `result`. One lock covers the lookup and the start, so two identical requests at
+    /// once still make one job.
     ///
     /// # Errors
     /// [`TooManyJobs`] when the owner already has [`MAX_ACTIVE_PER_KEY`] jobs under way.
@@ -214,6 +206,12 @@ impl Jobs {
     ) -> Result<Arc<Job>, TooManyJobs> {
         let mut map = lock(&self.by_id);
         self.prune(&mut map);
+        if let Some(same) = map
+            .values()
+            .find(|j| j.owner == owner && j.identity == identity && j.is_active())
+        {
+            return Ok(Arc::clone(same));
+        }
         let active = map
             .values()
             .filter(|j| j.owner == owner && j.is_active())

@@ -316,3 +316,74 @@ async fn the_eta_of_a_job_behind_another_is_within_30_percent() {
     assert_eq!(cancel.status(), 204, "an admin key may cancel any job");
     h.finish();
 }
+
+/// A key may have a bounded number of jobs under way (429 beyond, as a problem), another
+/// key is not affected, and ended jobs are forgotten JOB_TTL after they end.
+#[tokio::test]
+async fn jobs_are_bounded_per_key_and_forgotten_after_job_ttl() {
+    // One call a minute: the first job gets it at once and ends; the others wait.
+    let minute = Duration::from_secs(60);
+    let h = Harness::start(Opts {
+        job_ttl: Duration::from_secs(1),
+        rate: Rate {
+            calls: 1,
+            period: minute,
+        },
+        sim_rate_limit: Some((1, minute)),
+        ..scaled(1)
+    })
+    .await;
+    let day = |d: u32| format!("/v1/interactions?from=2024-03-{d:02}&to=2024-03-{d:02}");
+    let mut locations = Vec::new();
+    for d in 1..=8 {
+        let resp = prefer_async(&h, &day(d), KEY).await;
+        assert_eq!(resp.status(), 202, "job {d}");
+        locations.push(resp.headers()["location"].to_str().unwrap().to_owned());
+    }
+    // Job 1 may have ended already: then a ninth still fits, and a tenth does not.
+    let ninth = prefer_async(&h, &day(9), KEY).await;
+    let refused = if ninth.status() == 202 {
+        locations.push(ninth.headers()["location"].to_str().unwrap().to_owned());
+        prefer_async(&h, &day(10), KEY).await
+    } else {
+        ninth
+    };
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/too-many-jobs", "{problem}");
+    let active = h.json("/v1/jobs").await["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["state"] != "done")
+        .count();
+    assert_eq!(active, 8, "refused with 8 jobs under way");
+    // The bound is per key.
+    assert_eq!(prefer_async(&h, &day(9), KEY_B).await.status(), 202);
+
+    // Cancel all but the first; it ends, and JOB_TTL after that it is gone.
+    for l in &locations[1..] {
+        let r = h
+            .http
+            .delete(format!("{}{}", h.base, l))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    let done = follow(&h, &locations[0], KEY, Duration::from_secs(60)).await;
+    assert_eq!(done["state"], "done");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, v) = job(&h, &locations[0], KEY).await;
+        if status == 404 {
+            break;
+        }
+        assert_eq!(v["state"], "done");
+        assert!(Instant::now() < deadline, "never forgotten: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.finish();
+}

@@ -59,19 +59,16 @@ pub async fn respond_async(
     };
     // Identity of the request: its URL and whether it bypasses the cache.
     let identity = format!("{}{result}", if range.refresh { "refresh " } else { "" });
-    let job = match state.jobs.find_active(&caller.name, &identity) {
-        Some(j) => j,
-        None => state
-            .jobs
-            .start(
-                std::sync::Arc::clone(&caller.name),
-                identity,
-                result,
-                windows.to_vec(),
-                range.clone(),
-            )
-            .map_err(|t| AppError::TooManyJobs { limit: t.limit })?,
-    };
+    let job = state
+        .jobs
+        .start(
+            std::sync::Arc::clone(&caller.name),
+            identity,
+            result,
+            windows.to_vec(),
+            range.clone(),
+        )
+        .map_err(|t| AppError::TooManyJobs { limit: t.limit })?;
     let view = state.jobs.view(&job, state.fetcher.budget());
     let retry_after = view.eta_seconds.unwrap_or(1).clamp(1, 30);
     let mut resp = (StatusCode::ACCEPTED, Json(view)).into_response();
