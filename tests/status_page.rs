@@ -111,6 +111,16 @@ async fn exercise(root: &Path, chromium: &str, base: &str) {
     for _ in 0..2 {
         assert_eq!(get(result.clone()).await.unwrap().status(), 200);
     }
+    // A second key's request, so the page has two teams to compare.
+    let admin = http
+        .get(format!(
+            "{base}/v1/interactions?from=2024-10-01&to=2024-10-09&limit=5"
+        ))
+        .bearer_auth("admin-demo-key-0001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
     // Quiet: nothing in flight or waiting, so the page and /metrics read the same state.
     loop {
         let s: Value = get("/status.json".into())
@@ -194,6 +204,7 @@ async fn exercise(root: &Path, chromium: &str, base: &str) {
         "window misses"
     );
     assert_eq!(shown["budget_quota"], 20);
+    assert_eq!(shown["callers"], 2, "two keys called the upstream");
     assert_eq!(shown["jobs"], 1);
     assert_eq!(shown["job_states"][0], "done");
     assert_eq!(shown["chart_bars"], 30);
