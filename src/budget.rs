@@ -19,7 +19,8 @@
 //! arrivals. Recording send times instead would need a guessed safety margin.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
@@ -103,6 +104,8 @@ pub struct CallPermit {
     used: bool,
     /// The slot in the replicas' shared budget, when there is one.
     global: Option<(Arc<Cluster>, String)>,
+    /// When it was granted: how long calls take feeds [`Budget::time_to_serve`].
+    granted_at: Instant,
 }
 
 impl Drop for CallPermit {
@@ -113,6 +116,18 @@ impl Drop for CallPermit {
             rt.spawn(async move { cluster.release_slot(&member).await });
         }
         if self.used {
+            let took = self
+                .granted_at
+                .elapsed()
+                .as_micros()
+                .min(u128::from(u64::MAX)) as u64;
+            // A moving average over about the last eight calls.
+            let _ =
+                self.shared
+                    .call_micros
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                        Some(if old == 0 { took } else { (old * 7 + took) / 8 })
+                    });
             let mut q = lock(&self.shared.queues);
             q.log.times.push_back(Instant::now());
             self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -135,6 +150,35 @@ struct Queues {
     /// Per priority, the callers with waiting calls, in round-robin order.
     rings: [VecDeque<Arc<str>>; 3],
     waiting: usize,
+    /// Grants per caller since start (the status page's "calls by team").
+    granted_by_caller: HashMap<Arc<str>, u64>,
+    /// Grants per wall-clock second, the last [`HISTORY_SECONDS`] (the status page's chart).
+    history: VecDeque<(i64, u32)>,
+}
+
+/// Seconds of grant history kept for the status page.
+pub const HISTORY_SECONDS: i64 = 600;
+
+impl Queues {
+    /// Counts one grant to `caller`.
+    fn record_grant(&mut self, caller: &Arc<str>) {
+        *self
+            .granted_by_caller
+            .entry(Arc::clone(caller))
+            .or_default() += 1;
+        let now = jiff::Timestamp::now().as_second();
+        match self.history.back_mut() {
+            Some((sec, n)) if *sec == now => *n += 1,
+            _ => self.history.push_back((now, 1)),
+        }
+        while self
+            .history
+            .front()
+            .is_some_and(|(sec, _)| now - sec >= HISTORY_SECONDS)
+        {
+            self.history.pop_front();
+        }
+    }
 }
 
 impl Queues {
@@ -147,7 +191,7 @@ impl Queues {
 
     /// The next live waiter: the most urgent priority first, round-robin across callers
     /// within it.
-    fn next_waiter(&mut self) -> Option<Waiter> {
+    fn next_waiter(&mut self) -> Option<(Arc<str>, Waiter)> {
         for p in Priority::ALL {
             while let Some(caller) = self.rings[p as usize].pop_front() {
                 let key = (p, caller);
@@ -165,10 +209,10 @@ impl Queues {
                 if q.is_empty() {
                     self.by_caller.remove(&key);
                 } else {
-                    self.rings[p as usize].push_back(key.1);
+                    self.rings[p as usize].push_back(Arc::clone(&key.1));
                 }
-                if found.is_some() {
-                    return found;
+                if let Some(w) = found {
+                    return Some((key.1, w));
                 }
             }
         }
@@ -187,6 +231,8 @@ struct Shared {
     max_wait: Duration,
     granted: AtomicU64,
     waited_micros: AtomicU64,
+    /// Moving average of how long a granted call holds its permit (microseconds).
+    call_micros: AtomicU64,
     /// The replicas' shared budget (REDIS_URL), asked before every grant when present.
     global: Option<Arc<Cluster>>,
     /// How long a shared-budget slot of a call in flight counts if its replica dies.
@@ -238,6 +284,7 @@ impl Budget {
             max_wait: s.max_wait,
             granted: AtomicU64::new(0),
             waited_micros: AtomicU64::new(0),
+            call_micros: AtomicU64::new(0),
             global,
             lease,
         });
@@ -277,10 +324,12 @@ impl Budget {
             {
                 self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
                 self.shared.granted.fetch_add(1, Ordering::Relaxed);
+                q.record_grant(caller);
                 return Ok(CallPermit {
                     shared: Arc::clone(&self.shared),
                     used: true,
                     global: None,
+                    granted_at: Instant::now(),
                 });
             }
             let (tx, rx) = oneshot::channel();
@@ -332,6 +381,101 @@ impl Budget {
             used_in_window: q.log.times.len()
                 + self.shared.in_flight.load(Ordering::Relaxed) as usize,
         }
+    }
+}
+
+/// Most future calls [`Budget::time_to_serve`] plays through (bounds its work).
+const MAX_SCHEDULED: u64 = 200_000;
+
+impl Budget {
+    /// The budget's rate (`KORE_RATE_LIMIT`).
+    pub fn rate(&self) -> Rate {
+        self.shared.rate
+    }
+
+    /// Calls waiting for a grant, per caller (all priorities together).
+    pub fn waiting_by_caller(&self) -> HashMap<Arc<str>, usize> {
+        let mut out: HashMap<Arc<str>, usize> = HashMap::new();
+        for ((_, caller), q) in &lock(&self.shared.queues).by_caller {
+            *out.entry(Arc::clone(caller)).or_default() += q.len();
+        }
+        out
+    }
+
+    /// The budget as the RateLimit header reports it: calls still free in the current
+    /// window (less the calls already waiting for one), and how long until the oldest
+    /// call leaves the window (zero when the window holds none).
+    pub fn remaining(&self) -> (u32, Duration) {
+        let now = Instant::now();
+        let mut q = lock(&self.shared.queues);
+        q.log.prune(now, self.shared.span);
+        let used =
+            q.log.times.len() + self.shared.in_flight.load(Ordering::Relaxed) as usize + q.waiting;
+        let left = (self.shared.rate.calls as usize).saturating_sub(used) as u32;
+        let reset = q
+            .log
+            .next_free(self.shared.span)
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        (left, reset)
+    }
+
+    /// Upstream calls granted per caller since start.
+    pub fn granted_by_caller(&self) -> Vec<(Arc<str>, u64)> {
+        let mut v: Vec<(Arc<str>, u64)> = lock(&self.shared.queues)
+            .granted_by_caller
+            .iter()
+            .map(|(k, n)| (Arc::clone(k), *n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Calls granted per wall-clock second (unix seconds), oldest first; seconds without a
+    /// grant are absent.
+    pub fn history(&self) -> Vec<(i64, u32)> {
+        lock(&self.shared.queues).history.iter().copied().collect()
+    }
+
+    /// Moving average of how long one upstream call takes.
+    pub fn mean_call(&self) -> Duration {
+        Duration::from_micros(self.shared.call_micros.load(Ordering::Relaxed))
+    }
+
+    /// When the `calls`-th call granted from now would complete, if calls kept coming: the
+    /// sliding log played forward. Each of the N slots of the period is busy from a grant
+    /// until its call completes plus one period (the log's rule); completions in the log
+    /// and calls in flight occupy their slots first, and a call takes the mean duration.
+    /// This is the schedule the dispatcher follows, so an ETA built on it is not a guess
+    /// about the rate but a reading of it.
+    pub fn time_to_serve(&self, calls: u64) -> Duration {
+        if calls == 0 {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let call = self.mean_call();
+        let span = self.shared.span;
+        let mut slots: BinaryHeap<Reverse<Instant>> = {
+            let mut q = lock(&self.shared.queues);
+            q.log.prune(now, span);
+            q.log.times.iter().map(|t| Reverse(*t + span)).collect()
+        };
+        let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
+        for _ in 0..in_flight {
+            slots.push(Reverse(now + call + span));
+        }
+        while slots.len() < self.shared.rate.calls.max(1) as usize {
+            slots.push(Reverse(now));
+        }
+        let mut last = now;
+        for _ in 0..calls.min(MAX_SCHEDULED) {
+            let Some(Reverse(free)) = slots.pop() else {
+                break;
+            };
+            let granted = free.max(now);
+            slots.push(Reverse(granted + call + span));
+            last = granted;
+        }
+        (last + call).saturating_duration_since(now)
     }
 }
 
@@ -488,7 +632,7 @@ fn room_for(priority: Priority, limit: u32) -> usize {
 /// slot that finds nobody waiting is given back. Returns whether a waiter got it.
 fn grant(shared: &Arc<Shared>, global: Option<(Arc<Cluster>, String)>) -> bool {
     let mut q = lock(&shared.queues);
-    let Some(w) = q.next_waiter() else {
+    let Some((caller, w)) = q.next_waiter() else {
         drop(q);
         if let Some((c, member)) = global {
             tokio::spawn(async move { c.release_slot(&member).await });
@@ -500,10 +644,12 @@ fn grant(shared: &Arc<Shared>, global: Option<(Arc<Cluster>, String)>) -> bool {
         shared: Arc::clone(shared),
         used: true,
         global,
+        granted_at: Instant::now(),
     };
     match w.tx.send(permit) {
         Ok(()) => {
             shared.granted.fetch_add(1, Ordering::Relaxed);
+            q.record_grant(&caller);
             true
         }
         Err(mut unused) => {
@@ -529,6 +675,27 @@ impl KeyLimiter {
             rate,
             logs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The key's limit.
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// Requests `caller` may still make in the current window, and how long until the
+    /// oldest of its counted requests leaves the window (zero when none is counted).
+    pub fn remaining(&self, caller: &Arc<str>) -> (u32, Duration) {
+        let now = Instant::now();
+        let mut logs = lock(&self.logs);
+        let Some(log) = logs.get_mut(caller) else {
+            return (self.rate.calls, Duration::ZERO);
+        };
+        log.prune(now, self.rate.period);
+        let left = (self.rate.calls as usize).saturating_sub(log.times.len()) as u32;
+        let reset = log
+            .next_free(self.rate.period)
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
+        (left, reset)
     }
 
     /// Counts one request of `caller`.
@@ -731,6 +898,24 @@ mod tests {
                 .count();
             assert!(in_period <= 3, "refresh-ahead took {in_period} of a period");
         }
+    }
+
+    /// The played-forward schedule matches when grants really happen.
+    #[tokio::test(start_paused = true)]
+    async fn time_to_serve_follows_the_sliding_log() {
+        let budget = Arc::new(Budget::new_local(&settings(4, 1000, 100, 600_000)));
+        let c: Arc<str> = "t".into();
+        // An idle budget serves N at once; the next N a period later, and so on.
+        assert!(budget.time_to_serve(4) < Duration::from_millis(10));
+        let predicted = budget.time_to_serve(10);
+        let start = Instant::now();
+        for _ in 0..10 {
+            drop(budget.acquire(&c).await.unwrap());
+        }
+        let real = start.elapsed();
+        let diff = predicted.as_secs_f64() - real.as_secs_f64();
+        assert!(diff.abs() < 0.05, "predicted {predicted:?}, real {real:?}");
+        assert!(real >= Duration::from_secs(2), "{real:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -186,6 +186,10 @@ pub struct Cli {
     /// Log format: `text` or `json`.
     #[arg(long, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// How long a finished `Prefer: respond-async` job is kept (then GET /v1/jobs/{id} is 404).
+    #[arg(long, env = "JOB_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub job_ttl: Duration,
 }
 
 /// Fully validated settings the application runs on.
@@ -208,6 +212,8 @@ pub struct Settings {
     pub replicas: u32,
     /// Defuse formula-looking text cells in CSV answers (CSV_FORMULA_ESCAPE).
     pub csv_formula_escape: bool,
+    /// JOB_TTL: how long an ended job is kept.
+    pub job_ttl: Duration,
 }
 
 /// Where and how to call the vendor.
@@ -589,6 +595,7 @@ impl Cli {
                     max_bytes: self.cache_disk_max_bytes,
                 }),
             csv_formula_escape: self.csv_formula_escape,
+            job_ttl: self.job_ttl,
         })
     }
 }

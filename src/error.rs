@@ -60,6 +60,14 @@ pub enum AppError {
     /// The whole request ran past GATEWAY_REQUEST_TIMEOUT.
     #[error("request timed out")]
     RequestTimeout,
+    /// No job of that id for this key (or it was forgotten after JOB_TTL).
+    #[error("no such job for this API key")]
+    NoSuchJob,
+    /// This key has as many jobs under way as it may.
+    #[error(
+        "this API key already has {limit} jobs queued or running; wait for one to end or cancel one"
+    )]
+    TooManyJobs { limit: usize },
     /// A bug of ours; never for anything a client sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -83,7 +91,8 @@ impl AppError {
             AppError::BadParam { .. } | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::Forbidden => StatusCode::FORBIDDEN,
-            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::NotFound | AppError::NoSuchJob => StatusCode::NOT_FOUND,
+            AppError::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::KeyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -103,6 +112,8 @@ impl AppError {
             AppError::Unauthorized => ("/problems/unauthorized", "Missing or unknown API key"),
             AppError::Forbidden => ("/problems/forbidden", "Not allowed for this API key"),
             AppError::NotFound => ("/problems/not-found", "Not found"),
+            AppError::NoSuchJob => ("/problems/no-such-job", "No such job"),
+            AppError::TooManyJobs { .. } => ("/problems/too-many-jobs", "Too many jobs"),
             AppError::PayloadTooLarge => ("/problems/payload-too-large", "Request body too large"),
             AppError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
             AppError::KeyRateLimited { .. } => ("/problems/rate-limited", "Too many requests"),
@@ -217,6 +228,10 @@ impl IntoResponse for AppError {
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(*retry_after).max(1)),
             );
+        }
+        if matches!(self, AppError::TooManyJobs { .. }) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(5u64));
         }
         if matches!(self, AppError::Unauthorized) {
             resp.headers_mut()

@@ -18,7 +18,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicI64, AtomicU32, Ordering},
+        atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -27,6 +27,7 @@ use futures_util::{
     FutureExt,
     future::{BoxFuture, try_join_all},
 };
+use tracing::Instrument;
 
 use crate::{
     budget::{Budget, Priority},
@@ -136,18 +137,31 @@ impl Fetcher {
         let mut reminted = false;
         loop {
             ctx.allowance.take()?;
+            let asked = std::time::Instant::now();
             let permit = self.permit(ctx).await?;
             let started = std::time::Instant::now();
+            let span = tracing::info_span!(
+                "upstream.call",
+                request_id = %ctx.request_id,
+                caller = %ctx.caller,
+                page,
+                attempt,
+                budget_wait_seconds = started.duration_since(asked).as_secs_f64(),
+                outcome = tracing::field::Empty,
+            );
             let result = self
                 .client
                 .fetch_page(window, filters, page, &ctx.request_id)
+                .instrument(span.clone())
                 .await;
             drop(permit);
             calls.fetch_add(1, Ordering::Relaxed);
+            ctx.allowance.completed.fetch_add(1, Ordering::Relaxed);
             let outcome = match &result {
                 Ok(_) => "ok",
                 Err(e) => e.label(),
             };
+            span.record("outcome", outcome);
             metrics::counter!("gateway_upstream_calls_total", "outcome" => outcome).increment(1);
             metrics::histogram!("gateway_upstream_call_seconds")
                 .record(started.elapsed().as_secs_f64());
@@ -243,11 +257,10 @@ impl Fetcher {
             let estimate = estimated_calls(hint);
             let believable = estimate <= u64::from(ctx.allowance.left());
             if hint > MAX_REACH && cuttable && believable {
-                return Ok(Fetched::Cut(window.cut_bounded(
-                    parts_for(hint),
-                    MAX_PARTS_PER_CUT,
-                    MIN_PART_SECONDS,
-                )));
+                let parts =
+                    window.cut_bounded(parts_for(hint), MAX_PARTS_PER_CUT, MIN_PART_SECONDS);
+                ctx.allowance.expect_cut(parts.len() as u64, hint);
+                return Ok(Fetched::Cut(parts));
             }
             if hint > MAX_REACH {
                 // Not believable within this request's allowance (or too short to cut):
@@ -266,6 +279,7 @@ impl Fetcher {
                 batch = (hint.div_ceil(PAGE_LIMIT as u64) as usize)
                     .saturating_sub(1)
                     .max(1);
+                ctx.allowance.expect_pages(batch as u64);
             }
         }
         // Page on while the last page seen is full.
@@ -307,11 +321,9 @@ impl Fetcher {
                 } else {
                     2
                 };
-                return Ok(Fetched::Cut(window.cut_bounded(
-                    hinted,
-                    MAX_PARTS_PER_CUT,
-                    MIN_PART_SECONDS,
-                )));
+                let parts = window.cut_bounded(hinted, MAX_PARTS_PER_CUT, MIN_PART_SECONDS);
+                ctx.allowance.expect_cut(parts.len() as u64, hint);
+                return Ok(Fetched::Cut(parts));
             }
             warnings.push(format!(
                 "window {} .. {} holds more records than the upstream lets one query reach, even cut to {MIN_PART_SECONDS} s",
@@ -359,11 +371,20 @@ pub fn estimated_calls(n: u64) -> u64 {
 }
 
 /// The upstream calls one request may still cause (`MAX_CALLS_PER_REQUEST`); every call,
-/// retries included, takes one before it waits for the shared budget.
+/// retries included, takes one before it waits for the shared budget. It is also the
+/// request's ledger, read by the progress of a job: calls completed, and calls its windows'
+/// first pages said are still to come.
 #[derive(Debug)]
 pub struct Allowance {
     limit: u32,
     used: AtomicU32,
+    /// Calls answered (or failed) so far.
+    completed: AtomicU32,
+    /// Calls beyond each part's first page that first pages announced (more pages, or the
+    /// first pages of the parts of a cut).
+    announced: AtomicU64,
+    /// Pages a cut counted in `announced` that its parts' first pages will announce again.
+    credit: AtomicU64,
     /// How long the shared budget takes to serve `limit` calls: when a retry of a request
     /// that ran out can expect to go on (what it fetched stays cached).
     refill: Duration,
@@ -376,6 +397,9 @@ impl Allowance {
         Allowance {
             limit,
             used: AtomicU32::new(0),
+            completed: AtomicU32::new(0),
+            announced: AtomicU64::new(0),
+            credit: AtomicU64::new(0),
             refill: rate.period.saturating_mul(periods.max(1)),
         }
     }
@@ -385,6 +409,9 @@ impl Allowance {
         Allowance {
             limit,
             used: AtomicU32::new(0),
+            completed: AtomicU32::new(0),
+            announced: AtomicU64::new(0),
+            credit: AtomicU64::new(0),
             refill,
         }
     }
@@ -394,6 +421,9 @@ impl Allowance {
         Allowance {
             limit: u32::MAX,
             used: AtomicU32::new(0),
+            completed: AtomicU32::new(0),
+            announced: AtomicU64::new(0),
+            credit: AtomicU64::new(0),
             refill: Duration::ZERO,
         }
     }
@@ -405,6 +435,44 @@ impl Allowance {
 
     pub fn limit(&self) -> u32 {
         self.limit
+    }
+
+    /// Upstream calls of this request that have completed (answered or failed).
+    pub fn completed(&self) -> u32 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// Calls first pages announced beyond themselves (see [`Allowance`]).
+    pub fn announced(&self) -> u64 {
+        self.announced.load(Ordering::Relaxed)
+    }
+
+    /// A first page announced `pages` more pages of its window or part.
+    fn expect_pages(&self, pages: u64) {
+        self.announce(pages, 0);
+    }
+
+    /// A window reported to hold `records` is cut into `parts`: each part's first page, and
+    /// the pages beyond them that the records fill, are to come.
+    fn expect_cut(&self, parts: u64, records: u64) {
+        let pages = records.div_ceil(u64::from(PAGE_LIMIT));
+        let beyond = pages.saturating_sub(parts);
+        self.announce(parts + beyond, beyond);
+    }
+
+    /// Counts `calls` more to come, less what an earlier cut already counted for the parts
+    /// (its `credit`), so a part's pages are not counted twice; `credit` is what this
+    /// announcement counts on behalf of parts that will announce it again.
+    fn announce(&self, calls: u64, credit: u64) {
+        let mut covered = 0;
+        let _ = self
+            .credit
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                covered = c.min(calls);
+                Some(c - covered)
+            });
+        self.announced.fetch_add(calls - covered, Ordering::Relaxed);
+        self.credit.fetch_add(credit, Ordering::Relaxed);
     }
 
     /// Calls still allowed.
@@ -459,7 +527,32 @@ impl RangeFetch {
         let this = self.clone();
         let refetch: Refetch =
             Arc::new(move |priority| this.with_priority(priority).fetch_uncached(window));
-        self.cache.get_or_fetch(key, self.refresh, refetch).await
+        let span = tracing::info_span!(
+            "window",
+            request_id = %self.ctx.request_id,
+            start = window.start.as_second(),
+            end = window.end.as_second(),
+            offset_seconds = window.offset_seconds,
+            cache = tracing::field::Empty,
+            calls = tracing::field::Empty,
+        );
+        let outcome = self
+            .cache
+            .get_or_fetch(key, self.refresh, refetch)
+            .instrument(span.clone())
+            .await;
+        if let Ok(o) = &outcome {
+            let tier = match o.source {
+                Source::Hit if o.data.shared => "redis",
+                Source::Hit => "memory",
+                Source::Miss => "miss",
+                Source::Stale => "stale",
+                Source::Revalidating => "revalidating",
+            };
+            span.record("cache", tier);
+            span.record("calls", o.calls);
+        }
+        outcome
     }
 
     /// This fetch on behalf of the cache itself (a revalidation or refresh-ahead): its own
@@ -488,6 +581,8 @@ impl RangeFetch {
         self,
         window: Window,
     ) -> BoxFuture<'static, Result<WindowData, UpstreamError>> {
+        // Created inside the `window` span, run in the cache's own task: its child.
+        let span = tracing::info_span!("window.fetch", request_id = %self.ctx.request_id);
         async move {
             let calls = AtomicU32::new(0);
             let fetched = self
@@ -513,6 +608,7 @@ impl RangeFetch {
             dedupe_and_sort(&mut records);
             Ok(WindowData::new(window, records, warnings, calls))
         }
+        .instrument(span)
         .boxed()
     }
 

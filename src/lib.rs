@@ -33,11 +33,14 @@ pub mod disk;
 pub mod encoding;
 pub mod error;
 pub mod fetch;
+pub mod jobs;
 pub mod merge;
 pub mod plan;
+pub mod ratelimit_headers;
 pub mod render;
 pub mod sim;
 pub mod summary;
+pub mod telemetry;
 pub mod upstream;
 
 use std::sync::{Arc, OnceLock};
@@ -71,6 +74,8 @@ pub struct App {
     pub cluster: Option<Arc<Cluster>>,
     /// Signs and checks cursors (derived from the client secret).
     pub cursor_key: render::CursorKey,
+    /// `Prefer: respond-async` jobs.
+    pub jobs: jobs::Jobs,
 }
 
 /// Cheap-to-clone handle on the [`App`].
@@ -152,6 +157,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     let responses = ResponseCache::new(&settings.cache);
     let keys = KeyRing::new(&settings.api_keys, settings.allow_anonymous);
     let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
+    let settings_job_ttl = settings.job_ttl;
     let cursor_key = {
         use secrecy::ExposeSecret;
         render::CursorKey::derive(settings.upstream.client_secret.expose_secret().as_bytes())
@@ -168,6 +174,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         health: api::ops::Health::default(),
         cluster,
         cursor_key,
+        jobs: jobs::Jobs::new(settings_job_ttl),
     })))
 }
 

@@ -7,6 +7,7 @@ use kore_gateway::{
     api::docs,
     config::{Cli, LogFormat},
     sim::{self, SimConfig},
+    telemetry::{OtelConfig, Telemetry},
 };
 use secrecy::SecretString;
 use tracing_subscriber::{EnvFilter, fmt};
@@ -24,7 +25,6 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return refuse(&e),
     };
-    init_tracing(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,13 +35,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // Traces only when the standard OTEL_* variables ask for them.
+    let telemetry = match OtelConfig::from_env() {
+        Some(cfg) => {
+            let _in_runtime = runtime.enter();
+            match Telemetry::start(&cfg) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("kore-gateway: OTEL_EXPORTER_OTLP_ENDPOINT: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        None => None,
+    };
+    init_tracing(cli.log_format, telemetry.as_ref());
+    let code = match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kore-gateway: {e}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(t) = &telemetry {
+        t.flush();
     }
+    code
 }
 
 /// `--help` and `--version` print as clap prints them; a bad setting stops start-up with one
@@ -65,13 +84,18 @@ fn refuse(e: &clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, telemetry: Option<&Telemetry>) {
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
-    let builder = fmt().with_env_filter(filter).with_target(false);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(telemetry.map(Telemetry::layer));
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_target(false))
+            .init(),
+        LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
     }
 }
 

@@ -10,6 +10,8 @@ use crate::{
 };
 
 /// Entries, bytes and hit ratio of the caches, and the state of the upstream budget.
+///
+/// Admin keys only.
 #[utoipa::path(get, path = "/v1/cache", tag = "admin",
     responses((status = 200, description = "Cache statistics", body = CacheStats),
               (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),

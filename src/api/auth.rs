@@ -7,7 +7,7 @@ use axum::{
     extract::{Request, State},
     http::{HeaderMap, header},
     middleware::Next,
-    response::Response,
+    response::{IntoResponse, Response},
 };
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
@@ -115,13 +115,19 @@ pub async fn require_key(
         },
         _ => return Err(AppError::Unauthorized),
     };
-    if let Some(limiter) = &state.key_limiter {
-        limiter
-            .check(&caller.name)
-            .map_err(|retry_after| AppError::KeyRateLimited { retry_after })?;
+    if let Some(limiter) = &state.key_limiter
+        && let Err(retry_after) = limiter.check(&caller.name)
+    {
+        let mut refused = AppError::KeyRateLimited { retry_after }.into_response();
+        crate::ratelimit_headers::stamp(&state, Some(&caller.name), refused.headers_mut());
+        return Ok(refused);
     }
+    let name = Arc::clone(&caller.name);
     req.extensions_mut().insert(caller);
-    Ok(next.run(req).await)
+    let mut resp = next.run(req).await;
+    // Every keyed answer (429 and 503 included) says where the key and the upstream budget stand.
+    crate::ratelimit_headers::stamp(&state, Some(&name), resp.headers_mut());
+    Ok(resp)
 }
 
 /// Middleware for admin routes (after [`require_key`]).

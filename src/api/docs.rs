@@ -30,8 +30,10 @@ pub const OPENAPI_JSON: &str = include_str!("../../openapi/openapi.json");
         description = "One simple, cached, budgeted GET in front of the Kore.ai SmartAssist interaction-details API. \
 Any date range (split into vendor windows, DST-correct), every record (all pages, windows split when they hold more than 1,100), \
 answers from cache, one shared upstream quota. Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`.",
-        license(name = "MIT")
+        license(name = "MIT", identifier = "MIT"),
+        contact(name = "kore-gateway operators")
     ),
+    servers((url = "/", description = "This gateway")),
     paths(
         crate::api::interactions::get_interactions,
         crate::api::summary::get_summary,
@@ -41,6 +43,11 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
         crate::api::ops::healthz,
         crate::api::ops::readyz,
         crate::api::ops::metrics,
+        crate::api::jobs::list_jobs,
+        crate::api::jobs::get_job,
+        crate::api::jobs::delete_job,
+        crate::api::status::page,
+        crate::api::status::status_json,
     ),
     components(schemas(InteractionsResponse, Meta, Record, Problem, CacheStats, CachePurge, PurgedMemory, PurgedRedis, VendorRequest, VendorResponse, Health,
         crate::api::summary::SummaryResponse, crate::api::summary::SummaryGroup, crate::api::summary::SummaryMeta, crate::api::summary::DurationStats)),
@@ -48,6 +55,7 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
     tags(
         (name = "interactions", description = "Interaction records"),
         (name = "vendor-compatible", description = "The vendor's own request, authenticated by API key"),
+        (name = "jobs", description = "Long ranges fetched in the background (`Prefer: respond-async`)"),
         (name = "admin", description = "Cache administration (admin keys)"),
         (name = "operations", description = "Health, readiness and metrics"),
     )

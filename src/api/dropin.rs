@@ -50,6 +50,10 @@ struct VendorBody {
 }
 
 /// Vendor-compatible interaction details (one page), authenticated by API key.
+///
+/// The vendor's own request and answer, so an existing client changes only its host and sends an
+/// API key instead of a JWT; the gateway mints the token, caches the window and spends the
+/// shared budget for it.
 #[utoipa::path(
     post,
     path = "/agentassist/api/public/analytics/account/{accountId}/v2/interactionDetails",

@@ -34,11 +34,15 @@ use crate::{
 };
 
 /// Interaction records for a date range, merged from every upstream window.
+///
+/// Any range up to MAX_RANGE_DAYS, every record, as JSON pages (cursor), NDJSON or CSV. With
+/// `Prefer: respond-async`, a range not already cached answers 202 with a job instead.
 #[utoipa::path(
     get,
     path = "/v1/interactions",
     tag = "interactions",
-    params(crate::api::docs::InteractionsParams),
+    params(crate::api::docs::InteractionsParams,
+        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 at once with a job to poll, instead of holding the connection while the budget serves it; a cached range answers 200 as usual.")),
     responses(
         (status = 200, description = "Records of the range, oldest first: one page as JSON, or the whole range as NDJSON (one record per line, unchanged) or CSV (formula-looking text cells defused unless CSV_FORMULA_ESCAPE=false), by `format` or `Accept`. NDJSON and CSV say in their headers, before the first byte, whether the answer is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy, with the reasons in `X-Warning` headers (what `meta` says in JSON).",
             headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String, description = "JSON only"), ("X-Request-Id" = String),
@@ -46,18 +50,25 @@ use crate::{
                 ("Age" = u64, description = "Seconds since the oldest data in the answer was fetched"),
                 ("X-Complete" = String, description = "NDJSON/CSV only: `true` when every window's count checked out, else `false`"),
                 ("X-Stale" = String, description = "NDJSON/CSV only: `true` when a window is an expired copy"),
-                ("X-Warning" = String, description = "NDJSON/CSV only: one header per reason the answer is not whole or fresh")),
+                ("X-Warning" = String, description = "NDJSON/CSV only: one header per reason the answer is not whole or fresh"),
+                ("RateLimit-Policy" = String, description = "The key's limit (`\"key\"`, when GATEWAY_KEY_RATE_LIMIT is set) and the shared upstream budget (`\"upstream\"`), draft-ietf-httpapi-ratelimit-headers: `\"upstream\";q=60;w=60`"),
+                ("RateLimit" = String, description = "What is left of each policy now and the seconds until a unit comes back: `\"upstream\";r=42;t=17`")),
             content(
                 (crate::api::docs::InteractionsResponse = "application/json"),
                 (String = "application/x-ndjson", example = json!("{\"sessionId\":\"66f4f3aa205c5afb97d3xxxx\",\"channel\":\"voice\",\"sessionStartTime\":\"2024-09-26T11:09:54\"}\n")),
                 (String = "text/csv", example = json!("sessionId,conversationId,channel,sessionStartTime\n66f4f3aa205c5afb97d3xxxx,,voice,2024-09-26T11:09:54\n")),
             )),
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
+                ("Preference-Applied" = String, description = "`respond-async`"))),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
         (status = 400, description = "Bad parameter", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "This key's rate limit exceeded", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "This key's rate limit exceeded, or it has too many jobs under way", body = crate::api::docs::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64), ("RateLimit-Policy" = String), ("RateLimit" = String))),
         (status = 502, description = "Upstream failed after retries", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Upstream budget exhausted, or the request needs more upstream calls than MAX_CALLS_PER_REQUEST (the detail names the estimate; what was fetched stays cached)", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Upstream budget exhausted, or the request needs more upstream calls than MAX_CALLS_PER_REQUEST (the detail names the estimate; what was fetched stays cached)", body = crate::api::docs::Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64), ("RateLimit-Policy" = String), ("RateLimit" = String))),
         (status = 504, description = "Upstream timed out", body = crate::api::docs::Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -100,6 +111,20 @@ pub async fn get_interactions(
         q.range.filters.clone(),
         &headers,
     );
+    // `Prefer: respond-async` on a range not already cached: 202 and a job.
+    if let Some(accepted) = crate::api::jobs::respond_async(
+        &state,
+        &caller,
+        &headers,
+        "/v1/interactions",
+        raw.as_deref(),
+        &windows,
+        &range,
+    )
+    .await?
+    {
+        return Ok(accepted);
+    }
     match q.format {
         Format::Json => json(&state, &q, &windows, &range, &headers, key, after).await,
         Format::Ndjson | Format::Csv => streamed(&state, &q, windows, range, key).await,

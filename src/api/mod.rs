@@ -5,8 +5,10 @@ pub mod auth;
 pub mod docs;
 pub mod dropin;
 pub mod interactions;
+pub mod jobs;
 pub mod ops;
 pub mod query;
+pub mod status;
 pub mod stored;
 pub mod summary;
 
@@ -54,6 +56,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/interactions", get(interactions::get_interactions))
         .route("/v1/interactions/summary", get(summary::get_summary))
         .route(crate::sim::VENDOR_PATH, post(dropin::interaction_details))
+        .route("/v1/jobs", get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
+        .route("/status.json", get(status::status_json))
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -63,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/status", get(status::page))
         .merge(docs::routes());
 
     let routes = Router::new()
@@ -90,8 +96,11 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
             // 3. Tracing inside the id, so spans carry it; logs method, route, status, latency.
             //    The id is read inside the macro, so nothing is formatted when the span is off.
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(),
-                request_id = %req.extensions().get::<RequestId>().map_or("", |r| &*r.0))
+                let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(),
+                    request_id = %req.extensions().get::<RequestId>().map_or("", |r| &*r.0));
+                // A caller's W3C traceparent makes this span part of its trace (OTEL_*).
+                crate::telemetry::adopt_parent(&span, req.headers());
+                span
             }))
             // 4. Metrics see the final status of everything below, including auth refusals.
             .layer(middleware::from_fn(record_metrics))
@@ -128,6 +137,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             header::IF_NONE_MATCH,
+            HeaderName::from_static("prefer"),
             HeaderName::from_static("x-api-key"),
             X_REQUEST_ID.clone(),
         ])
@@ -138,6 +148,10 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             HeaderName::from_static("x-cache"),
             X_REQUEST_ID.clone(),
             header::RETRY_AFTER,
+            header::LOCATION,
+            HeaderName::from_static("preference-applied"),
+            HeaderName::from_static("ratelimit-policy"),
+            HeaderName::from_static("ratelimit"),
         ])
         .max_age(Duration::from_secs(600));
     if origins.is_empty() {

@@ -28,7 +28,9 @@ pub struct Health {
 }
 
 /// Liveness: the process serves requests.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+///
+/// Needs no key and makes no upstream call; for an orchestrator's liveness probe.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
     responses((status = 200, description = "Alive", body = docs::Health)))]
 pub async fn healthz() -> Json<docs::Health> {
     Json(docs::Health {
@@ -37,10 +39,11 @@ pub async fn healthz() -> Json<docs::Health> {
     })
 }
 
-/// Readiness: configuration is valid (or the process would not run) and the upstream
-/// answered within the last five minutes; otherwise one small probe call is made (at most
-/// once a minute, through the shared budget).
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+/// Readiness: the configuration is valid and the upstream answers.
+///
+/// Ready when the upstream answered within the last five minutes; otherwise one small probe
+/// call is made (at most once a minute, through the shared budget).
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, description = "Ready", body = docs::Health),
               (status = 503, description = "Upstream not answering", body = docs::Health)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
@@ -249,6 +252,18 @@ pub fn describe_metrics() {
         "gateway_cache_refresh_ahead_total",
         "Windows refreshed before they expired because they are being read"
     );
+    describe_counter!(
+        "gateway_compressions_total",
+        "Stored answers compressed (once each), by coding"
+    );
+    describe_counter!(
+        "gateway_jobs_started_total",
+        "Jobs started for Prefer: respond-async requests"
+    );
+    describe_counter!(
+        "gateway_jobs_finished_total",
+        "Jobs that ended, by state (done, failed, cancelled)"
+    );
     describe_histogram!(
         "gateway_budget_wait_by_priority_seconds",
         metrics::Unit::Seconds,
@@ -267,7 +282,10 @@ fn float_counter(out: &mut String, name: &str, help: &str, value: f64) {
 }
 
 /// Prometheus text exposition.
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+///
+/// Requests, latency, cache hits, misses and bytes, upstream calls by outcome, budget waits,
+/// jobs; no key needed.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let (entries, bytes) = state.windows.usage().await;

@@ -91,18 +91,25 @@ pub fn parse_summary(
 }
 
 /// Counts and duration statistics of a date range, grouped.
+///
+/// From the same cached windows as `/v1/interactions`; `Prefer: respond-async` works as there.
 #[utoipa::path(
     get,
     path = "/v1/interactions/summary",
     tag = "interactions",
-    params(SummaryParams),
+    params(SummaryParams,
+        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 with a job to poll; a cached range answers 200 as usual.")),
     responses(
         (status = 200, description = "One entry per group, sorted by key (time by instant, missing values last)",
-            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String)),
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String),
+                ("RateLimit-Policy" = String, description = "The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
+                ("RateLimit" = String, description = "What is left of each policy now, and the seconds until a unit comes back")),
             content(
                 (SummaryResponse = "application/json"),
                 (String = "text/csv", example = json!("day,channel,count,interactionDuration.count,interactionDuration.sum,interactionDuration.mean,interactionDuration.p50,interactionDuration.p90,interactionDuration.max\n2024-09-26,voice,12,7,3907,558.1428571428571,540,1023,1107\n2024-09-26,(none),1,0,0,,,,\n")),
             )),
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
+            headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
         (status = 400, description = "Bad parameter", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
         (status = 429, description = "This key's rate limit exceeded", body = crate::api::docs::Problem, content_type = "application/problem+json"),
@@ -150,6 +157,20 @@ pub async fn get_summary(
         q.range.filters.clone(),
         &headers,
     );
+    // `Prefer: respond-async` on a range not already cached: 202 and a job.
+    if let Some(accepted) = crate::api::jobs::respond_async(
+        &state,
+        &caller,
+        &headers,
+        "/v1/interactions/summary",
+        raw.as_deref(),
+        &windows,
+        &range,
+    )
+    .await?
+    {
+        return Ok(accepted);
+    }
     let outcomes = range.all(&windows).await?;
     let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     let summary = summarise(&records, &q.range.tz, &q.group_by, &q.metrics);

@@ -216,6 +216,8 @@ pub struct CallLog {
     pub returned: usize,
     /// The `x-request-id` header.
     pub request_id: Option<String>,
+    /// The W3C `traceparent` header, when the caller sent one.
+    pub traceparent: Option<String>,
     /// `channels` as given.
     pub channels: Vec<String>,
     /// `queues` as given.
@@ -307,6 +309,7 @@ fn unix_now() -> f64 {
 #[derive(Default)]
 struct CallFacts {
     request_id: Option<String>,
+    traceparent: Option<String>,
     paging: Option<rules::Paging>,
     query: Option<rules::Query>,
 }
@@ -481,6 +484,7 @@ impl Simulator {
             num_results,
             returned,
             request_id: facts.request_id.clone(),
+            traceparent: facts.traceparent.clone(),
             channels: q.map(|q| q.filter.channels.clone()).unwrap_or_default(),
             queues: q.map(|q| q.filter.queues.clone()).unwrap_or_default(),
             bots: q.map(|q| q.filter.bots.clone()).unwrap_or_default(),
@@ -632,6 +636,10 @@ async fn interaction_details(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     // An undecodable path id is simply not the account: refused like any other.
     let path_id = path.map(|Path(p)| p).unwrap_or_default();
     let latency = lock(&sim.inner.runtime).latency;
@@ -642,6 +650,7 @@ async fn interaction_details(
             sim.violation(arrived, &breach, request_id.clone());
             let facts = CallFacts {
                 request_id,
+                traceparent,
                 ..CallFacts::default()
             };
             sim.record(arrived, breach.status, None, &facts, None, 0);
@@ -661,6 +670,7 @@ async fn interaction_details(
     } = accepted;
     let facts = CallFacts {
         request_id,
+        traceparent,
         paging: Some(paging),
         query: Some(query),
     };

@@ -289,11 +289,14 @@ impl UpstreamClient {
     ) -> Result<(StatusCode, HeaderMap, Bytes), UpstreamError> {
         let mut url = self.inner.endpoint.clone();
         url.set_query(Some(query));
+        let mut headers = self.headers(request_id)?;
+        // W3C trace context of the current span (nothing when tracing is off).
+        crate::telemetry::inject_current(&mut headers);
         let resp = self
             .inner
             .http
             .post(url)
-            .headers(self.headers(request_id)?)
+            .headers(headers)
             .body(body)
             .send()
             .await
@@ -327,7 +330,7 @@ async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Bytes, U
 
 /// reqwest is built without a bundled crypto provider (the default one needs a heavy C
 /// build); ring is installed once for the whole process instead.
-fn install_crypto_provider() {
+pub(crate) fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Err only means another provider is already installed, which is just as good.

@@ -49,6 +49,8 @@ pub struct Opts {
     pub offset_mode: OffsetMode,
     /// CSV_FORMULA_ESCAPE.
     pub csv_formula_escape: bool,
+    /// JOB_TTL.
+    pub job_ttl: Duration,
 }
 
 impl Default for Opts {
@@ -82,6 +84,7 @@ impl Default for Opts {
             cache_dir: None,
             offset_mode: OffsetMode::Page,
             csv_formula_escape: true,
+            job_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -148,6 +151,7 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
                 max_bytes: 64 << 20,
             }),
         csv_formula_escape: o.csv_formula_escape,
+        job_ttl: o.job_ttl,
     }
 }
 

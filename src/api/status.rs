@@ -1,0 +1,247 @@
+//! `GET /status`: the operators' page — the shared budget over the last minutes, calls by
+//! team, jobs with their progress, the cache tiers, upstream health — and
+//! `GET /status.json`, the numbers it draws, refreshed every few seconds.
+//!
+//! The page is a shell served from the binary (inline SVG and script, no CDN) and holds no
+//! data, so anyone may load it; its numbers come from `/status.json`, which needs an API
+//! key (any key; none when anonymous access is on). The page asks for the key once and
+//! keeps it in the tab's session storage, or reads it from the URL fragment
+//! (`/status#key=…`), which browsers never send to a server.
+
+use std::sync::atomic::Ordering;
+
+use axum::{
+    Extension, Json,
+    extract::State,
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::{
+    AppState,
+    api::auth::Caller,
+    jobs::{JobState, Progress},
+};
+
+const PAGE: &str = include_str!("status.html");
+
+/// Seconds of budget history the page draws.
+const HISTORY_SHOWN: i64 = 300;
+
+/// The operators' status page.
+///
+/// HTML with no data of its own: it draws `/status.json` every few seconds with the key it is
+/// given (from the URL fragment `#key=…` or its input field).
+#[utoipa::path(get, path = "/status", tag = "operations", security(()),
+    responses((status = 200, description = "The operators' status page (HTML, self-contained); it draws `/status.json` with the key it is given", body = String, content_type = "text/html")))]
+pub async fn page() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+                ),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// What the status page draws.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    /// Unix seconds when this was read.
+    pub now: i64,
+    pub budget: BudgetStatus,
+    pub jobs: Vec<JobStatus>,
+    pub cache: CacheStatus,
+    pub upstream: UpstreamStatus,
+}
+
+/// The shared upstream budget (`KORE_RATE_LIMIT`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BudgetStatus {
+    pub quota: u32,
+    pub window_seconds: f64,
+    /// Calls free in the window now (less those waiting).
+    pub remaining: u32,
+    pub reset_seconds: f64,
+    pub in_flight: u32,
+    pub waiting: usize,
+    /// Calls granted since start.
+    pub granted: u64,
+    /// Calls granted per second over the last five minutes: `[unix second, calls]`,
+    /// seconds without a call omitted.
+    #[schema(value_type = Vec<Vec<i64>>)]
+    pub history: Vec<(i64, u32)>,
+    /// Calls granted since start and calls waiting now, per API key name.
+    pub by_caller: Vec<CallerStatus>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallerStatus {
+    pub caller: String,
+    pub calls: u64,
+    pub waiting: usize,
+}
+
+/// A job as the status page shows it (no result URL: that is its owner's).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobStatus {
+    pub id: String,
+    pub owner: String,
+    pub state: JobState,
+    pub progress: Progress,
+    pub eta_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CacheStatus {
+    pub max_bytes: u64,
+    /// Hits (windows and rendered responses) over all lookups since start.
+    pub hit_ratio: Option<f64>,
+    pub tiers: Vec<TierStatus>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TierStatus {
+    pub name: String,
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: Option<u64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UpstreamStatus {
+    /// Seconds since the upstream last answered well; null before its first answer.
+    pub last_ok_seconds_ago: Option<i64>,
+    /// Redis (the shared tier and budget) reachable; null when not configured.
+    pub redis_up: Option<bool>,
+}
+
+/// The numbers of the status page.
+///
+/// The shared budget (now and per second over five minutes), calls by key, jobs, cache tiers
+/// and upstream health; any API key.
+#[utoipa::path(get, path = "/status.json", tag = "operations",
+    responses((status = 200, description = "Budget, calls by key, jobs, cache tiers and upstream health", body = Status),
+              (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
+    security(("bearer" = []), ("api_key" = [])))]
+pub async fn status_json(
+    State(state): State<AppState>,
+    Extension(_caller): Extension<Caller>,
+) -> Response {
+    let now = jiff::Timestamp::now().as_second();
+    let budget = state.fetcher.budget();
+    let stats = budget.stats();
+    let (remaining, reset) = budget.remaining();
+    let waiting = budget.waiting_by_caller();
+    let mut by_caller: Vec<CallerStatus> = budget
+        .granted_by_caller()
+        .into_iter()
+        .map(|(c, n)| CallerStatus {
+            waiting: waiting.get(&c).copied().unwrap_or(0),
+            caller: c.to_string(),
+            calls: n,
+        })
+        .collect();
+    for (c, w) in &waiting {
+        if !by_caller.iter().any(|b| *b.caller == **c) {
+            by_caller.push(CallerStatus {
+                caller: c.to_string(),
+                calls: 0,
+                waiting: *w,
+            });
+        }
+    }
+    let jobs = state
+        .jobs
+        .list("", true)
+        .iter()
+        .map(|j| {
+            let v = state.jobs.view(j, budget);
+            JobStatus {
+                id: v.id,
+                owner: j.owner.to_string(),
+                state: v.state,
+                progress: v.progress,
+                eta_seconds: v.eta_seconds,
+            }
+        })
+        .collect();
+    let (w_entries, w_bytes) = state.windows.usage().await;
+    let (r_entries, r_bytes) = state.responses.usage();
+    let c = &state.counters;
+    let hits = c.hits.load(Ordering::Relaxed);
+    let misses = c.misses.load(Ordering::Relaxed);
+    let response_hits = c.response_hits.load(Ordering::Relaxed);
+    let lookups = hits + misses + response_hits;
+    let mut tiers = vec![
+        TierStatus {
+            name: "windows (memory)".into(),
+            entries: w_entries,
+            bytes: w_bytes,
+            hits,
+            misses: Some(misses),
+        },
+        TierStatus {
+            name: "responses (memory)".into(),
+            entries: r_entries,
+            bytes: r_bytes,
+            hits: response_hits,
+            misses: None,
+        },
+    ];
+    if let Some(cl) = &state.cluster {
+        tiers.push(TierStatus {
+            name: "redis (shared)".into(),
+            entries: 0,
+            bytes: 0,
+            hits: cl.stats.l2_hits.load(Ordering::Relaxed),
+            misses: None,
+        });
+    }
+    let last_ok = state.fetcher.last_ok();
+    let body = Status {
+        now,
+        budget: BudgetStatus {
+            quota: budget.rate().calls,
+            window_seconds: budget.rate().period.as_secs_f64(),
+            remaining,
+            reset_seconds: reset.as_secs_f64(),
+            in_flight: stats.in_flight,
+            waiting: stats.waiting,
+            granted: stats.granted,
+            history: budget
+                .history()
+                .into_iter()
+                .filter(|(sec, _)| now - sec < HISTORY_SHOWN)
+                .collect(),
+            by_caller,
+        },
+        jobs,
+        cache: CacheStatus {
+            max_bytes: state.settings.cache.max_bytes,
+            hit_ratio: (lookups > 0).then(|| (hits + response_hits) as f64 / lookups as f64),
+            tiers,
+        },
+        upstream: UpstreamStatus {
+            last_ok_seconds_ago: (last_ok > 0).then(|| (now - last_ok).max(0)),
+            redis_up: state.cluster.as_ref().map(|c| c.is_up()),
+        },
+    };
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

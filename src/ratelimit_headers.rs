@@ -1,0 +1,115 @@
+//! The budgets in every keyed answer: `RateLimit-Policy` and `RateLimit`
+//! (draft-ietf-httpapi-ratelimit-headers, the structured-field syntax of drafts 08–11).
+//!
+//! Two named policies: `"key"` — the caller's own `GATEWAY_KEY_RATE_LIMIT`, when set — and
+//! `"upstream"` — the account's shared `KORE_RATE_LIMIT`, which every key draws on:
+//!
+//! ```text
+//! RateLimit-Policy: "key";q=100;w=60, "upstream";q=60;w=60
+//! RateLimit: "key";r=97;t=58, "upstream";r=42;t=17
+//! ```
+//!
+//! `r` is what is left in the sliding window now (for the upstream, less the calls already
+//! waiting), `t` the seconds until the oldest counted unit leaves the window, when `r`
+//! grows again (0 when nothing is counted). Both windows slide, so `t` is the time to the
+//! next unit back, never a fixed reset. The 429 and 503 answers carry the fields too.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::AppState;
+
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// One policy's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyState {
+    pub name: &'static str,
+    pub quota: u32,
+    pub window: Duration,
+    pub remaining: u32,
+    pub reset: Duration,
+}
+
+/// Whole seconds, rounded up (a unit back in 0.2 s is back "in 1 s", never "in 0 s").
+fn secs_up(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `RateLimit-Policy` and `RateLimit` values for `policies`.
+pub fn render(policies: &[PolicyState]) -> (String, String) {
+    let policy = policies
+        .iter()
+        .map(|p| format!("\"{}\";q={};w={}", p.name, p.quota, secs_up(p.window)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let state = policies
+        .iter()
+        .map(|p| format!("\"{}\";r={};t={}", p.name, p.remaining, secs_up(p.reset)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (policy, state)
+}
+
+/// The policies that apply to `caller` now.
+pub fn policies(state: &AppState, caller: Option<&Arc<str>>) -> Vec<PolicyState> {
+    let mut out = Vec::with_capacity(2);
+    if let (Some(limiter), Some(caller)) = (&state.key_limiter, caller) {
+        let (remaining, reset) = limiter.remaining(caller);
+        out.push(PolicyState {
+            name: "key",
+            quota: limiter.rate().calls,
+            window: limiter.rate().period,
+            remaining,
+            reset,
+        });
+    }
+    let budget = state.fetcher.budget();
+    let (remaining, reset) = budget.remaining();
+    out.push(PolicyState {
+        name: "upstream",
+        quota: budget.rate().calls,
+        window: budget.rate().period,
+        remaining,
+        reset,
+    });
+    out
+}
+
+/// Sets both fields on `headers` for `caller`.
+pub fn stamp(state: &AppState, caller: Option<&Arc<str>>, headers: &mut HeaderMap) {
+    let (policy, now) = render(&policies(state, caller));
+    if let (Ok(p), Ok(n)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&now)) {
+        headers.insert(RATELIMIT_POLICY.clone(), p);
+        headers.insert(RATELIMIT.clone(), n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_drafts_structured_fields() {
+        let (policy, now) = render(&[
+            PolicyState {
+                name: "key",
+                quota: 100,
+                window: Duration::from_secs(60),
+                remaining: 97,
+                reset: Duration::from_millis(57_200),
+            },
+            PolicyState {
+                name: "upstream",
+                quota: 60,
+                window: Duration::from_secs(60),
+                remaining: 0,
+                reset: Duration::ZERO,
+            },
+        ]);
+        assert_eq!(policy, r#""key";q=100;w=60, "upstream";q=60;w=60"#);
+        assert_eq!(now, r#""key";r=97;t=58, "upstream";r=0;t=0"#);
+    }
+}

@@ -1,0 +1,213 @@
+//! The operators' status page in a real browser: the built binary runs `--demo`, a job and
+//! some cache hits give it something to show, headless Chromium (Debian's package, driven
+//! by playwright-core from tests/browser) opens `/status#key=…`, and the numbers it draws
+//! must be the ones `/metrics` reports. The screenshot is kept at artifacts/status.png.
+//!
+//! `.ci/run` installs Chromium and the npm package; without them this test is skipped
+//! locally (with a message) and fails under CI.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+const KEY: &str = "demo-key-0001";
+
+/// Sum of every sample of `name` (any labels) whose label text contains `labels`.
+fn metric(text: &str, names: &[&str], labels: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or_default();
+        if names.contains(&name) && series.contains(labels) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_draws_what_metrics_report() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let have_node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let have_pkg = root
+        .join("tests/browser/node_modules/playwright-core")
+        .exists();
+    if !(Path::new(&chromium).exists() && have_node && have_pkg) {
+        let msg = "status page test needs chromium, node and `npm ci --prefix tests/browser` (.ci/run installs them)";
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_kore-gateway"))
+        .arg("--demo")
+        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("SIM_LATENCY", "5ms")
+        .env("KORE_RATE_LIMIT", "20/s")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the gateway starts");
+    let stdout = gateway.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("gateway on ").nth(1) {
+                let _ = tx.send(rest.split(',').next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let Ok(base) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = gateway.kill();
+        panic!("the demo did not print its address");
+    };
+    let outcome = std::panic::AssertUnwindSafe(exercise(root, &chromium, &base));
+    let result = futures_util::FutureExt::catch_unwind(outcome).await;
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn exercise(root: &Path, chromium: &str, base: &str) {
+    // reqwest is built without a default crypto provider (see src/upstream).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        http.get(format!("{base}{path}"))
+            .bearer_auth(KEY)
+            .header("Prefer", "respond-async")
+            .send()
+    };
+    // A month as a job, followed to its end; then its result twice (hits).
+    let accepted = get("/v1/interactions?from=2024-09-01&to=2024-09-30&limit=5".into())
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let location = accepted.headers()["location"].to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let result = loop {
+        let v: Value = get(location.clone()).await.unwrap().json().await.unwrap();
+        if v["state"] == "done" {
+            break v["result"].as_str().unwrap().to_owned();
+        }
+        assert_ne!(v["state"], "failed", "{v}");
+        assert!(Instant::now() < deadline, "job not done: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for _ in 0..2 {
+        assert_eq!(get(result.clone()).await.unwrap().status(), 200);
+    }
+    // A second key's request, so the page has two teams to compare.
+    let admin = http
+        .get(format!(
+            "{base}/v1/interactions?from=2024-10-01&to=2024-10-09&limit=5"
+        ))
+        .bearer_auth("admin-demo-key-0001")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+    // Quiet: nothing in flight or waiting, so the page and /metrics read the same state.
+    loop {
+        let s: Value = get("/status.json".into())
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["budget"]["in_flight"] == 0 && s["budget"]["waiting"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never quiet: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    std::fs::create_dir_all(root.join("artifacts")).expect("artifacts dir");
+    let shot = root.join("artifacts/status.png");
+    let script = root.join("tests/browser/status.mjs");
+    let (node_base, node_shot, node_chromium) =
+        (base.to_owned(), shot.clone(), chromium.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["120", "node"])
+            .arg(script)
+            .args([node_base.as_str(), KEY])
+            .arg(&node_shot)
+            .env("CHROMIUM", node_chromium)
+            .output()
+    })
+    .await
+    .expect("node task")
+    .expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the browser test failed:\n{text}");
+    let shown: Value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SHOWN "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("no numbers from the page:\n{text}"));
+    println!("the page shows {shown}");
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = |names: &[&str], labels: &str| {
+        metric(&metrics, names, labels).unwrap_or_else(|| panic!("{names:?} not in /metrics"))
+    };
+    assert_eq!(
+        shown["upstream_calls"].as_f64(),
+        Some(m(&["gateway_upstream_calls_total"], "")),
+        "upstream calls"
+    );
+    assert_eq!(
+        shown["window_entries"].as_f64(),
+        Some(m(&["gateway_cache_entries"], "cache=\"windows\"")),
+        "cached windows"
+    );
+    assert_eq!(
+        shown["window_hits"].as_f64(),
+        Some(m(
+            &["gateway_cache_hits", "gateway_cache_hits_total"],
+            "kind=\"window\""
+        )),
+        "window hits"
+    );
+    assert_eq!(
+        shown["window_misses"].as_f64(),
+        Some(m(
+            &["gateway_cache_misses", "gateway_cache_misses_total"],
+            ""
+        )),
+        "window misses"
+    );
+    assert_eq!(shown["budget_quota"], 20);
+    assert_eq!(shown["callers"], 2, "two keys called the upstream");
+    assert_eq!(shown["jobs"], 1);
+    assert_eq!(shown["job_states"][0], "done");
+    assert_eq!(shown["chart_bars"], 30);
+    assert!(shown["upstream_calls"].as_f64().unwrap() > 0.0);
+    assert!(shot.exists(), "screenshot kept");
+}
