@@ -342,7 +342,8 @@ async fn jobs_are_bounded_per_key_and_forgotten_after_job_ttl() {
     }
     // Job 1 may have ended already: then a ninth still fits, and a tenth does not.
     let ninth = prefer_async(&h, &day(9), KEY).await;
-    let refused = if ninth.status() == 202 {
+    let ninth_accepted = ninth.status() == 202;
+    let refused = if ninth_accepted {
         locations.push(ninth.headers()["location"].to_str().unwrap().to_owned());
         prefer_async(&h, &day(10), KEY).await
     } else {
@@ -358,7 +359,11 @@ async fn jobs_are_bounded_per_key_and_forgotten_after_job_ttl() {
         .iter()
         .filter(|j| j["state"] != "done")
         .count();
-    assert_eq!(active, 8, "refused with 8 jobs under way");
+    // Refused with 8 jobs under way; job 1 (the only one the budget could serve) may have
+    // ended between the refusal and this listing.
+    let first_done_since = !ninth_accepted && h.json(&locations[0]).await["state"] == "done";
+    let expected = if first_done_since { 7 } else { 8 };
+    assert_eq!(active, expected, "refused with 8 jobs under way");
     // The bound is per key.
     assert_eq!(prefer_async(&h, &day(9), KEY_B).await.status(), 202);
 

@@ -375,3 +375,55 @@ async fn after_sigkill_in_a_cold_fetch_the_next_start_answers_exactly() {
     drop(second);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_revalidations_and_refresh_ahead_share_a_small_budget_without_a_429() {
+    let mut cache = Opts::default().cache;
+    cache.ttl_recent = Duration::from_secs(2);
+    cache.swr = Duration::from_secs(600);
+    cache.refresh_ahead_idle = Some(Duration::from_secs(60));
+    let h = Harness::start(Opts {
+        cache,
+        rate: kore_gateway::config::Rate {
+            calls: 4,
+            period: Duration::from_secs(1),
+        },
+        sim_rate_limit: Some((4, Duration::from_secs(1))),
+        concurrency: 4,
+        ..Opts::default()
+    })
+    .await;
+    let today = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+    let poll = format!("/v1/interactions?from={today}&to={today}&limit=1");
+    assert_eq!(h.get(&poll).await.status(), 200);
+    // A dashboard polls "today" (refresh-ahead and revalidations run behind it) while a
+    // caller asks for a cold three weeks.
+    let caller = async {
+        let body = h
+            .json("/v1/interactions?from=2024-09-02&to=2024-09-22&limit=10000")
+            .await;
+        assert_eq!(body["meta"]["complete"], true);
+        assert_same_records(&data(&body), &range_truth(&h, "2024-09-02", "2024-09-22"));
+    };
+    let dashboard = async {
+        for _ in 0..16 {
+            let r = h.get(&poll).await;
+            assert_eq!(r.status(), 200);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::join!(caller, dashboard);
+    let c = &h.state.counters;
+    let background = c.refresh_ahead.load(std::sync::atomic::Ordering::Relaxed)
+        + c.revalidations.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        background > 0,
+        "the dashboard's window was refreshed behind it"
+    );
+    assert_eq!(
+        h.sim.count_status(429),
+        0,
+        "the vendor never refused a call"
+    );
+    h.finish();
+}
