@@ -70,14 +70,7 @@ impl WindowKey {
         e.int(self.start);
         e.int(self.end);
         e.int(i64::from(self.offset_seconds));
-        for list in [
-            &self.filters.channels,
-            &self.filters.queues,
-            &self.filters.bots,
-            &self.filters.fields,
-        ] {
-            e.list(list);
-        }
+        e.filters(&self.filters);
         e.finish()
     }
 
@@ -147,14 +140,7 @@ impl QueryKey<'_> {
         e.int(self.from);
         e.int(self.to);
         e.text(self.tz);
-        for list in [
-            &self.filters.channels,
-            &self.filters.queues,
-            &self.filters.bots,
-            &self.filters.fields,
-        ] {
-            e.list(list);
-        }
+        e.filters(self.filters);
         e.finish()
     }
 }
@@ -185,6 +171,13 @@ impl KeyEncoder {
         self.int(items.len() as i64);
         for i in items {
             self.text(i);
+        }
+    }
+
+    /// Every filter list, in one fixed order.
+    pub fn filters(&mut self, f: &Filters) {
+        for list in [&f.channels, &f.queues, &f.bots, &f.fields] {
+            self.list(list);
         }
     }
 

@@ -394,14 +394,7 @@ impl Allowance {
     /// `limit` calls for a request; the shared budget's `rate` says how soon a retry helps.
     pub fn new(limit: u32, rate: crate::config::Rate) -> Self {
         let periods = limit.div_ceil(rate.calls.max(1));
-        Allowance {
-            limit,
-            used: AtomicU32::new(0),
-            completed: AtomicU32::new(0),
-            announced: AtomicU64::new(0),
-            credit: AtomicU64::new(0),
-            refill: rate.period.saturating_mul(periods.max(1)),
-        }
+        Allowance::again(limit, rate.period.saturating_mul(periods.max(1)))
     }
 
     /// A new allowance of `limit` calls.
