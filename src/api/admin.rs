@@ -45,9 +45,12 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
     })
 }
 
-/// Drops every cached window and response: this replica's memory, and the windows shared
-/// through Redis when `REDIS_URL` is set. Other replicas' memory keeps what it holds until
-/// it expires (purge each replica to drop it at once).
+/// Drops every cached window and response.
+///
+/// This replica's memory and disk tier (`CACHE_DIR`), and the windows shared through Redis
+/// when `REDIS_URL` is set; the answer says what went, per tier. Other replicas' memory and
+/// disk keep what they hold until it expires (purge each replica to drop it at once). Admin
+/// keys only; the next requests refetch from the upstream, within the shared budget.
 #[utoipa::path(delete, path = "/v1/cache", tag = "admin",
     responses((status = 200, description = "Purged; what went, per tier", body = CachePurge),
               (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
