@@ -14,10 +14,17 @@
 //! * [`plan`] splits the range into windows of at most 7 days on a grid that depends only on
 //!   the time zone, never crossing a DST change.
 //! * [`fetch`] fans out over windows and pages, splitting windows that hold more than the
-//!   vendor lets one query reach, within the shared [`budget`]; [`cache`] answers repeats and
-//!   coalesces identical misses; [`upstream`] is the vendor client (JWT, body, statuses).
+//!   vendor lets one query reach (the vendor's counts are hints, the pages the evidence),
+//!   within the shared [`budget`] (callers, then revalidations, then refresh-ahead) and the
+//!   request's own call allowance; [`upstream`] is the vendor client (JWT, body, statuses).
+//! * [`cache`] holds the typed keys and answers repeats: windows in memory, then [`disk`]
+//!   (`CACHE_DIR`), then Redis; it coalesces identical misses, serves stale while it
+//!   revalidates, refreshes polled windows ahead, and keeps stored answers with the forms
+//!   [`encoding`] compressed once.
 //! * [`merge`] de-duplicates and orders records, which stay raw JSON byte for byte;
-//!   [`render`] writes the envelope, cursors and ETags.
+//!   [`render`] writes the envelope, signed keyset cursors and ETags.
+//! * [`jobs`] runs long ranges asked with `Prefer: respond-async`; [`ratelimit_headers`] and
+//!   [`telemetry`] make the budget and the work visible.
 //! * [`cluster`] shares the cache and the budget between replicas through Redis, when
 //!   `REDIS_URL` is set.
 //! * [`sim`] is the built-in upstream simulator used by `--demo` and the tests.
