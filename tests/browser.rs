@@ -6,62 +6,17 @@
 //! `.ci/run` installs Chromium, Node, npm and the npm package; without them this test is
 //! skipped locally (with a message) and fails under `CI=true`.
 
-use std::{
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command};
+
+mod common;
 
 #[test]
 fn swagger_ui_try_it_out_works_in_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let have_node = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let have_pkg = root
-        .join("tests/browser/node_modules/playwright-core")
-        .exists();
-    if !(Path::new(&chromium).exists() && have_node && have_pkg) {
-        let msg = "browser test needs chromium, node and `npm ci --prefix tests/browser` (.ci/run installs them)";
-        // Under CI (`CI` set to anything but `false`/`0`; .ci/run sets CI=true) a missing
-        // tool fails the test: it is a broken setup there, not a reason to pass.
-        let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0"));
-        assert!(!ci, "{msg}");
-        eprintln!("SKIPPED: {msg} (fails under CI=true)");
+    let Some(chromium) = common::browser_tools("the browser test") else {
         return;
-    }
-
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_kore-gateway"))
-        .arg("--demo")
-        .env("GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("SIM_LATENCY", "5ms")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway starts");
-    // Keep draining stdout for the whole run: a closed pipe would kill the gateway's next print.
-    let stdout = gateway.stdout.take().expect("stdout piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("gateway on ").nth(1) {
-                let _ = tx.send(rest.split(',').next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let started = Instant::now();
-    let base = rx.recv_timeout(Duration::from_secs(30)).ok();
-    let Some(base) = base else {
-        let _ = gateway.kill();
-        panic!(
-            "the demo did not print its address within {:?}",
-            started.elapsed()
-        );
     };
+    let (mut gateway, base) = common::spawn_demo(&[]);
 
     std::fs::create_dir_all(root.join("artifacts")).expect("artifacts dir");
     let shot = root.join("artifacts/docs.png");

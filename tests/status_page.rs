@@ -7,13 +7,14 @@
 //! locally (with a message) and fails under CI.
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+
+mod common;
 
 const KEY: &str = "demo-key-0001";
 
@@ -35,44 +36,10 @@ fn metric(text: &str, names: &[&str], labels: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_draws_what_metrics_report() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let have_node = Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let have_pkg = root
-        .join("tests/browser/node_modules/playwright-core")
-        .exists();
-    if !(Path::new(&chromium).exists() && have_node && have_pkg) {
-        let msg = "status page test needs chromium, node and `npm ci --prefix tests/browser` (.ci/run installs them)";
-        assert!(std::env::var_os("CI").is_none(), "{msg}");
-        eprintln!("SKIPPED: {msg}");
+    let Some(chromium) = common::browser_tools("the status page test") else {
         return;
-    }
-
-    let mut gateway = Command::new(env!("CARGO_BIN_EXE_kore-gateway"))
-        .arg("--demo")
-        .env("GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("SIM_LATENCY", "5ms")
-        .env("KORE_RATE_LIMIT", "20/s")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the gateway starts");
-    let stdout = gateway.stdout.take().expect("stdout piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("gateway on ").nth(1) {
-                let _ = tx.send(rest.split(',').next().unwrap_or_default().to_owned());
-            }
-        }
-    });
-    let Ok(base) = rx.recv_timeout(Duration::from_secs(30)) else {
-        let _ = gateway.kill();
-        panic!("the demo did not print its address");
     };
+    let (mut gateway, base) = common::spawn_demo(&[("KORE_RATE_LIMIT", "20/s")]);
     let outcome = std::panic::AssertUnwindSafe(exercise(root, &chromium, &base));
     let result = futures_util::FutureExt::catch_unwind(outcome).await;
     let _ = gateway.kill();

@@ -291,7 +291,11 @@ pub fn range_fetch(
 
 /// Sets `Cache-Status` (RFC 9211) and `Age` on a data answer.
 pub fn stamp_cache_headers(resp: &mut Response, cache_status: &str, age_seconds: u64) {
-    let h = resp.headers_mut();
+    set_cache_headers(resp.headers_mut(), cache_status, age_seconds);
+}
+
+/// [`stamp_cache_headers`] on a header map being built.
+pub fn set_cache_headers(h: &mut axum::http::HeaderMap, cache_status: &str, age_seconds: u64) {
     if let Ok(v) = HeaderValue::from_str(cache_status) {
         h.insert(HeaderName::from_static("cache-status"), v);
     }

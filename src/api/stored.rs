@@ -38,11 +38,12 @@ pub async fn reply(state: &AppState, key: &str, hit: &Arc<Rendered>, req: &Heade
         .fresh_until
         .saturating_duration_since(tokio::time::Instant::now())
         .as_secs();
-    if let Ok(v) = HeaderValue::from_str(&format!("kore-gateway; hit; ttl={ttl}")) {
-        headers.insert(header::HeaderName::from_static("cache-status"), v);
-    }
     let age = (jiff::Timestamp::now().as_millisecond() - hit.fetched_unix_ms).max(0) / 1000;
-    headers.insert(header::AGE, HeaderValue::from(age as u64));
+    crate::api::set_cache_headers(
+        &mut headers,
+        &format!("kore-gateway; hit; ttl={ttl}"),
+        age as u64,
+    );
     if let Some(etag) = &hit.etag {
         headers.insert(header::ETAG, etag.clone());
         if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())

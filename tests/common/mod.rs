@@ -347,3 +347,67 @@ pub fn assert_sorted_by_start(got: &[Value]) {
         assert!(a <= b, "out of order: {a:?} then {b:?}");
     }
 }
+
+/// Chromium's path when Chromium, Node and `tests/browser`'s playwright-core are all there.
+/// When one is missing the test is skipped locally (with a message) and fails under CI (`CI`
+/// set to anything but `false`/`0`; `.ci/run` sets `CI=true` and installs them): a missing
+/// tool there is a broken setup, not a reason to pass.
+pub fn browser_tools(test: &str) -> Option<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let have_node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let have_pkg = root
+        .join("tests/browser/node_modules/playwright-core")
+        .exists();
+    if std::path::Path::new(&chromium).exists() && have_node && have_pkg {
+        return Some(chromium);
+    }
+    let msg = format!(
+        "{test} needs chromium, node and `npm ci --prefix tests/browser` (.ci/run installs them)"
+    );
+    let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0"));
+    assert!(!ci, "{msg}");
+    eprintln!("SKIPPED: {msg} (fails under CI=true)");
+    None
+}
+
+/// Our binary with `--demo` on a free loopback port, `envs` added; returns the process and
+/// the gateway's base URL as its banner prints it. Its stdout is drained for the whole run
+/// (a closed pipe would kill the gateway's next print).
+pub fn spawn_demo(envs: &[(&str, &str)]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kore-gateway"));
+    cmd.arg("--demo")
+        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("SIM_LATENCY", "5ms")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut gateway = cmd.spawn().expect("the gateway starts");
+    let stdout = gateway.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("gateway on ").nth(1) {
+                let _ = tx.send(rest.split(',').next().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(base) => (gateway, base),
+        Err(_) => {
+            let _ = gateway.kill();
+            panic!(
+                "the demo did not print its address within {:?}",
+                started.elapsed()
+            );
+        }
+    }
+}
