@@ -79,34 +79,48 @@ impl Record {
     fn order_key(&self) -> (i64, &str, &str) {
         (
             self.start.unwrap_or(i64::MAX),
-            self.session_id.as_deref().unwrap_or(""),
-            self.conversation_id.as_deref().unwrap_or(""),
+            order_prefix(self.session_id.as_deref().unwrap_or("")),
+            order_prefix(self.conversation_id.as_deref().unwrap_or("")),
         )
     }
 
-    /// Breaks ties of [`Record::order_key`], which only records without a `sessionId` can
-    /// have (identities are unique after de-duplication): the digest of their text.
+    /// Breaks ties of [`Record::order_key`], which only records without a `sessionId`, or
+    /// with an id longer than [`ORDER_ID_BYTES`], can have (identities are unique after
+    /// de-duplication, and two records with different ids differ in text): the digest of
+    /// their text.
     fn tie_break(&self) -> [u8; 32] {
-        match self.session_id {
-            Some(_) => [0; 32],
-            None => sha2::Sha256::digest(self.raw.get().as_bytes()).into(),
+        let long = |id: &Option<Box<str>>| id.as_ref().is_some_and(|s| s.len() > ORDER_ID_BYTES);
+        if self.session_id.is_none() || long(&self.session_id) || long(&self.conversation_id) {
+            sha2::Sha256::digest(self.raw.get().as_bytes()).into()
+        } else {
+            [0; 32]
         }
     }
 
     /// Where this record stands in the output order; a cursor resumes after it.
     pub fn position(&self) -> Position {
         let (start, session, conversation) = self.order_key();
-        Position {
-            start,
-            session: session.into(),
-            conversation: conversation.into(),
-            tie: self.tie_break(),
-        }
+        Position::new(start, session, conversation, self.tie_break())
     }
 }
 
-/// The output order, total: start instant, `sessionId`, `conversationId`, then (only for
-/// records without ids) the digest of the text.
+/// How much of an id the output order (and so a cursor) reads. Vendor ids are short; a
+/// longer one is ordered by this prefix and then by the digest of its record, which keeps
+/// the order total and every cursor small enough for a URL behind a proxy.
+pub const ORDER_ID_BYTES: usize = 256;
+
+/// The longest prefix of `id` of at most [`ORDER_ID_BYTES`] that ends on a character.
+fn order_prefix(id: &str) -> &str {
+    let mut end = id.len().min(ORDER_ID_BYTES);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &id[..end]
+}
+
+/// The output order, total: start instant, `sessionId`, `conversationId` (each read up to
+/// [`ORDER_ID_BYTES`]), then (only for records without ids, or with longer ones) the digest
+/// of the text.
 pub fn output_order(a: &Record, b: &Record) -> Ordering {
     a.order_key()
         .cmp(&b.order_key())
@@ -117,13 +131,25 @@ pub fn output_order(a: &Record, b: &Record) -> Ordering {
 /// before or after it, except the record it was taken from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Position {
-    pub start: i64,
-    pub session: Box<str>,
-    pub conversation: Box<str>,
-    pub tie: [u8; 32],
+    pub(crate) start: i64,
+    pub(crate) session: Box<str>,
+    pub(crate) conversation: Box<str>,
+    pub(crate) tie: [u8; 32],
 }
 
 impl Position {
+    /// The place (`start`, `session`, `conversation`, `tie`); each id is read up to
+    /// [`ORDER_ID_BYTES`], as the output order reads it, so a cursor for any place the
+    /// gateway can reach stays small.
+    pub fn new(start: i64, session: &str, conversation: &str, tie: [u8; 32]) -> Self {
+        Position {
+            start,
+            session: order_prefix(session).into(),
+            conversation: order_prefix(conversation).into(),
+            tie,
+        }
+    }
+
     /// How `r` stands relative to this place.
     pub fn cmp_record(&self, r: &Record) -> Ordering {
         (self.start, &*self.session, &*self.conversation)

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use hmac::{Hmac, Mac};
 
-use crate::merge::{Position, Record};
+use crate::merge::{ORDER_ID_BYTES, Position, Record};
 
 /// The data-dependent part of `meta`.
 #[derive(Debug, Serialize)]
@@ -247,8 +247,9 @@ const CURSOR_VERSION: u8 = 2;
 const BINDING: usize = 16;
 /// Bytes of the (truncated) HMAC tag.
 const TAG: usize = 16;
-/// Longest cursor text accepted.
-const MAX_CURSOR_CHARS: usize = 8192;
+/// Longest cursor text accepted: the longest one [`encode_cursor`] issues (ids are read up
+/// to [`ORDER_ID_BYTES`]), well under the URL limits of proxies and load balancers.
+const MAX_CURSOR_CHARS: usize = (1 + BINDING + 8 + 2 * (4 + ORDER_ID_BYTES) + 32 + TAG) * 4 / 3 + 4;
 
 /// An opaque cursor: the place of the last record returned (see [`Position`]), bound to the
 /// query it belongs to (`binding`, the query key's digest) and signed, so a changed or
@@ -307,7 +308,7 @@ pub fn decode_cursor(
     let mut texts = Vec::with_capacity(2);
     for _ in 0..2 {
         let len = u32::from_be_bytes(take::<4>(&mut rest)?) as usize;
-        if len > rest.len() {
+        if len > rest.len() || len > ORDER_ID_BYTES {
             return Err(CursorError::Malformed);
         }
         let (text, after) = rest.split_at(len);
@@ -411,6 +412,55 @@ mod tests {
         assert!(!format!("{key:?}").contains("secret"));
         for junk in ["", "abc", "!!!!", &"A".repeat(200), &"A".repeat(10_000)] {
             assert!(decode_cursor(junk, &q1, &key).is_err(), "{junk}");
+        }
+    }
+
+    /// A vendor id far longer than any real one (a misbehaving upstream) must not make a
+    /// cursor the gateway then refuses, or one too long for a proxy's URL limit: paging
+    /// through records whose long ids share a prefix visits each record exactly once.
+    #[test]
+    fn long_ids_page_through_with_short_cursors() {
+        let key = CursorKey::derive(b"secret");
+        let binding = [7u8; 32];
+        let w = Window {
+            start: Timestamp::UNIX_EPOCH,
+            end: Timestamp::from_second(4_000_000_000).unwrap(),
+            offset_seconds: 0,
+        };
+        let prefix = "é".repeat(200); // 400 bytes, two per character
+        let mut records: Vec<Record> = Vec::new();
+        for (i, tail) in ["a", "b", "", "c"].iter().enumerate() {
+            for conv in ["x", &"ü".repeat(300)] {
+                let json = serde_json::json!({
+                    "sessionId": format!("{prefix}{tail}"),
+                    "conversationId": conv,
+                    "sessionStartTime": "2024-01-01T00:00:00",
+                    "n": i,
+                });
+                let raw = serde_json::value::RawValue::from_string(json.to_string()).unwrap();
+                records.push(Record::new(raw, &w));
+            }
+        }
+        let short = serde_json::value::RawValue::from_string(
+            r#"{"sessionId":"s","sessionStartTime":"2024-01-01T00:00:00"}"#.into(),
+        )
+        .unwrap();
+        records.push(Record::new(short, &w));
+        records.sort_by(crate::merge::output_order);
+        let sorted: Vec<&Record> = records.iter().collect();
+        for (i, r) in sorted.iter().enumerate() {
+            let c = encode_cursor(&r.position(), &binding, &key);
+            assert!(
+                c.len() <= MAX_CURSOR_CHARS && c.len() < 1024,
+                "{} chars",
+                c.len()
+            );
+            let pos = decode_cursor(&c, &binding, &key).expect("an issued cursor is accepted");
+            assert_eq!(
+                crate::merge::resume_after(&sorted, &pos),
+                i + 1,
+                "record {i}"
+            );
         }
     }
 

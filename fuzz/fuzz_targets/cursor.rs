@@ -35,12 +35,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 
-    let pos = Position {
-        start: i64::from_le_bytes(start),
-        session: sid.into(),
-        conversation: "".into(),
-        tie: binding,
-    };
+    let pos = Position::new(i64::from_le_bytes(start), &sid, "", binding);
     let issued = encode_cursor(&pos, &binding, &key);
     assert_eq!(decode_cursor(&issued, &binding, &key), Ok(pos));
     let mut other = binding;

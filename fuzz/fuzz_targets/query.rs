@@ -51,12 +51,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(c) = &q.cursor {
         let _ = decode_cursor(c, &binding, &key);
     }
-    let pos = Position {
-        start: r.from.as_second(),
-        session: raw.into(),
-        conversation: r.tz_name.as_str().into(),
-        tie: [0; 32],
-    };
+    let pos = Position::new(r.from.as_second(), raw, r.tz_name.as_str(), [0; 32]);
     assert_eq!(
         decode_cursor(&encode_cursor(&pos, &binding, &key), &binding, &key),
         Ok(pos)
