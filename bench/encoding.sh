@@ -4,7 +4,7 @@
 #   gateway  — the release gateway, GET /v1/interactions (stored answers, compressed once),
 #   nginx    — Debian's nginx, proxy_cache of the vendor POST with `gzip on` (it compresses
 #              every hit again, at its default level 1),
-#   ceiling  — examples/ceiling.rs: a minimal axum server answering with the very bytes the
+#   ceiling  — crates/tools/src/bin/ceiling.rs: a minimal axum server answering with the very bytes the
 #              gateway stored (fetched from it first), no key, no lookup: the most any Rust
 #              server can do on this machine,
 # each with no Accept-Encoding (identity) and with a browser's `gzip, deflate, br, zstd`;
@@ -20,11 +20,11 @@ THREADS="${THREADS:-1}"
 CONNS="${CONNS:-32}"
 ROUNDS="${ROUNDS:-2}"
 BROWSER_AE="gzip, deflate, br, zstd"
-CEILING_BIN="${CEILING_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/ceiling}"
+CEILING_BIN="${CEILING_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/ceiling}"
 
 need_tools nginx wrk curl python3
 [ -x "$GW_BIN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-[ -x "$CEILING_BIN" ] || { echo "build first: cargo build --release --example ceiling" >&2; exit 1; }
+[ -x "$CEILING_BIN" ] || { echo "build first: cargo build --release -p kore-tools --bin ceiling" >&2; exit 1; }
 TMP="$(mktemp -d /tmp/kore-bench-enc.XXXXXX)"
 trap 'stop_all; rm -rf "$TMP"' EXIT
 

@@ -1,7 +1,7 @@
 # Shared helpers of the benchmark scripts (sourced, not run).
 # Everything here stays on 127.0.0.1 and only ever stops the processes it started, by pid.
 
-# The simulator's demo credentials (SimConfig::demo() in src/sim/mod.rs): the standalone
+# The simulator's demo credentials (SimConfig::demo() in crates/sim/src/lib.rs): the standalone
 # simulator (`kore-gateway --simulator`) accepts exactly these.
 SIM_ACCOUNT_ID=66bc4a29bdaafdb08461de30
 SIM_CLIENT_ID=cs-173508e1-29f2-5e90-9532-122ec6b9de30

@@ -4,7 +4,7 @@
 #            7 = rolling 30-day dashboard, upstream calls without / with containment reuse)
 #   3        bench/http.sh                 (wrk: gateway vs nginx proxy_cache)
 #   8        bench/encoding.sh             (wrk, browser Accept-Encoding: gateway vs nginx
-#            proxy_cache + gzip on vs examples/ceiling.rs serving the same stored bytes)
+#            proxy_cache + gzip on vs crates/tools/src/bin/ceiling.rs serving the same stored bytes)
 #   5        bench/memory.sh               (peak RSS of the release binary)
 #   6        cargo bench --bench hot       (criterion: plan, merge, render)
 # Raw output goes to bench/results/ (RESULTS=dir to change); the last lines are the table.
@@ -32,7 +32,7 @@ need_tools nginx wrk curl python3
 
 if [ "${BUILD:-1}" = 1 ]; then
   echo "== build (release binary, bench binaries)"
-  timeout 3600 cargo build --release --quiet --bin kore-gateway --example ceiling
+  timeout 3600 cargo build --release --quiet --workspace --bin kore-gateway --bin ceiling
   timeout 3600 cargo bench --no-run --quiet 2>&1 | grep -v '^ *Executable' || true
 fi
 

@@ -25,9 +25,10 @@ use jiff::{Timestamp, civil::Date, tz::TimeZone};
 use kore_gateway::{
     config::{Cli, Settings},
     plan::{Window, plan},
-    sim::{self, SimConfig, SimFilter, Simulator},
     upstream::{MAX_PAGE, MAX_REACH, PAGE_LIMIT},
 };
+use kore_sim as sim;
+use kore_sim::{SimConfig, SimFilter, Simulator};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

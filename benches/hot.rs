@@ -14,8 +14,8 @@ use kore_gateway::{
     merge::{Record, dedupe_and_sort, merge_runs},
     plan::{Window, plan},
     render::{CacheStatus, MetaHead, etag, json_head, json_tail},
-    sim::{SimConfig, SimFilter, Simulator},
 };
+use kore_sim::{SimConfig, SimFilter, Simulator};
 use serde_json::value::RawValue;
 
 const RECORDS: usize = 10_000;

@@ -14,9 +14,9 @@ use jiff::{Timestamp, tz::TimeZone};
 use kore_gateway::{
     merge::Record,
     plan::Window,
-    sim::{SimConfig, SimFilter, Simulator},
     summary::{Dimension, Metric, summarise},
 };
+use kore_sim::{SimConfig, SimFilter, Simulator};
 use serde_json::value::RawValue;
 
 const RECORDS: usize = 100_000;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Load and soak on loopback: kore-load (src/bin/kore-load.rs) against a `--demo` gateway,
+# Load and soak on loopback: kore-load (crates/tools/src/bin/kore-load.rs) against a `--demo` gateway,
 # with the gateway's memory and open file descriptors sampled before and after.
 #
 #   ci/load.sh                                              # CI: 50 clients x 15 s, debug build
@@ -22,8 +22,8 @@ FD_SLACK=${LOAD_FD_SLACK:-8}
 UPSTREAM_CONCURRENCY=32
 
 case "$PROFILE" in
-  release) build=(cargo build --release --locked --bin kore-gateway --bin kore-load) ;;
-  debug) build=(cargo build --locked --bin kore-gateway --bin kore-load) ;;
+  release) build=(cargo build --release --locked --workspace --bin kore-gateway --bin kore-load) ;;
+  debug) build=(cargo build --locked --workspace --bin kore-gateway --bin kore-load) ;;
   *) echo "LOAD_PROFILE must be debug or release" >&2; exit 2 ;;
 esac
 # LOAD_SKIP_BUILD=1 uses the binaries as they are (repeat runs on a busy machine).

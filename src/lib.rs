@@ -27,7 +27,8 @@
 //!   [`telemetry`] make the budget and the work visible.
 //! * [`cluster`] shares the cache and the budget between replicas through Redis, when
 //!   `REDIS_URL` is set.
-//! * [`sim`] is the built-in upstream simulator used by `--demo` and the tests.
+//! * The upstream simulator used by `--demo` and the tests is its own crate (`crates/sim`,
+//!   `kore-sim`), in the binary only with the default `demo` feature.
 //!
 //! [`build`] makes the shared [`AppState`]; [`app`] turns it into the `Router`.
 
@@ -45,7 +46,6 @@ pub mod merge;
 pub mod plan;
 pub mod ratelimit_headers;
 pub mod render;
-pub mod sim;
 pub mod summary;
 pub mod telemetry;
 pub mod upstream;

@@ -1,19 +1,19 @@
 //! The binary: read the configuration, start logging, build the app, serve until SIGTERM.
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser;
 use kore_gateway::{
     api::docs,
     config::{Cli, LogFormat},
-    sim::{self, SimConfig},
     telemetry::{OtelConfig, Telemetry},
 };
-use secrecy::SecretString;
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Keys the demo uses when none are configured.
+#[cfg(feature = "demo")]
 const DEMO_KEY: &str = "demo-key-0001";
+#[cfg(feature = "demo")]
 const DEMO_ADMIN_KEY: &str = "admin-demo-key-0001";
 
 fn main() -> ExitCode {
@@ -99,41 +99,19 @@ fn init_tracing(format: LogFormat, telemetry: Option<&Telemetry>) {
     }
 }
 
-async fn run(mut cli: Cli) -> Result<(), String> {
-    let mut sim_cfg = SimConfig::demo();
-    sim_cfg.latency = cli.sim_latency;
-    sim_cfg.rate_limit = cli.sim_rate_limit.map(|r| (r.calls, r.period));
-    if cli.simulator {
-        let cfg = sim_cfg;
-        println!(
-            "upstream simulator on http://{} (account {}, client {})",
-            cli.gateway_listen, cfg.account_id, cfg.client_id
+async fn run(cli: Cli) -> Result<(), String> {
+    #[cfg(feature = "demo")]
+    let (cli, sim_addr) = match demo::start(cli).await? {
+        Some(started) => started,
+        None => return Ok(()),
+    };
+    #[cfg(not(feature = "demo"))]
+    if cli.demo || cli.simulator {
+        return Err(
+            "this build has no simulator (built without the `demo` feature); \
+                    set KORE_* to a real upstream"
+                .into(),
         );
-        return sim::serve_standalone(cfg, cli.gateway_listen)
-            .await
-            .map_err(|e| format!("simulator: {e}"));
-    }
-    let demo = cli.demo;
-    let mut sim_addr = None;
-    if demo {
-        let cfg = sim_cfg;
-        let (_sim, addr) = sim::Simulator::spawn(cfg.clone())
-            .await
-            .map_err(|e| format!("cannot start the simulator: {e}"))?;
-        sim_addr = Some(addr);
-        cli.kore_base_url = Some(format!("http://{addr}"));
-        cli.kore_account_id = Some(cfg.account_id.clone());
-        cli.kore_client_id = Some(cfg.client_id.clone());
-        cli.kore_client_secret = Some(SecretString::from(cfg.client_secret.clone()));
-        cli.kore_client_secret_file = None;
-        if cli.gateway_api_keys.is_none() {
-            cli.gateway_api_keys = Some(SecretString::from(format!(
-                "demo:{DEMO_KEY},admin:{DEMO_ADMIN_KEY}"
-            )));
-        }
-        if cli.gateway_cors_origins.is_none() {
-            cli.gateway_cors_origins = Some("*".into());
-        }
     }
     let settings = cli
         .into_settings()
@@ -144,26 +122,15 @@ async fn run(mut cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    #[cfg(feature = "demo")]
     if let Some(sim) = sim_addr {
-        print_demo_banner(local, sim);
+        demo::print_banner(local, sim);
     }
     tracing::info!(%local, "kore-gateway listening");
     axum::serve(listener, kore_gateway::app(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())
-}
-
-/// The demo's banner. CI scripts read the gateway's address from the `gateway on` line and
-/// ask the simulator's `/__sim/violations` whether the gateway ever broke a vendor rule.
-fn print_demo_banner(addr: SocketAddr, sim: SocketAddr) {
-    println!(
-        "\nkore-gateway demo: gateway on http://{addr}, in front of the built-in upstream simulator.\n\
-         \n  Swagger UI:  http://{addr}/docs   (Authorize with: {DEMO_KEY})\n  OpenAPI:     http://{addr}/openapi.json\n\
-         \n  Simulator:   http://{sim}/__sim/violations   (every vendor rule the gateway broke; CI requires none)\n\
-         \n  Try it:\n    curl -s -H 'Authorization: Bearer {DEMO_KEY}' 'http://{addr}/v1/interactions?from=2024-09-01&to=2024-09-30&tz=Asia/Kolkata&limit=2'\n\
-         \n  Keys: demo = {DEMO_KEY}   admin = {DEMO_ADMIN_KEY}\n"
-    );
 }
 
 /// Resolves on SIGINT or SIGTERM; in-flight requests then finish before the process exits.
@@ -187,4 +154,68 @@ async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// `--demo` and `--simulator`: the built-in upstream simulator (crates/sim).
+#[cfg(feature = "demo")]
+mod demo {
+    use std::net::SocketAddr;
+
+    use kore_gateway::config::Cli;
+    use kore_sim::{SimConfig, Simulator, serve_standalone};
+    use secrecy::SecretString;
+
+    use super::{DEMO_ADMIN_KEY, DEMO_KEY};
+
+    /// `--simulator` serves the simulator alone until it stops (`None`); `--demo` starts it
+    /// on a loopback port and points the gateway at it with demo keys. Returns the settings
+    /// to run the gateway with, and the simulator's address under `--demo`.
+    pub(super) async fn start(mut cli: Cli) -> Result<Option<(Cli, Option<SocketAddr>)>, String> {
+        let mut cfg = SimConfig::demo();
+        cfg.latency = cli.sim_latency;
+        cfg.rate_limit = cli.sim_rate_limit.map(|r| (r.calls, r.period));
+        if cli.simulator {
+            println!(
+                "upstream simulator on http://{} (account {}, client {})",
+                cli.gateway_listen, cfg.account_id, cfg.client_id
+            );
+            serve_standalone(cfg, cli.gateway_listen)
+                .await
+                .map_err(|e| format!("simulator: {e}"))?;
+            return Ok(None);
+        }
+        if !cli.demo {
+            return Ok(Some((cli, None)));
+        }
+        let (_sim, addr) = Simulator::spawn(cfg.clone())
+            .await
+            .map_err(|e| format!("cannot start the simulator: {e}"))?;
+        cli.kore_base_url = Some(format!("http://{addr}"));
+        cli.kore_account_id = Some(cfg.account_id.clone());
+        cli.kore_client_id = Some(cfg.client_id.clone());
+        cli.kore_client_secret = Some(SecretString::from(cfg.client_secret.clone()));
+        cli.kore_client_secret_file = None;
+        if cli.gateway_api_keys.is_none() {
+            cli.gateway_api_keys = Some(SecretString::from(format!(
+                "demo:{DEMO_KEY},admin:{DEMO_ADMIN_KEY}"
+            )));
+        }
+        if cli.gateway_cors_origins.is_none() {
+            cli.gateway_cors_origins = Some("*".into());
+        }
+        Ok(Some((cli, Some(addr))))
+    }
+
+    /// The demo's banner. CI scripts read the gateway's address from the `gateway on` line
+    /// and ask the simulator's `/__sim/violations` whether the gateway ever broke a vendor
+    /// rule.
+    pub(super) fn print_banner(addr: SocketAddr, sim: SocketAddr) {
+        println!(
+            "\nkore-gateway demo: gateway on http://{addr}, in front of the built-in upstream simulator.\n\
+             \n  Swagger UI:  http://{addr}/docs   (Authorize with: {DEMO_KEY})\n  OpenAPI:     http://{addr}/openapi.json\n\
+             \n  Simulator:   http://{sim}/__sim/violations   (every vendor rule the gateway broke; CI requires none)\n\
+             \n  Try it:\n    curl -s -H 'Authorization: Bearer {DEMO_KEY}' 'http://{addr}/v1/interactions?from=2024-09-01&to=2024-09-30&tz=Asia/Kolkata&limit=2'\n\
+             \n  Keys: demo = {DEMO_KEY}   admin = {DEMO_ADMIN_KEY}\n"
+        );
+    }
 }

@@ -5,10 +5,8 @@ mod common;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use common::*;
-use kore_gateway::{
-    config::Rate,
-    sim::{FaultKind, Faults},
-};
+use kore_gateway::config::Rate;
+use kore_sim::{FaultKind, Faults};
 use serde_json::Value;
 
 const MONTH: &str = "/v1/interactions?from=2024-09-01&to=2024-09-30&limit=10000";
@@ -403,7 +401,7 @@ async fn parts_of_a_crowded_window_are_shared_by_overlapping_windows() {
     let h = Harness::start(Opts::default()).await;
     // A dense day that is not a Monday, and its grid week (Monday .. Sunday, UTC).
     let mut day = jiff::civil::Date::constant(2024, 8, 1);
-    while !(kore_gateway::sim::is_dense_day(day) && day.weekday() != jiff::civil::Weekday::Monday) {
+    while !(kore_sim::is_dense_day(day) && day.weekday() != jiff::civil::Weekday::Monday) {
         day = day.tomorrow().unwrap();
     }
     let monday = day

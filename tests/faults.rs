@@ -7,7 +7,7 @@ mod common;
 use std::{collections::HashSet, time::Duration};
 
 use common::*;
-use kore_gateway::sim::{FaultKind, Faults};
+use kore_sim::{FaultKind, Faults};
 use serde_json::Value;
 
 #[derive(Default, Debug)]

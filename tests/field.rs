@@ -8,7 +8,7 @@ mod common;
 use std::{collections::HashMap, time::Instant};
 
 use common::*;
-use kore_gateway::sim::{CountLie, FaultKind, Faults};
+use kore_sim::{CountLie, FaultKind, Faults};
 use serde_json::Value;
 
 /// A Monday-to-Sunday UTC week with no campaign day (~300 records).

@@ -72,7 +72,10 @@ fn a_place_with_a_very_long_id_round_trips() {
     let mut data = b"from=2024-09-01&to=2024-09-02&tz=UTC&cursor=".to_vec();
     data.extend(std::iter::repeat_n(0xffu8, 4000)); // each byte becomes U+FFFD, three bytes
     let text = String::from_utf8_lossy(&data);
-    assert!(parse_interactions(Some(&text), None, 92).is_ok(), "reaches the cursor step");
+    assert!(
+        parse_interactions(Some(&text), None, 92).is_ok(),
+        "reaches the cursor step"
+    );
     query_target(&data);
     data.truncate(44);
     data.extend("ü".repeat(3000).bytes());

@@ -153,7 +153,7 @@ async fn a_to_inside_the_repeated_hour_keeps_the_repeated_hour() {
 async fn a_week_with_more_than_1100_records_comes_back_whole() {
     let h = Harness::start(Opts::default()).await;
     let mut day = Date::constant(2024, 9, 1);
-    while !kore_gateway::sim::is_dense_day(day) {
+    while !kore_sim::is_dense_day(day) {
         day = day.tomorrow().unwrap();
     }
     let from = day.yesterday().unwrap();
@@ -240,8 +240,9 @@ async fn the_seed_sample_records_come_back_value_for_value() {
         .json("/v1/interactions?from=2024-09-26&to=2024-09-27&tz=Asia/Kolkata&limit=10000")
         .await;
     let got = data(&body);
-    let seed: Vec<Value> = serde_json::from_str(include_str!("../src/sim/sample-records.json"))
-        .expect("seed file is JSON");
+    let seed: Vec<Value> =
+        serde_json::from_str(include_str!("../crates/sim/src/sample-records.json"))
+            .expect("seed file is JSON");
     assert_eq!(seed.len(), 5);
     for s in &seed {
         let found = got

@@ -14,11 +14,8 @@ use std::{
 use common::*;
 use futures_util::future::join_all;
 use kore_gateway::cluster::ClusterStats;
-use kore_gateway::{
-    AppState,
-    config::Rate,
-    sim::{SimConfig, Simulator},
-};
+use kore_gateway::{AppState, config::Rate};
+use kore_sim::{SimConfig, Simulator};
 use secrecy::SecretString;
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};

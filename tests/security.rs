@@ -10,7 +10,7 @@ use std::{
 };
 
 use common::*;
-use kore_gateway::sim::{SimConfig, Simulator};
+use kore_sim::{SimConfig, Simulator};
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Every log line of this test binary, at TRACE level.
@@ -110,7 +110,7 @@ async fn secrets_never_leave_the_process() {
     let state_dbg = format!("{:?}", h.state);
     let cfg = SimConfig::demo();
     // Every HS256 token the gateway mints starts with the same encoded header segment.
-    let token_header = kore_gateway::sim::mint_test_jwt(&cfg.client_id, &cfg.client_secret, None);
+    let token_header = kore_sim::mint_test_jwt(&cfg.client_id, &cfg.client_secret, None);
     let token_header = format!("{}.", token_header.split('.').next().unwrap());
     let log_text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(

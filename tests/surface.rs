@@ -6,7 +6,7 @@ mod common;
 use std::{collections::HashSet, time::Duration};
 
 use common::*;
-use kore_gateway::sim::{SimConfig, mint_test_jwt};
+use kore_sim::{SimConfig, mint_test_jwt};
 use serde_json::Value;
 
 #[test]
@@ -333,10 +333,10 @@ async fn the_drop_in_route_says_stale_when_an_expired_copy_stands_in() {
     assert_eq!(first.headers()["x-gateway-stale"], "false");
     let first: Value = first.json().await.unwrap();
 
-    h.sim.set_faults(kore_gateway::sim::Faults {
+    h.sim.set_faults(kore_sim::Faults {
         error_rate: 1.0,
-        kinds: vec![kore_gateway::sim::FaultKind::Status503],
-        ..kore_gateway::sim::Faults::default()
+        kinds: vec![kore_sim::FaultKind::Status503],
+        ..kore_sim::Faults::default()
     });
     let calls = h.calls();
     let second = post().await.unwrap();
@@ -367,7 +367,7 @@ async fn the_drop_in_route_takes_null_lists_as_absent() {
         "2024-09-25T18:30:00Z".parse().unwrap(),
         "2024-09-26T18:29:59Z".parse().unwrap(),
         -330,
-        &kore_gateway::sim::SimFilter::default(),
+        &kore_sim::SimFilter::default(),
     );
     assert!(!truth.is_empty());
     assert_eq!(n["numResults"].as_u64(), Some(truth.len() as u64));
@@ -579,7 +579,7 @@ async fn cors_preflight_and_compression() {
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let mut cfg = SimConfig::demo();
     cfg.latency = Duration::from_millis(600);
-    let (sim, sim_addr) = kore_gateway::sim::Simulator::spawn(cfg).await.unwrap();
+    let (sim, sim_addr) = kore_sim::Simulator::spawn(cfg).await.unwrap();
     let state = kore_gateway::build(settings_for(&sim, sim_addr, &Opts::default())).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::*;
-use kore_gateway::sim::{SimConfig, Simulator};
+use kore_sim::{SimConfig, Simulator};
 use serde_json::Value;
 
 fn temp_dir(name: &str) -> PathBuf {

@@ -55,7 +55,10 @@ pub fn router(state: AppState) -> Router {
     let keyed = Router::new()
         .route("/v1/interactions", get(interactions::get_interactions))
         .route("/v1/interactions/summary", get(summary::get_summary))
-        .route(crate::sim::VENDOR_PATH, post(dropin::interaction_details))
+        .route(
+            crate::upstream::VENDOR_PATH,
+            post(dropin::interaction_details),
+        )
         .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
         .route("/status.json", get(status::status_json))

@@ -164,6 +164,15 @@ impl fmt::Debug for UpstreamClient {
     }
 }
 
+/// The vendor's route, in axum path syntax (the drop-in endpoint serves the same path).
+pub const VENDOR_PATH: &str =
+    "/agentassist/api/public/analytics/account/{accountId}/v2/interactionDetails";
+
+/// [`VENDOR_PATH`] for one account.
+fn vendor_path(account_id: &str) -> String {
+    VENDOR_PATH.replace("{accountId}", account_id)
+}
+
 impl UpstreamClient {
     /// Builds the client for the configured endpoint.
     ///
@@ -173,10 +182,7 @@ impl UpstreamClient {
         install_crypto_provider();
         let mut endpoint = s.base_url.clone();
         let base_path = endpoint.path().trim_end_matches('/').to_owned();
-        endpoint.set_path(&format!(
-            "{base_path}/agentassist/api/public/analytics/account/{}/v2/interactionDetails",
-            s.account_id
-        ));
+        endpoint.set_path(&format!("{base_path}{}", vendor_path(&s.account_id)));
         let http = reqwest::Client::builder()
             .timeout(s.timeout)
             .connect_timeout(s.timeout.min(Duration::from_secs(10)))

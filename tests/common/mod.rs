@@ -10,8 +10,8 @@ use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 use kore_gateway::{
     AppState,
     config::{ApiKey, BudgetSettings, CacheSettings, OffsetMode, Rate, Settings, UpstreamSettings},
-    sim::{Faults, OffsetMode as SimOffsetMode, SimConfig, SimFilter, Simulator},
 };
+use kore_sim::{Faults, OffsetMode as SimOffsetMode, SimConfig, SimFilter, Simulator};
 use secrecy::SecretString;
 use serde_json::Value;
 

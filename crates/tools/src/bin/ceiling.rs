@@ -4,7 +4,7 @@
 //! cache lookup, no negotiation beyond a substring test. What the gateway does on a hit
 //! cannot be cheaper than this on the same machine.
 //!
-//! `cargo run --release --example ceiling -- PORT DIR` serves, for a path `/N…`, the files
+//! `cargo run --release -p kore-tools --bin ceiling -- PORT DIR` serves, for a path `/N…`, the files
 //! `DIR/N/body`, `body.br`, `body.gz` and `body.zst` (N = 0, 1, …; a compressed form may be
 //! missing); any other path gets N = 0. Loopback only.
 
