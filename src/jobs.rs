@@ -231,7 +231,7 @@ impl Jobs {
             windows_started: AtomicU32::new(0),
             windows_done: AtomicU32::new(0),
             windows_free: AtomicU32::new(0),
-            ledger: Arc::clone(&range.ctx.allowance),
+            ledger: Arc::clone(range.allowance()),
             estimate: AtomicU64::new(windows.len() as u64),
             end: Mutex::new(None),
             abort: Mutex::new(None),

@@ -43,11 +43,13 @@ pub mod error;
 pub mod fetch;
 pub mod jobs;
 pub mod merge;
+pub mod outcome;
 pub mod plan;
 pub mod ratelimit_headers;
 pub mod render;
 pub mod summary;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 use std::sync::{Arc, OnceLock};

@@ -13,7 +13,10 @@ use sha2::{Digest, Sha256};
 
 use hmac::{Hmac, Mac};
 
-use crate::merge::{ORDER_ID_BYTES, Position, Record};
+use crate::{
+    merge::{ORDER_ID_BYTES, Position, Record},
+    outcome::CacheStatus,
+};
 
 /// The data-dependent part of `meta`.
 #[derive(Debug, Serialize)]
@@ -28,24 +31,6 @@ pub struct MetaHead<'a> {
     pub stale: bool,
     pub warnings: &'a [String],
     pub windows: usize,
-}
-
-/// How this response was produced, for `meta.cache` and `X-Cache`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
-    Hit,
-    Miss,
-    Partial,
-}
-
-impl CacheStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::Hit => "HIT",
-            CacheStatus::Miss => "MISS",
-            CacheStatus::Partial => "PARTIAL",
-        }
-    }
 }
 
 /// `{"data":[…],"meta":{…,` — everything but the per-request tail.

@@ -86,7 +86,7 @@ impl Telemetry {
     /// # Errors
     /// The exporter cannot be built (a malformed endpoint).
     pub fn start(cfg: &OtelConfig) -> Result<Self, String> {
-        crate::upstream::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let client = RuntimeClient {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
@@ -202,6 +202,32 @@ impl HttpClient for RuntimeClient {
         }
         Ok(out.body(bytes)?)
     }
+}
+
+/// A new request id: random, in UUID v4 form (written digit by digit: it is made for most
+/// requests). Requests the gateway starts itself (refreshes) get one too.
+pub fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    // 32 random-ish nibbles: a's 16, then b's with the version and variant bits set.
+    let b = (b & !(0xc000u64 << 48)) | (0x8000u64 << 48);
+    let mut out = String::with_capacity(36);
+    let mut nibble = 0;
+    for word in [a, b] {
+        for k in (0..16).rev() {
+            if matches!(nibble, 8 | 12 | 16 | 20) {
+                out.push('-');
+            }
+            let v = if nibble == 12 {
+                4 // version 4
+            } else {
+                ((word >> (k * 4)) & 0xf) as usize
+            };
+            out.push(char::from(HEX[v]));
+            nibble += 1;
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -83,7 +83,7 @@ struct VendorBody {
 pub async fn interaction_details(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    RequestId(request_id): RequestId,
     Path(account_id): Path<String>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
@@ -139,7 +139,7 @@ pub async fn interaction_details(
     } else {
         "false"
     };
-    let verdict = crate::fetch::assess(std::slice::from_ref(&outcome));
+    let verdict = crate::outcome::assess(std::slice::from_ref(&outcome));
     let mut resp = (
         StatusCode::OK,
         [
@@ -165,7 +165,7 @@ pub async fn interaction_details(
         .into_response();
     crate::api::stamp_cache_headers(
         &mut resp,
-        &verdict.cache_status(range.refresh, false),
+        &verdict.cache_status(range.refresh(), false),
         verdict.age,
     );
     Ok(resp)

@@ -27,10 +27,11 @@ use crate::{
     },
     cache::{KeyEncoder, Rendered, WindowOutcome, hex},
     error::AppError,
-    fetch::{Assessment, RangeFetch, assess},
+    fetch::RangeFetch,
     merge::{Position, merge_runs, resume_after},
+    outcome::{Assessment, CacheStatus, assess},
     plan::{PlanError, Window, plan},
-    render::{self, CacheStatus, CursorError, MetaHead},
+    render::{self, CursorError, MetaHead},
 };
 
 /// Interaction records for a date range, merged from every upstream window.
@@ -76,7 +77,7 @@ use crate::{
 pub async fn get_interactions(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    RequestId(request_id): RequestId,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, AppError> {
@@ -267,7 +268,7 @@ async fn json(
     );
     stamp_cache_headers(
         &mut resp,
-        &verdict.cache_status(range.refresh, stored),
+        &verdict.cache_status(range.refresh(), stored),
         verdict.age,
     );
     Ok(resp)
@@ -421,7 +422,7 @@ async fn streamed(
         .into_response();
     stamp_cache_headers(
         &mut resp,
-        &verdict.cache_status(range.refresh, storable),
+        &verdict.cache_status(range.refresh(), storable),
         verdict.age,
     );
     let h = resp.headers_mut();

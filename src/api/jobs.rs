@@ -15,8 +15,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    AppState, api::auth::Caller, cache::WindowKey, error::AppError, fetch::RangeFetch,
-    jobs::JobView, plan::Window,
+    AppState, api::auth::Caller, error::AppError, fetch::RangeFetch, jobs::JobView, plan::Window,
 };
 
 /// Whether the request prefers an asynchronous answer (`Prefer: respond-async`, any case,
@@ -58,7 +57,7 @@ pub async fn respond_async(
         _ => path.to_owned(),
     };
     // Identity of the request: its URL and whether it bypasses the cache.
-    let identity = format!("{}{result}", if range.refresh { "refresh " } else { "" });
+    let identity = format!("{}{result}", if range.refresh() { "refresh " } else { "" });
     let job = state
         .jobs
         .start(
@@ -88,20 +87,7 @@ pub async fn respond_async(
 
 /// Every window of the range is fresh in the cache (an admin's refresh never is).
 async fn is_warm(windows: &[Window], range: &RangeFetch) -> bool {
-    if range.refresh {
-        return false;
-    }
-    for w in windows {
-        if range
-            .cache
-            .get_fresh(&WindowKey::new(w, &range.filters))
-            .await
-            .is_none()
-        {
-            return false;
-        }
-    }
-    true
+    !range.refresh() && range.all_fresh(windows).await
 }
 
 /// The jobs an API key can see.

@@ -16,18 +16,22 @@ use std::time::{Duration, Instant};
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request, State},
-    http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header},
+    extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State},
+    http::{
+        Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header,
+        request::Parts,
+    },
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, util::MapRequestLayer};
 use tower_http::{
     CompressionLevel,
     catch_panic::CatchPanicLayer,
     compression::{CompressionLayer, DefaultPredicate, Predicate},
     cors::{AllowOrigin, Any, CorsLayer},
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId as SetId, SetRequestIdLayer},
     trace::TraceLayer,
 };
 
@@ -35,10 +39,6 @@ use crate::{AppState, error::AppError};
 
 /// Header carrying the request id, taken from the caller or generated.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of this request, also sent upstream.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub std::sync::Arc<str>);
 
 /// Largest request body accepted (only the drop-in POST has one).
 const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -87,8 +87,11 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
     routes.layer(
         ServiceBuilder::new()
             // 1. Request id first, so every later layer, log line and upstream call can use it,
-            //    and every response (errors included) carries it back.
-            .layer(middleware::from_fn(request_id))
+            //    and every response (errors included) carries it back: a sane one the caller
+            //    sent, or a new one.
+            .layer(MapRequestLayer::new(drop_insane_request_id))
+            .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), NewRequestId))
+            .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
             // 2. A bug must never drop the connection: a panic below becomes a logged 500
             //    problem+json (and the id layer above still stamps it).
             .layer(CatchPanicLayer::custom(
@@ -100,7 +103,7 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
             //    The id is read inside the macro, so nothing is formatted when the span is off.
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(),
-                    request_id = %req.extensions().get::<RequestId>().map_or("", |r| &*r.0));
+                    request_id = %RequestId::of(req.extensions()));
                 // A caller's W3C traceparent makes this span part of its trace (OTEL_*).
                 crate::telemetry::adopt_parent(&span, req.headers());
                 span
@@ -168,47 +171,49 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     }
 }
 
-/// Takes a sane `X-Request-Id` from the caller or makes one; echoes it on the response.
-async fn request_id(mut req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned);
-    let id = given.unwrap_or_else(new_request_id);
-    req.extensions_mut().insert(RequestId(id.clone().into()));
-    let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+/// A caller's `X-Request-Id` is kept only when it is sane (at most 128 visible ASCII
+/// characters); otherwise it is dropped here and the next layer makes a new one.
+fn drop_insane_request_id(mut req: Request) -> Request {
+    let sane = req.headers().get(&X_REQUEST_ID).map(|v| {
+        let t = v.as_bytes();
+        !t.is_empty() && t.len() <= 128 && t.iter().all(u8::is_ascii_graphic)
+    });
+    if sane == Some(false) {
+        req.headers_mut().remove(&X_REQUEST_ID);
     }
-    resp
+    req
 }
 
-/// A random id in UUID v4 form (written digit by digit: it is made for most requests).
-pub fn new_request_id() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
-    // 32 random-ish nibbles: a's 16, then b's with the version and variant bits set.
-    let b = (b & !(0xc000u64 << 48)) | (0x8000u64 << 48);
-    let mut out = String::with_capacity(36);
-    let mut nibble = 0;
-    for word in [a, b] {
-        for k in (0..16).rev() {
-            if matches!(nibble, 8 | 12 | 16 | 20) {
-                out.push('-');
-            }
-            let v = if nibble == 12 {
-                4 // version 4
-            } else {
-                ((word >> (k * 4)) & 0xf) as usize
-            };
-            out.push(char::from(HEX[v]));
-            nibble += 1;
-        }
+/// Makes the id of a request that brought none (tower-http's `SetRequestId`).
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<SetId> {
+        HeaderValue::from_str(&crate::telemetry::new_request_id())
+            .ok()
+            .map(SetId::new)
     }
-    out
+}
+
+/// The id of this request (also sent upstream), as the id layers set it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub std::sync::Arc<str>);
+
+impl RequestId {
+    fn of(ext: &Extensions) -> &str {
+        ext.get::<SetId>()
+            .and_then(|id| id.header_value().to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(RequestId(RequestId::of(&parts.extensions).into()))
+    }
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {
@@ -275,21 +280,18 @@ pub fn range_fetch(
     filters: crate::upstream::Filters,
     headers: &axum::http::HeaderMap,
 ) -> crate::fetch::RangeFetch {
-    crate::fetch::RangeFetch {
-        fetcher: std::sync::Arc::clone(&state.fetcher),
-        cache: std::sync::Arc::clone(&state.windows),
-        filters: std::sync::Arc::new(filters),
-        ctx: crate::fetch::CallContext {
-            caller: std::sync::Arc::clone(&caller.name),
-            request_id,
-            allowance: std::sync::Arc::new(crate::fetch::Allowance::new(
-                state.settings.budget.max_calls_per_request,
-                state.settings.budget.rate,
-            )),
-            priority: crate::budget::Priority::Caller,
-        },
-        refresh: caller.admin && wants_refresh(headers),
-    }
+    crate::fetch::RangeFetch::new(
+        std::sync::Arc::clone(&state.fetcher),
+        std::sync::Arc::clone(&state.windows),
+        filters,
+        std::sync::Arc::clone(&caller.name),
+        request_id,
+        crate::fetch::Allowance::new(
+            state.settings.budget.max_calls_per_request,
+            state.settings.budget.rate,
+        ),
+        caller.admin && wants_refresh(headers),
+    )
 }
 
 /// Sets `Cache-Status` (RFC 9211) and `Age` on a data answer.

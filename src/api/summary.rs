@@ -31,9 +31,8 @@ use crate::{
     },
     cache::{KeyEncoder, Rendered, hex},
     error::AppError,
-    fetch::{Assessment, assess},
     merge::merge_runs,
-    render::CacheStatus,
+    outcome::{Assessment, CacheStatus, assess},
     summary::{Dimension, GroupsJson, Metric, summarise, to_csv},
 };
 
@@ -122,7 +121,7 @@ pub fn parse_summary(
 pub async fn get_summary(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    RequestId(request_id): RequestId,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, AppError> {
@@ -276,7 +275,7 @@ pub async fn get_summary(
         .into_response();
     crate::api::stamp_cache_headers(
         &mut resp,
-        &verdict.cache_status(range.refresh, storable),
+        &verdict.cache_status(range.refresh(), storable),
         verdict.age,
     );
     if let Some(v) = disposition {

@@ -179,7 +179,7 @@ impl UpstreamClient {
     /// # Errors
     /// A base URL that cannot take the vendor path, or header values that are not valid.
     pub fn new(s: &UpstreamSettings) -> Result<Self, String> {
-        install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let mut endpoint = s.base_url.clone();
         let base_path = endpoint.path().trim_end_matches('/').to_owned();
         endpoint.set_path(&format!("{base_path}{}", vendor_path(&s.account_id)));
@@ -332,16 +332,6 @@ async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<Bytes, U
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
-}
-
-/// reqwest is built without a bundled crypto provider (the default one needs a heavy C
-/// build); ring is installed once for the whole process instead.
-pub(crate) fn install_crypto_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err only means another provider is already installed, which is just as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 /// Turns a non-2xx status into its meaning.
