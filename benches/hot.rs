@@ -12,8 +12,9 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 use kore_gateway::{
     merge::{Record, dedupe_and_sort, merge_runs},
+    outcome::CacheStatus,
     plan::{Window, plan},
-    render::{CacheStatus, MetaHead, etag, json_head, json_tail},
+    render::{MetaHead, etag, json_head, json_tail},
 };
 use kore_sim::{SimConfig, SimFilter, Simulator};
 use serde_json::value::RawValue;
