@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::upstream::UpstreamError;
 
@@ -73,13 +74,19 @@ pub enum AppError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details.
+#[derive(Serialize, ToSchema)]
+pub struct Problem<'a> {
     #[serde(rename = "type")]
+    #[schema(example = "/problems/invalid-parameter")]
     kind: &'a str,
+    #[schema(example = "Invalid parameter")]
     title: &'a str,
+    #[schema(example = 400)]
     status: u16,
+    #[schema(example = "`from` is after `to`")]
     detail: String,
+    /// The parameter at fault, for 400s.
     #[serde(skip_serializing_if = "Option::is_none")]
     param: Option<&'a str>,
 }
@@ -238,5 +245,124 @@ impl IntoResponse for AppError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
+    }
+}
+
+/// The error answers as the OpenAPI document tells them, each described once and given the
+/// status [`AppError::status`] chooses: a handler's `#[utoipa::path(responses(...))]` names
+/// the ones it can give. Every body is a [`Problem`].
+pub mod problems {
+    use std::{collections::BTreeMap, time::Duration};
+
+    use utoipa::{
+        IntoResponses, PartialSchema, ToSchema,
+        openapi::{ContentBuilder, HeaderBuilder, Ref, RefOr, ResponseBuilder, response::Response},
+    };
+
+    use super::{AppError, PROBLEM_JSON, Problem};
+
+    /// One problem+json answer: `error`'s status, with `description`; `retry` adds the
+    /// headers that say when to come back (`Retry-After`, and where the budgets stand).
+    fn problem(
+        error: AppError,
+        description: &str,
+        retry: bool,
+    ) -> BTreeMap<String, RefOr<Response>> {
+        let mut response = ResponseBuilder::new().description(description).content(
+            PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(Problem::name())))
+                .build(),
+        );
+        if retry {
+            for (name, schema) in [
+                ("Retry-After", u64::schema()),
+                ("RateLimit-Policy", String::schema()),
+                ("RateLimit", String::schema()),
+            ] {
+                response = response.header(name, HeaderBuilder::new().schema(schema).build());
+            }
+        }
+        BTreeMap::from([(error.status().as_str().to_owned(), response.build().into())])
+    }
+
+    /// 400: a parameter is missing, malformed or out of range.
+    pub struct BadParam;
+
+    impl IntoResponses for BadParam {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            problem(AppError::param("", ""), "Bad parameter", false)
+        }
+    }
+
+    /// 401: no key, or one the gateway does not know.
+    pub struct Unauthorized;
+
+    impl IntoResponses for Unauthorized {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            problem(AppError::Unauthorized, "Missing or unknown API key", false)
+        }
+    }
+
+    /// 403: a key that is not an admin key on an admin route.
+    pub struct Forbidden;
+
+    impl IntoResponses for Forbidden {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            problem(AppError::Forbidden, "Not an admin key", false)
+        }
+    }
+
+    /// 429: the key's own rate limit, or its limit of jobs under way.
+    pub struct RateLimited;
+
+    impl IntoResponses for RateLimited {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            problem(
+                AppError::KeyRateLimited {
+                    retry_after: Duration::ZERO,
+                },
+                "This key's rate limit exceeded, or it has too many jobs under way",
+                true,
+            )
+        }
+    }
+
+    /// 502: the upstream failed after retries.
+    pub struct UpstreamFailed;
+
+    impl IntoResponses for UpstreamFailed {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            problem(
+                AppError::Upstream(String::new()),
+                "Upstream failed after retries",
+                false,
+            )
+        }
+    }
+
+    /// 503: the shared budget cannot serve the request in time, or the request needs more
+    /// calls than one request may make.
+    pub struct BudgetExhausted;
+
+    impl IntoResponses for BudgetExhausted {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            problem(
+                AppError::BudgetExhausted {
+                    retry_after: Duration::ZERO,
+                },
+                "Upstream budget exhausted, or the request needs more upstream calls than MAX_CALLS_PER_REQUEST (the detail names the estimate; what was fetched stays cached)",
+                true,
+            )
+        }
+    }
+
+    /// 504: the upstream did not answer in time.
+    pub struct UpstreamTimeout;
+
+    impl IntoResponses for UpstreamTimeout {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            problem(AppError::UpstreamTimeout, "Upstream timed out", false)
+        }
     }
 }

@@ -7,6 +7,7 @@ use axum::{Json, extract::State};
 use crate::{
     AppState,
     api::docs::{CachePurge, CacheStats, PurgedMemory, PurgedRedis},
+    error::problems,
 };
 
 /// Entries, bytes and hit ratio of the caches, and the state of the upstream budget.
@@ -14,8 +15,7 @@ use crate::{
 /// Admin keys only.
 #[utoipa::path(get, path = "/v1/cache", tag = "admin",
     responses((status = 200, description = "Cache statistics", body = CacheStats),
-              (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an admin key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
+              problems::Unauthorized, problems::Forbidden),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
     let (window_entries, window_bytes) = state.windows.usage().await;
@@ -53,8 +53,7 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
 /// keys only; the next requests refetch from the upstream, within the shared budget.
 #[utoipa::path(delete, path = "/v1/cache", tag = "admin",
     responses((status = 200, description = "Purged; what went, per tier", body = CachePurge),
-              (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-              (status = 403, description = "Not an admin key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
+              problems::Unauthorized, problems::Forbidden),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn cache_purge(State(state): State<AppState>) -> Json<CachePurge> {
     let (windows, _) = state.windows.usage().await;

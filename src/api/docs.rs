@@ -49,7 +49,7 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
         crate::api::status::page,
         crate::api::status::status_json,
     ),
-    components(schemas(InteractionsResponse, Meta, Record, Problem, CacheStats, CachePurge, PurgedMemory, PurgedRedis, VendorRequest, VendorResponse, Health,
+    components(schemas(crate::error::Problem, InteractionsResponse, Meta, Record, CacheStats, CachePurge, PurgedMemory, PurgedRedis, VendorRequest, VendorResponse, Health,
         crate::api::summary::SummaryResponse, crate::api::summary::SummaryGroup, crate::api::summary::SummaryMeta, crate::api::summary::DurationStats)),
     modifiers(&Security),
     tags(
@@ -242,22 +242,6 @@ pub struct Meta {
 pub struct InteractionsResponse {
     data: Vec<Record>,
     meta: Meta,
-}
-
-/// RFC 9457 problem details.
-#[derive(Serialize, ToSchema)]
-pub struct Problem {
-    #[serde(rename = "type")]
-    #[schema(example = "/problems/invalid-parameter")]
-    kind: String,
-    #[schema(example = "Invalid parameter")]
-    title: String,
-    #[schema(example = 400)]
-    status: u16,
-    #[schema(example = "`from` is after `to`")]
-    detail: String,
-    /// The parameter at fault, for 400s.
-    param: Option<String>,
 }
 
 /// Cache statistics.

@@ -24,7 +24,7 @@ use crate::{
     },
     cache::Source,
     config::OffsetMode,
-    error::AppError,
+    error::{AppError, PROBLEM_JSON, Problem, problems},
     plan::{MAX_WINDOW_SECONDS, Window},
     upstream::{Filters, MAX_PAGE, PAGE_LIMIT},
 };
@@ -71,12 +71,12 @@ struct VendorBody {
                 ("X-Gateway-Complete" = String, description = "false when the window's count could not be cross-checked"),
                 ("X-Gateway-Stale" = String, description = "true when the page comes from an expired copy"),
             )),
-        (status = 400, description = "Bad body or parameters", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not the configured account", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body larger than 64 KiB", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-        (status = 502, description = "Upstream failed after retries", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Upstream budget exhausted", body = crate::api::docs::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad body or parameters", body = Problem, content_type = PROBLEM_JSON),
+        problems::Unauthorized,
+        (status = 404, description = "Not the configured account", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than 64 KiB", body = Problem, content_type = PROBLEM_JSON),
+        problems::UpstreamFailed,
+        problems::BudgetExhausted,
     ),
     security(("bearer" = []), ("api_key" = []))
 )]

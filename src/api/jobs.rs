@@ -15,7 +15,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::{
-    AppState, api::auth::Caller, error::AppError, fetch::RangeFetch, jobs::JobView, plan::Window,
+    AppState,
+    api::auth::Caller,
+    error::{AppError, PROBLEM_JSON, Problem, problems},
+    fetch::RangeFetch,
+    jobs::JobView,
+    plan::Window,
 };
 
 /// Whether the request prefers an asynchronous answer (`Prefer: respond-async`, any case,
@@ -101,7 +106,7 @@ pub struct JobList {
 /// An admin key sees every key's jobs. Ended jobs are listed until JOB_TTL after they end.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
     responses((status = 200, description = "Jobs this key can see", body = JobList),
-              (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
+              problems::Unauthorized),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn list_jobs(
     State(state): State<AppState>,
@@ -125,8 +130,8 @@ pub async fn list_jobs(
     params(("id" = String, Path, description = "The job id from `Location`")),
     responses((status = 200, description = "The job", body = JobView,
                 headers(("Retry-After" = u64, description = "While queued or running: when to look again"))),
-              (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such job for this key (or forgotten JOB_TTL after it ended)", body = crate::api::docs::Problem, content_type = "application/problem+json")),
+              problems::Unauthorized,
+              (status = 404, description = "No such job for this key (or forgotten JOB_TTL after it ended)", body = Problem, content_type = PROBLEM_JSON)),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn get_job(
     State(state): State<AppState>,
@@ -155,8 +160,8 @@ pub async fn get_job(
 #[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = String, Path, description = "The job id from `Location`")),
     responses((status = 204, description = "Cancelled and forgotten"),
-              (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json"),
-              (status = 404, description = "No such job for this key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
+              problems::Unauthorized,
+              (status = 404, description = "No such job for this key", body = Problem, content_type = PROBLEM_JSON)),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn delete_job(
     State(state): State<AppState>,

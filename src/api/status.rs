@@ -22,6 +22,7 @@ use utoipa::ToSchema;
 use crate::{
     AppState,
     api::auth::Caller,
+    error::problems,
     jobs::{JobState, Progress},
 };
 
@@ -135,7 +136,7 @@ pub struct UpstreamStatus {
 /// and upstream health; any API key.
 #[utoipa::path(get, path = "/status.json", tag = "operations",
     responses((status = 200, description = "Budget, calls by key, jobs, cache tiers and upstream health", body = Status),
-              (status = 401, description = "Missing or unknown API key", body = crate::api::docs::Problem, content_type = "application/problem+json")),
+              problems::Unauthorized),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn status_json(
     State(state): State<AppState>,
