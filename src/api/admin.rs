@@ -3,12 +3,10 @@
 use std::sync::atomic::Ordering;
 
 use axum::{Json, extract::State};
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use crate::{
-    AppState,
-    api::docs::{CachePurge, CacheStats, PurgedMemory, PurgedRedis},
-    error::problems,
-};
+use crate::{AppState, error::problems};
 
 /// Entries, bytes and hit ratio of the caches, and the state of the upstream budget.
 ///
@@ -83,4 +81,52 @@ pub async fn cache_purge(State(state): State<AppState>) -> Json<CachePurge> {
         disk: state.windows.disk().map(|_| disk),
         redis,
     })
+}
+
+/// Cache statistics.
+#[derive(Serialize, ToSchema)]
+pub struct CacheStats {
+    pub window_entries: u64,
+    pub window_bytes: u64,
+    pub response_entries: u64,
+    pub response_bytes: u64,
+    pub max_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub coalesced: u64,
+    pub stale_served: u64,
+    pub response_hits: u64,
+    /// (hits + response hits) / (hits + response hits + misses); null before any lookup.
+    pub hit_ratio: Option<f64>,
+    pub upstream_calls_granted: u64,
+    pub upstream_calls_waiting: u64,
+    pub upstream_calls_in_window: u64,
+}
+
+/// What `DELETE /v1/cache` dropped, per tier.
+#[derive(Serialize, ToSchema)]
+pub struct CachePurge {
+    /// This replica's memory (moka).
+    pub memory: PurgedMemory,
+    /// Windows removed from this replica's disk tier; null when `CACHE_DIR` is not set.
+    pub disk: Option<u64>,
+    /// The windows shared through Redis; null when `REDIS_URL` is not set.
+    pub redis: Option<PurgedRedis>,
+}
+
+/// Entries dropped from this replica's memory.
+#[derive(Serialize, ToSchema)]
+pub struct PurgedMemory {
+    /// Cached windows of upstream records.
+    pub windows: u64,
+    /// Rendered JSON answers.
+    pub responses: u64,
+}
+
+/// Window keys unlinked from Redis.
+#[derive(Serialize, ToSchema)]
+pub struct PurgedRedis {
+    pub windows: u64,
+    /// False when Redis failed part-way: some shared windows may remain.
+    pub complete: bool,
 }

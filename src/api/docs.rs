@@ -49,7 +49,7 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
         crate::api::status::page,
         crate::api::status::status_json,
     ),
-    components(schemas(crate::error::Problem, InteractionsResponse, Meta, Record, CacheStats, CachePurge, PurgedMemory, PurgedRedis, VendorRequest, VendorResponse, Health,
+    components(schemas(crate::error::Problem, InteractionsResponse, Meta, Record, VendorRequest, VendorResponse,
         crate::api::summary::SummaryResponse, crate::api::summary::SummaryGroup, crate::api::summary::SummaryMeta, crate::api::summary::DurationStats)),
     modifiers(&Security),
     tags(
@@ -244,54 +244,6 @@ pub struct InteractionsResponse {
     meta: Meta,
 }
 
-/// Cache statistics.
-#[derive(Serialize, ToSchema)]
-pub struct CacheStats {
-    pub window_entries: u64,
-    pub window_bytes: u64,
-    pub response_entries: u64,
-    pub response_bytes: u64,
-    pub max_bytes: u64,
-    pub hits: u64,
-    pub misses: u64,
-    pub coalesced: u64,
-    pub stale_served: u64,
-    pub response_hits: u64,
-    /// (hits + response hits) / (hits + response hits + misses); null before any lookup.
-    pub hit_ratio: Option<f64>,
-    pub upstream_calls_granted: u64,
-    pub upstream_calls_waiting: u64,
-    pub upstream_calls_in_window: u64,
-}
-
-/// What `DELETE /v1/cache` dropped, per tier.
-#[derive(Serialize, ToSchema)]
-pub struct CachePurge {
-    /// This replica's memory (moka).
-    pub memory: PurgedMemory,
-    /// Windows removed from this replica's disk tier; null when `CACHE_DIR` is not set.
-    pub disk: Option<u64>,
-    /// The windows shared through Redis; null when `REDIS_URL` is not set.
-    pub redis: Option<PurgedRedis>,
-}
-
-/// Entries dropped from this replica's memory.
-#[derive(Serialize, ToSchema)]
-pub struct PurgedMemory {
-    /// Cached windows of upstream records.
-    pub windows: u64,
-    /// Rendered JSON answers.
-    pub responses: u64,
-}
-
-/// Window keys unlinked from Redis.
-#[derive(Serialize, ToSchema)]
-pub struct PurgedRedis {
-    pub windows: u64,
-    /// False when Redis failed part-way: some shared windows may remain.
-    pub complete: bool,
-}
-
 /// The vendor's request body (drop-in route).
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"startDate": "2024-09-26", "endDate": "2024-09-26", "timeZoneOffset": -330,
@@ -316,12 +268,4 @@ pub struct VendorRequest {
 pub struct VendorResponse {
     numResults: u64,
     data: Vec<Record>,
-}
-
-/// Liveness / readiness.
-#[derive(Serialize, ToSchema)]
-pub struct Health {
-    #[schema(example = "ok")]
-    pub status: String,
-    pub detail: Option<String>,
 }

@@ -12,9 +12,11 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use serde::Serialize;
 use tokio::time::Instant;
+use utoipa::ToSchema;
 
-use crate::{AppState, api::docs};
+use crate::AppState;
 
 /// An upstream answer younger than this makes the gateway ready without asking again.
 const RECENT: i64 = 300;
@@ -27,13 +29,22 @@ pub struct Health {
     last_probe: Mutex<Option<(Instant, Result<(), String>)>>,
 }
 
+/// Liveness / readiness.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Health)]
+pub struct HealthBody {
+    #[schema(example = "ok")]
+    pub status: String,
+    pub detail: Option<String>,
+}
+
 /// Liveness: the process serves requests.
 ///
 /// Needs no key and makes no upstream call; for an orchestrator's liveness probe.
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
-    responses((status = 200, description = "Alive", body = docs::Health)))]
-pub async fn healthz() -> Json<docs::Health> {
-    Json(docs::Health {
+    responses((status = 200, description = "Alive", body = HealthBody)))]
+pub async fn healthz() -> Json<HealthBody> {
+    Json(HealthBody {
         status: "ok".into(),
         detail: None,
     })
@@ -44,8 +55,8 @@ pub async fn healthz() -> Json<docs::Health> {
 /// Ready when the upstream answered within the last five minutes; otherwise one small probe
 /// call is made (at most once a minute, through the shared budget).
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
-    responses((status = 200, description = "Ready", body = docs::Health),
-              (status = 503, description = "Upstream not answering", body = docs::Health)))]
+    responses((status = 200, description = "Ready", body = HealthBody),
+              (status = 503, description = "Upstream not answering", body = HealthBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     // Redis is an optimisation: its absence is reported, never a reason to be unready.
     let redis = state.cluster.as_ref().map(|c| {
@@ -117,7 +128,7 @@ fn ready(v: Result<(), String>, redis: Option<String>) -> Response {
     };
     (
         status,
-        Json(docs::Health {
+        Json(HealthBody {
             status: word.into(),
             detail,
         }),
