@@ -4,12 +4,16 @@
 //! local to the offset of the window that fetched them, so the order uses the instant, not
 //! the text: across a DST fall-back the wall clock repeats an hour but instants do not.
 
-use std::{cmp::Ordering, collections::HashSet};
+use std::{borrow::Cow, cmp::Ordering, collections::HashSet};
 
 use sha2::Digest;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{RefOr, Schema},
+};
 
 use crate::plan::Window;
 
@@ -24,6 +28,65 @@ pub struct Record {
     pub start: Option<i64>,
     /// The vendor offset (inverted minutes) the record's times are written in.
     pub vendor_offset: i32,
+}
+
+// On the wire a record is `raw`, byte for byte, so its schema is the vendor's object as far
+// as the vendor documents it: described by `VendorRecord`, which is never built.
+impl PartialSchema for Record {
+    fn schema() -> RefOr<Schema> {
+        VendorRecord::schema()
+    }
+}
+
+impl ToSchema for Record {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("Record")
+    }
+}
+
+/// One upstream record, passed through unchanged. Only the documented fields are listed;
+/// the object is open (JSON Schema's default): unknown fields appear and are kept.
+#[derive(ToSchema)]
+#[schema(example = json!({
+    "sessionId": "66f4f3aa205c5afb97d3xxxx", "channel": "Jones ", "sessionStartTime": "2024-09-26T11:09:54",
+    "sessionEndTime": "2024-09-26T11:09:55", "botId": "st-4b6a22d1-b8e5-533d-8020-93f847a9xxxx",
+    "userId": "u-390b0c73-6b06-5656-a3b1-58746515xxxx", "smartStatus": "CLOSED AT BOT", "finalStatus": "Dropped",
+    "customerinfo": {"CustomerFirstName": "John", "CustomerLastName": "Doe", "Direction": "Inbound"},
+    "skills": [], "userleveltags": [], "sessionleveltags": []
+}))]
+#[allow(dead_code, non_snake_case)]
+struct VendorRecord {
+    /// Bot-generated session id.
+    sessionId: Option<String>,
+    /// SmartAssist conversation id (agent conversations only).
+    conversationId: Option<String>,
+    channel: Option<String>,
+    /// Local to the request's time zone, no zone suffix (`YYYY-MM-DDTHH:MM:SS`).
+    sessionStartTime: Option<String>,
+    sessionEndTime: Option<String>,
+    finalStatus: Option<String>,
+    smartStatus: Option<String>,
+    statusDetail: Option<String>,
+    botId: Option<String>,
+    Direction: Option<String>,
+    userId: Option<String>,
+    channelSpecificUserId: Option<String>,
+    dispositions: Option<Vec<String>>,
+    dispositionRemarks: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
+    customerinfo: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    metaInfo: Option<serde_json::Value>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    destinations: Option<serde_json::Value>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    skills: Option<serde_json::Value>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    userleveltags: Option<serde_json::Value>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    sessionleveltags: Option<serde_json::Value>,
+    csatScore: Option<i64>,
+    csatFeedback: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -10,6 +10,10 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{Object, RefOr, Schema},
+};
 
 use hmac::{Hmac, Mac};
 
@@ -19,18 +23,73 @@ use crate::{
 };
 
 /// The data-dependent part of `meta`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MetaHead<'a> {
+    /// Start of the range, RFC 3339 with the offset in force then.
+    #[schema(example = "2024-09-26T00:00:00+05:30")]
     pub from: String,
+    #[schema(example = "2024-09-26T23:59:59+05:30")]
     pub to: String,
+    #[schema(example = "Asia/Kolkata")]
     pub tz: &'a str,
+    /// Records in the whole range.
+    #[schema(value_type = u64)]
     pub total: usize,
+    /// Records in this response.
+    #[schema(value_type = u64)]
     pub returned: usize,
+    /// Pass as `cursor` for the next page; null on the last.
     pub next_cursor: Option<String>,
+    /// False whenever any part of the range could not be fetched and cross-checked (see `warnings`).
     pub complete: bool,
+    /// True when part of the answer is an expired copy: served because the upstream failed, or
+    /// while it is refreshed (see `warnings`).
     pub stale: bool,
     pub warnings: &'a [String],
+    /// Upstream windows the range was split into.
+    #[schema(value_type = u64)]
     pub windows: usize,
+}
+
+/// The per-request end of `meta` that [`json_tail`] writes, for the OpenAPI document.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct MetaTail {
+    /// Upstream calls this request made.
+    #[schema(value_type = u64)]
+    upstream_calls: u32,
+    #[schema(value_type = String, example = "MISS", pattern = "^(HIT|MISS|PARTIAL)$")]
+    cache: CacheStatus,
+}
+
+/// `meta` as a client reads it: [`MetaHead`], then [`MetaTail`]. Only the OpenAPI document
+/// needs it whole.
+pub struct Meta;
+
+impl PartialSchema for Meta {
+    fn schema() -> RefOr<Schema> {
+        let object = |schema| match schema {
+            RefOr::T(Schema::Object(o)) => o,
+            _ => Object::new(),
+        };
+        let mut meta = object(MetaHead::schema());
+        let tail = object(MetaTail::schema());
+        meta.description = Some("About this answer.".to_owned());
+        meta.properties.extend(tail.properties);
+        meta.required.extend(tail.required);
+        meta.into()
+    }
+}
+
+impl ToSchema for Meta {}
+
+// What `json_head` and `json_tail` write, as the OpenAPI document describes it.
+/// `GET /v1/interactions` answer.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct InteractionsResponse {
+    data: Vec<Record>,
+    meta: Meta,
 }
 
 /// `{"data":[…],"meta":{…,` — everything but the per-request tail.

@@ -22,7 +22,7 @@ use crate::{
     api::{
         RequestId,
         auth::Caller,
-        query::{Format, InteractionsQuery, RangeQuery, parse_interactions},
+        query::{Format, InteractionsParams, InteractionsQuery, RangeQuery, parse_interactions},
         range_fetch, stamp_cache_headers, stored, wants_refresh,
     },
     cache::{KeyEncoder, Rendered, WindowOutcome, hex},
@@ -42,7 +42,7 @@ use crate::{
     get,
     path = "/v1/interactions",
     tag = "interactions",
-    params(crate::api::docs::InteractionsParams,
+    params(InteractionsParams,
         ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 at once with a job to poll, instead of holding the connection while the budget serves it; a cached range answers 200 as usual.")),
     responses(
         (status = 200, description = "Records of the range, oldest first: one page as JSON, or the whole range as NDJSON (one record per line, unchanged) or CSV (formula-looking text cells defused unless CSV_FORMULA_ESCAPE=false), by `format` or `Accept`. NDJSON and CSV say in their headers, before the first byte, whether the answer is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy, with the reasons in `X-Warning` headers (what `meta` says in JSON).",
@@ -55,7 +55,7 @@ use crate::{
                 ("RateLimit-Policy" = String, description = "The key's limit (`\"key\"`, when GATEWAY_KEY_RATE_LIMIT is set) and the shared upstream budget (`\"upstream\"`), draft-ietf-httpapi-ratelimit-headers: `\"upstream\";q=60;w=60`"),
                 ("RateLimit" = String, description = "What is left of each policy now and the seconds until a unit comes back: `\"upstream\";r=42;t=17`")),
             content(
-                (crate::api::docs::InteractionsResponse = "application/json"),
+                (render::InteractionsResponse = "application/json"),
                 (String = "application/x-ndjson", example = json!("{\"sessionId\":\"66f4f3aa205c5afb97d3xxxx\",\"channel\":\"voice\",\"sessionStartTime\":\"2024-09-26T11:09:54\"}\n")),
                 (String = "text/csv", example = json!("sessionId,conversationId,channel,sessionStartTime\n66f4f3aa205c5afb97d3xxxx,,voice,2024-09-26T11:09:54\n")),
             )),

@@ -8,6 +8,9 @@ use jiff::{
     tz::{Offset, TimeZone},
 };
 
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+
 use crate::{error::AppError, upstream::Filters};
 
 /// The optional blocks the vendor returns only when asked (`selectedFields`).
@@ -17,6 +20,16 @@ pub const FIELDS: [&str; 4] = [
     "sessionleveltags",
     "customerinfo",
 ];
+
+/// One of the optional blocks the vendor returns only when asked (`selectedFields`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SelectedField {
+    Skills,
+    Userleveltags,
+    Sessionleveltags,
+    Customerinfo,
+}
 
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 10_000;
@@ -93,6 +106,43 @@ pub struct InteractionsQuery {
     pub limit: usize,
     pub cursor: Option<String>,
     pub format: Format,
+}
+
+/// Query parameters of `GET /v1/interactions`, as the OpenAPI document describes them; the
+/// query is read by [`parse_interactions`], which holds the rules.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct InteractionsParams {
+    /// Start, local to `tz`: `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]`.
+    #[param(example = "2024-09-26")]
+    from: String,
+    /// End, inclusive, local to `tz`; a coarser value means the end of its unit (a date alone is 23:59:59, `HH:MM` is `HH:MM:59`).
+    #[param(example = "2024-09-26")]
+    to: String,
+    /// IANA time zone (`Asia/Kolkata`) or fixed offset (`+05:30`, `-04:00`, `Z`). Default `UTC`.
+    #[param(example = "Asia/Kolkata")]
+    tz: Option<String>,
+    /// Channels, comma-separated (the parameter may also repeat).
+    channels: Option<String>,
+    /// Queue ids, comma-separated.
+    queues: Option<String>,
+    /// Bot ids, comma-separated.
+    bots: Option<String>,
+    /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`, comma-separated (the
+    /// parameter may also repeat). Default: all four.
+    #[param(style = Form, explode = false, min_items = 1, inline)]
+    fields: Option<Vec<SelectedField>>,
+    /// Records in this response (JSON), 1..10000, default 1000.
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<u32>,
+    /// `meta.next_cursor` of the previous page. The next page starts right after the last
+    /// record of that page, so records that appear or vanish meanwhile never make a page
+    /// skip or repeat one. Signed and bound to the query: a cursor of another query is a 400.
+    cursor: Option<String>,
+    /// `json` (default), `ndjson` or `csv`; `Accept` works too. ndjson and csv stream the whole range.
+    #[param(pattern = "^(json|ndjson|csv)$")]
+    format: Option<String>,
 }
 
 /// Raw `(name, value)` pairs of a query string.
@@ -632,5 +682,17 @@ mod tests {
             r.to.as_second() - r.from.as_second(),
             2 * 3600 + 30 * 60 + 59
         );
+    }
+
+    #[test]
+    fn the_documented_fields_are_the_accepted_ones() {
+        let documented = [
+            SelectedField::Skills,
+            SelectedField::Userleveltags,
+            SelectedField::Sessionleveltags,
+            SelectedField::Customerinfo,
+        ]
+        .map(|f| serde_json::to_value(f).unwrap());
+        assert_eq!(documented, FIELDS.map(serde_json::Value::from));
     }
 }

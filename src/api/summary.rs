@@ -26,7 +26,10 @@ use crate::{
         RequestId,
         auth::Caller,
         interactions::plan_windows,
-        query::{Format, Params, RANGE_PARAMS, RangeQuery, format_from_accept, pairs, parse_range},
+        query::{
+            Format, Params, RANGE_PARAMS, RangeQuery, SelectedField, format_from_accept, pairs,
+            parse_range,
+        },
         range_fetch, stored, wants_refresh,
     },
     cache::{KeyEncoder, Rendered, hex},
@@ -329,7 +332,7 @@ pub struct SummaryParams {
     /// (`direction` falls back to `customerinfo.Direction`; the default also shares the
     /// cache with `/v1/interactions`).
     #[param(style = Form, explode = false, min_items = 1, inline)]
-    fields: Option<Vec<crate::api::docs::SelectedField>>,
+    fields: Option<Vec<SelectedField>>,
     /// Up to three of `day`, `hour`, `channel`, `queue`, `bot`, `agent`, `finalStatus`,
     /// `smartStatus`, `direction`, `disposition`, comma-separated, each once. None: one
     /// group for the whole range. `hour` buckets carry their offset, so a 25-hour day has 25;
