@@ -11,14 +11,13 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use serde::Serialize;
 use utoipa::{
-    Modify, OpenApi, ToSchema,
+    Modify, OpenApi,
     openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::{AppState, api::query::SelectedField, merge::Record};
+use crate::AppState;
 
 /// The committed document, exactly as served.
 pub const OPENAPI_JSON: &str = include_str!("../../openapi/openapi.json");
@@ -49,7 +48,7 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
         crate::api::status::page,
         crate::api::status::status_json,
     ),
-    components(schemas(crate::error::Problem, VendorRequest, VendorResponse,
+    components(schemas(crate::error::Problem,
         crate::api::summary::SummaryResponse, crate::api::summary::SummaryGroup, crate::api::summary::SummaryMeta, crate::api::summary::DurationStats)),
     modifiers(&Security),
     tags(
@@ -114,30 +113,4 @@ async fn openapi_json() -> impl IntoResponse {
         )],
         OPENAPI_JSON,
     )
-}
-
-/// The vendor's request body (drop-in route).
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"startDate": "2024-09-26", "endDate": "2024-09-26", "timeZoneOffset": -330,
-    "selectedFields": ["userleveltags", "sessionleveltags", "customerinfo", "skills"]}))]
-#[allow(non_snake_case)]
-pub struct VendorRequest {
-    /// `yyyy-mm-dd` or `yyyy-mm-dd HH:mm:ss`, local to the offset.
-    startDate: String,
-    endDate: String,
-    /// Minutes, JavaScript sign: IST is -330.
-    timeZoneOffset: i32,
-    /// Optional blocks to include; `null` or absent: none of them.
-    selectedFields: Option<Vec<SelectedField>>,
-    channels: Option<Vec<String>>,
-    queues: Option<Vec<String>>,
-    bots: Option<Vec<String>>,
-}
-
-/// The vendor's answer shape.
-#[derive(ToSchema)]
-#[allow(dead_code, non_snake_case)]
-pub struct VendorResponse {
-    numResults: u64,
-    data: Vec<Record>,
 }

@@ -13,33 +13,42 @@ use axum::{
 use bytes::{BufMut, BytesMut};
 use jiff::tz::Offset;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use crate::{
     AppState,
     api::{
         RequestId,
         auth::Caller,
-        query::{Bound, FIELDS, Params, pairs, parse_local},
+        query::{Bound, FIELDS, Params, SelectedField, pairs, parse_local},
         range_fetch,
     },
     cache::Source,
     config::OffsetMode,
     error::{AppError, PROBLEM_JSON, Problem, problems},
+    merge::Record,
     plan::{MAX_WINDOW_SECONDS, Window},
     upstream::{Filters, MAX_PAGE, PAGE_LIMIT},
 };
 
-#[derive(Deserialize)]
+/// The vendor's request body (drop-in route).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = VendorRequest, example = json!({"startDate": "2024-09-26", "endDate": "2024-09-26", "timeZoneOffset": -330,
+    "selectedFields": ["userleveltags", "sessionleveltags", "customerinfo", "skills"]}))]
 struct VendorBody {
+    /// `yyyy-mm-dd` or `yyyy-mm-dd HH:mm:ss`, local to the offset.
     #[serde(rename = "startDate")]
     start_date: String,
     #[serde(rename = "endDate")]
     end_date: String,
+    /// Minutes, JavaScript sign: IST is -330.
     #[serde(rename = "timeZoneOffset")]
     time_zone_offset: i32,
     // The lists are nullable in the vendor's schema: `null` means the same as absent.
+    /// Optional blocks to include; `null` or absent: none of them.
     #[serde(rename = "selectedFields", default)]
+    #[schema(value_type = Option<Vec<SelectedField>>)]
     selected_fields: Option<Vec<String>>,
     #[serde(default)]
     channels: Option<Vec<String>>,
@@ -47,6 +56,16 @@ struct VendorBody {
     queues: Option<Vec<String>>,
     #[serde(default)]
     bots: Option<Vec<String>>,
+}
+
+// What `interaction_details` writes by hand (the records go out as raw bytes), as the
+// OpenAPI document describes it.
+/// The vendor's answer shape.
+#[derive(ToSchema)]
+#[allow(dead_code, non_snake_case)]
+struct VendorResponse {
+    numResults: u64,
+    data: Vec<Record>,
 }
 
 /// Vendor-compatible interaction details (one page), authenticated by API key.
@@ -63,9 +82,9 @@ struct VendorBody {
         ("offset" = Option<u32>, Query, minimum = 0, maximum = 10, description = "Page index 0..10 (with `KORE_OFFSET_MODE=record`, as the vendor's older docs read it: records to skip, 0..1000)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Records per page, 1..100 (default 100)"),
     ),
-    request_body(content = crate::api::docs::VendorRequest, content_type = "application/json"),
+    request_body(content = VendorBody, content_type = "application/json"),
     responses(
-        (status = 200, description = "One page, in the vendor's shape", body = crate::api::docs::VendorResponse,
+        (status = 200, description = "One page, in the vendor's shape", body = VendorResponse,
             headers(
                 ("X-Cache" = String, description = "HIT, MISS, or STALE when an expired copy stands in for a failed upstream"),
                 ("X-Gateway-Complete" = String, description = "false when the window's count could not be cross-checked"),
