@@ -1,9 +1,10 @@
 //! The OpenAPI 3.1 document and Swagger UI, both served from the binary (no CDN).
 //!
-//! The document is generated from the handlers' `#[utoipa::path]` and the schemas below;
-//! the committed `openapi/openapi.json` is what `/openapi.json` serves byte for byte
-//! (SPEC §6), embedded at build time. `kore-gateway --print-openapi > openapi/openapi.json`
-//! regenerates it, and a test fails when the committed copy is stale.
+//! The document is generated from the handlers' `#[utoipa::path]`, the schemas derived on
+//! the types they serialise, and the error answers of [`crate::error::problems`]; nothing
+//! is defined here. The committed `openapi/openapi.json` is what `/openapi.json` serves byte
+//! for byte (SPEC §6), embedded at build time. `kore-gateway --print-openapi >
+//! openapi/openapi.json` regenerates it, and a test fails when the committed copy is stale.
 
 use axum::{
     Router,
@@ -48,8 +49,7 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
         crate::api::status::page,
         crate::api::status::status_json,
     ),
-    components(schemas(crate::error::Problem,
-        crate::api::summary::SummaryResponse, crate::api::summary::SummaryGroup, crate::api::summary::SummaryMeta, crate::api::summary::DurationStats)),
+    components(schemas(crate::error::Problem)),
     modifiers(&Security),
     tags(
         (name = "interactions", description = "Interaction records"),

@@ -107,7 +107,7 @@ pub fn parse_summary(
                 ("RateLimit-Policy" = String, description = "The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
                 ("RateLimit" = String, description = "What is left of each policy now, and the seconds until a unit comes back")),
             content(
-                (SummaryResponse = "application/json"),
+                (Body = "application/json"),
                 (String = "text/csv", example = json!("day,channel,count,interactionDuration.count,interactionDuration.sum,interactionDuration.mean,interactionDuration.p50,interactionDuration.p90,interactionDuration.max\n2024-09-26,voice,12,7,3907,558.1428571428571,540,1023,1107\n2024-09-26,(none),1,0,0,,,,\n")),
             )),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
@@ -284,29 +284,59 @@ pub async fn get_summary(
     Ok(resp)
 }
 
-#[derive(Serialize)]
+/// `GET /v1/interactions/summary` answer (JSON).
+#[derive(Serialize, ToSchema)]
+#[schema(as = SummaryResponse, example = json!({
+    "groups": [
+        {"key": {"day": "2024-09-26", "channel": "voice"}, "count": 12,
+         "interactionDuration": {"count": 7, "sum": 3907, "mean": 558.1428571428571, "p50": 540, "p90": 1023, "max": 1107}},
+        {"key": {"day": "2024-09-26", "channel": null}, "count": 1,
+         "interactionDuration": {"count": 0, "sum": 0, "mean": null, "p50": null, "p90": null, "max": null}}
+    ],
+    "meta": {"from": "2024-09-26T00:00:00-04:00", "to": "2024-09-26T23:59:59-04:00", "tz": "America/New_York",
+             "total": 13, "groups": 2, "complete": true, "stale": false, "warnings": [],
+             "windows": 1, "upstream_calls": 0, "cache": "HIT"}
+}))]
 struct Body<'s, 'a> {
+    #[schema(inline)]
     groups: GroupsJson<'s, 'a>,
     meta: Meta<'s>,
 }
 
-#[derive(Serialize)]
+/// About this summary.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SummaryMeta)]
 struct Meta<'s> {
+    #[schema(example = "2024-09-26T00:00:00-04:00")]
     from: String,
+    #[schema(example = "2024-09-26T23:59:59-04:00")]
     to: String,
+    #[schema(example = "America/New_York")]
     tz: &'s str,
+    /// Records summarised (the same as `/v1/interactions` would return in all).
+    #[schema(value_type = u64)]
     total: usize,
+    /// Groups in `groups`.
+    #[schema(value_type = u64)]
     groups: usize,
+    /// False whenever any part of the range could not be fetched and cross-checked (see `warnings`).
     complete: bool,
+    /// True when part of the answer is an expired copy: served because the upstream failed, or
+    /// while it is refreshed (see `warnings`).
     stale: bool,
     warnings: &'s [String],
+    /// Upstream windows the range was split into.
+    #[schema(value_type = u64)]
     windows: usize,
+    /// Upstream calls this request made (0 when every window was cached).
+    #[schema(value_type = u64)]
     upstream_calls: u32,
+    #[schema(example = "HIT", pattern = "^(HIT|MISS|PARTIAL)$")]
     cache: &'static str,
 }
 
 // ---------------------------------------------------------------------------------------
-// OpenAPI: the parameters and the JSON shape, documented next to the handler.
+// OpenAPI: the parameters, read by hand in `parse_summary`, documented next to the handler.
 
 /// Query parameters of `GET /v1/interactions/summary`.
 #[derive(Debug, IntoParams)]
@@ -347,87 +377,6 @@ pub struct SummaryParams {
     /// `json` (default) or `csv`; `Accept: text/csv` works too.
     #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
-}
-
-/// Statistics of one duration metric over a group, in seconds. Missing values are skipped,
-/// never counted as 0; `count` is the number of values (agent segments), and the others are
-/// null when it is 0.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"count": 7, "sum": 3907, "mean": 558.1428571428571, "p50": 540, "p90": 1023, "max": 1107}))]
-pub struct DurationStats {
-    count: u64,
-    sum: f64,
-    #[schema(required = true)]
-    mean: Option<f64>,
-    /// Nearest rank: the ⌈0.5·n⌉-th smallest value.
-    #[schema(required = true)]
-    p50: Option<f64>,
-    /// Nearest rank: the ⌈0.9·n⌉-th smallest value.
-    #[schema(required = true)]
-    p90: Option<f64>,
-    #[schema(required = true)]
-    max: Option<f64>,
-}
-
-/// One group. `key` has one member per `group_by` dimension (in that order; null for
-/// records without the value); then each requested metric.
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({"key": {"day": "2024-09-26", "channel": "voice"}, "count": 12,
-    "interactionDuration": {"count": 7, "sum": 3907, "mean": 558.1428571428571, "p50": 540, "p90": 1023, "max": 1107}}))]
-#[allow(non_snake_case)]
-pub struct SummaryGroup {
-    #[schema(value_type = Object, example = json!({"hour": "2024-11-03T01:00-05:00", "queue": null}))]
-    key: serde_json::Value,
-    /// Records in the group (present when `count` is requested).
-    count: Option<u64>,
-    interactionDuration: Option<DurationStats>,
-    firstResponseDuration: Option<DurationStats>,
-    afterCallWorkDuration: Option<DurationStats>,
-    queueWait: Option<DurationStats>,
-}
-
-/// About this summary.
-#[derive(Serialize, ToSchema)]
-pub struct SummaryMeta {
-    #[schema(example = "2024-09-26T00:00:00-04:00")]
-    from: String,
-    #[schema(example = "2024-09-26T23:59:59-04:00")]
-    to: String,
-    #[schema(example = "America/New_York")]
-    tz: String,
-    /// Records summarised (the same as `/v1/interactions` would return in all).
-    total: u64,
-    /// Groups in `groups`.
-    groups: u64,
-    /// False whenever any part of the range could not be fetched and cross-checked (see `warnings`).
-    complete: bool,
-    /// True when part of the answer is an expired copy served because the upstream failed.
-    stale: bool,
-    warnings: Vec<String>,
-    /// Upstream windows the range was split into.
-    windows: u64,
-    /// Upstream calls this request made (0 when every window was cached).
-    upstream_calls: u64,
-    #[schema(example = "HIT", pattern = "^(HIT|MISS|PARTIAL)$")]
-    cache: String,
-}
-
-/// `GET /v1/interactions/summary` answer (JSON).
-#[derive(Serialize, ToSchema)]
-#[schema(example = json!({
-    "groups": [
-        {"key": {"day": "2024-09-26", "channel": "voice"}, "count": 12,
-         "interactionDuration": {"count": 7, "sum": 3907, "mean": 558.1428571428571, "p50": 540, "p90": 1023, "max": 1107}},
-        {"key": {"day": "2024-09-26", "channel": null}, "count": 1,
-         "interactionDuration": {"count": 0, "sum": 0, "mean": null, "p50": null, "p90": null, "max": null}}
-    ],
-    "meta": {"from": "2024-09-26T00:00:00-04:00", "to": "2024-09-26T23:59:59-04:00", "tz": "America/New_York",
-             "total": 13, "groups": 2, "complete": true, "stale": false, "warnings": [],
-             "windows": 1, "upstream_calls": 0, "cache": "HIT"}
-}))]
-pub struct SummaryResponse {
-    groups: Vec<SummaryGroup>,
-    meta: SummaryMeta,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use jiff::tz::TimeZone;
+use utoipa::ToSchema;
 
 use super::{
     dimensions::{Dimension, KeyPart, Metric, time_parts},
@@ -11,16 +12,23 @@ use super::{
 };
 use crate::merge::Record;
 
-/// Statistics of one duration metric over one group, in seconds.
-#[derive(Debug, Clone, PartialEq)]
+/// Statistics of one duration metric over a group, in seconds. Missing values are skipped,
+/// never counted as 0; `count` is the number of values (agent segments), and the others are
+/// null when it is 0.
+#[derive(Debug, Clone, PartialEq, ToSchema)]
+#[schema(as = DurationStats, example = json!({"count": 7, "sum": 3907, "mean": 558.1428571428571, "p50": 540, "p90": 1023, "max": 1107}))]
 pub struct Stats {
-    /// Values seen (segments that carried one), not records.
     pub count: u64,
     pub sum: f64,
-    /// `None` when there are no values.
+    #[schema(required = true)]
     pub mean: Option<f64>,
+    /// Nearest rank: the ⌈0.5·n⌉-th smallest value.
+    #[schema(required = true)]
     pub p50: Option<f64>,
+    /// Nearest rank: the ⌈0.9·n⌉-th smallest value.
+    #[schema(required = true)]
     pub p90: Option<f64>,
+    #[schema(required = true)]
     pub max: Option<f64>,
 }
 

@@ -1,8 +1,18 @@
 //! Output: JSON (serde, keys in request order) and CSV (one row per group).
 
+use std::borrow::Cow;
+
 use serde::{
     Serialize, Serializer,
     ser::{SerializeMap, SerializeSeq},
+};
+use serde_json::json;
+use utoipa::{
+    PartialSchema, ToSchema,
+    openapi::{
+        ArrayBuilder, KnownFormat, Object, ObjectBuilder, OneOfBuilder, Ref, RefOr, Schema,
+        SchemaFormat, Type, schema::SchemaType,
+    },
 };
 
 use super::{
@@ -76,6 +86,56 @@ impl Serialize for GroupJson<'_, '_> {
     }
 }
 
+// The schema follows the serialiser: `key`, then a member per metric, named as it is.
+impl PartialSchema for GroupJson<'_, '_> {
+    fn schema() -> RefOr<Schema> {
+        let mut group = ObjectBuilder::new()
+            .description(Some(concat!(
+                "One group. `key` has one member per `group_by` dimension (in that order; null for\n",
+                "records without the value); then each requested metric."
+            )))
+            .property("key", Object::with_type(Type::Object))
+            .required("key");
+        for metric in Metric::ALL {
+            group = match metric {
+                Metric::Count => group.property(
+                    "count",
+                    ObjectBuilder::new()
+                        .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                        .description(Some(
+                            "Records in the group (present when `count` is requested).",
+                        ))
+                        .minimum(Some(0)),
+                ),
+                other => group.property(
+                    other.name(),
+                    OneOfBuilder::new()
+                        .item(Object::with_type(Type::Null))
+                        .item(Ref::from_schema_name(Stats::name())),
+                ),
+            };
+        }
+        let mut group = group.build();
+        group.example = Some(
+            json!({"key": {"day": "2024-09-26", "channel": "voice"}, "count": 12,
+            "interactionDuration": {"count": 7, "sum": 3907, "mean": 558.1428571428571, "p50": 540, "p90": 1023, "max": 1107}}),
+        );
+        group.into()
+    }
+}
+
+impl ToSchema for GroupJson<'_, '_> {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("SummaryGroup")
+    }
+
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Stats::name().into_owned(), Stats::schema()));
+        Stats::schemas(schemas);
+    }
+}
+
 /// The `groups` array of the JSON answer: `[{"key":{…},"count":…,"<metric>":{…}}, …]`,
 /// key members in `group_by` order, metrics in request order, a missing value as `null`.
 pub struct GroupsJson<'s, 'a>(pub &'s Summary<'a>);
@@ -87,6 +147,21 @@ impl Serialize for GroupsJson<'_, '_> {
             seq.serialize_element(&GroupJson(self.0, g))?;
         }
         seq.end()
+    }
+}
+
+impl PartialSchema for GroupsJson<'_, '_> {
+    fn schema() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .items(Ref::from_schema_name(GroupJson::name()))
+            .into()
+    }
+}
+
+impl ToSchema for GroupsJson<'_, '_> {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((GroupJson::name().into_owned(), GroupJson::schema()));
+        GroupJson::schemas(schemas);
     }
 }
 
