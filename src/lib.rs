@@ -60,7 +60,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::{
     api::auth::KeyRing,
     budget::{Budget, KeyLimiter},
-    cache::{CacheCounters, ResponseCache, WindowCache},
+    cache::{CacheCounters, ResponseCache, Tier, WindowCache},
     cluster::Cluster,
     config::Settings,
     fetch::Fetcher,
@@ -81,6 +81,8 @@ pub struct App {
     pub health: api::ops::Health,
     /// What replicas share through Redis, when REDIS_URL is set.
     pub cluster: Option<Arc<Cluster>>,
+    /// The disk tier below the window cache, when CACHE_DIR is set and it opened.
+    pub disk: Option<Arc<disk::DiskTier>>,
     /// Signs and checks cursors (derived from the client secret).
     pub cursor_key: render::CursorKey,
     /// `Prefer: respond-async` jobs.
@@ -156,11 +158,17 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
             }
         }
     });
-    let windows = Arc::new(WindowCache::with_disk(
+    let shared = cluster.as_ref().map(|c| {
+        Arc::new(cluster::RedisTier::new(
+            Arc::clone(c),
+            settings.cache.stale_grace,
+        )) as Arc<dyn Tier>
+    });
+    let windows = Arc::new(WindowCache::with_tiers(
         settings.cache,
         Arc::clone(&counters),
-        cluster.clone(),
-        disk,
+        disk.clone().map(|d| d as Arc<dyn Tier>),
+        shared,
     ));
     windows.spawn_refresh_ahead();
     let responses = ResponseCache::new(&settings.cache);
@@ -182,6 +190,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         metrics: metrics_handle(),
         health: api::ops::Health::default(),
         cluster,
+        disk,
         cursor_key,
         jobs: jobs::Jobs::new(settings_job_ttl),
     })))
