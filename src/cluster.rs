@@ -27,14 +27,11 @@ use std::{
 
 use redis::{Script, aio::ConnectionManager};
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use crate::{
-    cache::{WindowData, WindowKey},
-    merge::Record,
-    plan::Window,
+use crate::cache::{
+    FetchLock, Tier, WindowData, WindowKey,
+    tier::{decode_stored, encode_stored},
 };
 
 /// How long one Redis operation may take before it counts as a failure.
@@ -150,74 +147,9 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return redis.call('ZCARD', KEYS[1])
 ";
 
-/// A window as stored in L2.
-#[derive(Serialize, Deserialize)]
-struct Stored<'a> {
-    start: i64,
-    end: i64,
-    offset: i32,
-    warnings: Vec<String>,
-    /// Unix milliseconds of the fetch, and how long it stays fresh.
-    fetched_at_ms: i64,
-    fresh_for_ms: u64,
-    #[serde(borrow)]
-    records: Vec<&'a RawValue>,
-}
-
-fn unix_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
-/// A window as stored outside the process (Redis, disk): JSON, lz4-compressed.
-pub(crate) fn encode(data: &WindowData, fetched_at_ms: i64) -> Option<Vec<u8>> {
-    let stored = Stored {
-        start: data.window.start.as_second(),
-        end: data.window.end.as_second(),
-        offset: data.window.offset_seconds,
-        warnings: data.warnings.clone(),
-        fetched_at_ms,
-        fresh_for_ms: data.fresh_for.as_millis() as u64,
-        records: data.records.iter().map(|r| &*r.raw).collect(),
-    };
-    let json = serde_json::to_vec(&stored).ok()?;
-    Some(lz4_flex::compress_prepend_size(&json))
-}
-
 /// L2 bytes back into a window, if still fresh.
 fn decode(bytes: &[u8]) -> Option<WindowData> {
-    decode_any(bytes).filter(WindowData::is_fresh)
-}
-
-/// Stored bytes back into a window, fresh or expired: its freshness is rebuilt from the
-/// wall-clock fetch time, so it survives a restart.
-pub(crate) fn decode_any(bytes: &[u8]) -> Option<WindowData> {
-    let bytes = lz4_flex::decompress_size_prepended(bytes).ok()?;
-    let stored: Stored<'_> = serde_json::from_slice(&bytes).ok()?;
-    let window = Window {
-        start: jiff::Timestamp::from_second(stored.start).ok()?,
-        end: jiff::Timestamp::from_second(stored.end).ok()?,
-        offset_seconds: stored.offset,
-    };
-    let records = stored
-        .records
-        .into_iter()
-        .map(|r| Record::new(r.to_owned(), &window))
-        .collect();
-    let mut data = WindowData::new(window, records, stored.warnings, 0);
-    data.fetched_unix_ms = stored.fetched_at_ms;
-    let left = stored.fetched_at_ms + stored.fresh_for_ms as i64 - unix_ms();
-    if left > 0 {
-        // Fresh: it expires `left` from now.
-        data.fresh_for = Duration::from_millis(left as u64);
-    } else {
-        // Expired `-left` ago (as far as this process's clock reaches back).
-        let expired_for = Duration::from_millis(left.unsigned_abs());
-        data.fresh_for = Duration::ZERO;
-        data.fetched_at = tokio::time::Instant::now()
-            .checked_sub(expired_for)
-            .unwrap_or_else(tokio::time::Instant::now);
-    }
-    Some(data)
+    decode_stored(bytes).filter(WindowData::is_fresh)
 }
 
 impl Cluster {
@@ -407,10 +339,11 @@ impl Cluster {
     /// Stores a window for every replica, for its freshness plus the stale grace.
     pub async fn put_window(&self, key: &WindowKey, data: &Arc<WindowData>, grace: Duration) {
         let ttl_ms = (data.fresh_for + grace).as_millis().max(1) as u64;
-        let fetched_at_ms = unix_ms() - data.fetched_at.elapsed().as_millis() as i64;
+        let fetched_at_ms =
+            jiff::Timestamp::now().as_millisecond() - data.fetched_at.elapsed().as_millis() as i64;
         let owned = Arc::clone(data);
         let Ok(Some(packed)) =
-            tokio::task::spawn_blocking(move || encode(&owned, fetched_at_ms)).await
+            tokio::task::spawn_blocking(move || encode_stored(&owned, fetched_at_ms)).await
         else {
             return;
         };
@@ -562,5 +495,59 @@ impl Cluster {
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
         });
+    }
+}
+
+/// The windows replicas share through Redis, as the cache's shared tier: a copy is read
+/// only while fresh, stored for its freshness plus the stale grace, and a cold window is
+/// fetched by the one replica holding its lock.
+#[derive(Debug)]
+pub struct RedisTier {
+    cluster: Arc<Cluster>,
+    grace: Duration,
+}
+
+impl RedisTier {
+    pub fn new(cluster: Arc<Cluster>, grace: Duration) -> Self {
+        RedisTier { cluster, grace }
+    }
+}
+
+#[async_trait::async_trait]
+impl Tier for RedisTier {
+    async fn get(&self, key: &WindowKey) -> Option<WindowData> {
+        self.cluster.get_window(key).await
+    }
+
+    async fn put(&self, key: &WindowKey, data: &Arc<WindowData>) {
+        self.cluster.put_window(key, data, self.grace).await;
+    }
+
+    /// If a holder gives up without publishing, the waiters compete for the lock again, so
+    /// a failure costs one more fetch, not one per waiting replica.
+    async fn lock_for_fetch(&self, key: &WindowKey, wait: Duration) -> FetchLock {
+        for _ in 0..5 {
+            match self.cluster.try_lock(key).await {
+                Some(true) => return FetchLock::Held,
+                Some(false) => {
+                    if let Some(d) = self.cluster.wait_for_window(key, wait).await {
+                        return FetchLock::Filled(d);
+                    }
+                    tracing::debug!(start = key.start, "lock holder gave up without publishing");
+                }
+                None => {
+                    tracing::debug!(
+                        start = key.start,
+                        "redis unavailable for the lock: fetching locally"
+                    );
+                    return FetchLock::Unlocked;
+                }
+            }
+        }
+        FetchLock::Unlocked
+    }
+
+    async fn unlock(&self, key: &WindowKey) {
+        self.cluster.unlock(key).await;
     }
 }

@@ -27,7 +27,10 @@ use std::{
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::cache::{WindowData, WindowKey};
+use crate::cache::{
+    Tier, WindowData, WindowKey,
+    tier::{decode_stored, encode_stored},
+};
 
 const WINDOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("windows");
 /// Per window: fetch time (Unix ms) and stored size, so that opening the store reads a few
@@ -262,7 +265,7 @@ impl DiskTier {
             }
             Err(_) => return None,
         };
-        match crate::cluster::decode_any(&bytes) {
+        match decode_stored(&bytes) {
             Some(d) => {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 lock(&self.lru).touch(digest, bytes.len() as u64);
@@ -283,7 +286,7 @@ impl DiskTier {
         if !self.is_healthy() {
             return;
         }
-        let Some(bytes) = crate::cluster::encode(data, data.fetched_unix_ms) else {
+        let Some(bytes) = encode_stored(data, data.fetched_unix_ms) else {
             return;
         };
         let size = bytes.len() as u64;
@@ -366,6 +369,18 @@ impl DiskTier {
             Ok(Ok(n)) => n,
             _ => 0,
         }
+    }
+}
+
+/// The disk as the cache's local tier (its own methods do the work).
+#[async_trait::async_trait]
+impl Tier for DiskTier {
+    async fn get(&self, key: &WindowKey) -> Option<WindowData> {
+        DiskTier::get(self, key).await
+    }
+
+    async fn put(&self, key: &WindowKey, data: &Arc<WindowData>) {
+        DiskTier::put(self, key, data).await;
     }
 }
 
@@ -487,9 +502,7 @@ mod tests {
     #[tokio::test]
     async fn the_least_recently_used_windows_go_first_past_the_bound() {
         let d = dir("lru");
-        let one = crate::cluster::encode(&data(window(0), 20), 0)
-            .unwrap()
-            .len() as u64;
+        let one = encode_stored(&data(window(0), 20), 0).unwrap().len() as u64;
         let tier = DiskTier::open(&d, one * 3 + one / 2).unwrap();
         for i in 0..3 {
             let w = window(i);

@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use crate::{
     budget::{Budget, Priority},
-    cache::{Refetch, Source, WindowCache, WindowData, WindowKey, WindowOutcome},
+    cache::{Purpose, Refetch, Source, WindowCache, WindowData, WindowKey, WindowOutcome},
     merge::{Record, cross_check, dedupe_and_sort},
     plan::Window,
     upstream::{Filters, MAX_PAGE, MAX_REACH, PAGE_LIMIT, Page, UpstreamClient, UpstreamError},
@@ -565,7 +565,7 @@ impl RangeFetch {
         let key = WindowKey::new(&window, &self.filters);
         let this = self.clone();
         let refetch: Refetch =
-            Arc::new(move |priority| this.with_priority(priority).fetch_uncached(window));
+            Arc::new(move |purpose| this.for_purpose(purpose).fetch_uncached(window));
         let span = tracing::info_span!(
             "window",
             request_id = %self.ctx.request_id,
@@ -596,10 +596,12 @@ impl RangeFetch {
 
     /// This fetch on behalf of the cache itself (a revalidation or refresh-ahead): its own
     /// place in the budget's queue and its own call allowance, not the request's.
-    fn with_priority(&self, priority: Priority) -> RangeFetch {
-        if priority == Priority::Caller {
-            return self.clone();
-        }
+    fn for_purpose(&self, purpose: Purpose) -> RangeFetch {
+        let priority = match purpose {
+            Purpose::Caller => return self.clone(),
+            Purpose::Revalidate => Priority::Revalidate,
+            Purpose::RefreshAhead => Priority::RefreshAhead,
+        };
         let mut this = self.clone();
         let limit = self.ctx.allowance.limit();
         this.ctx = CallContext {

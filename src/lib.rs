@@ -17,18 +17,29 @@
 //!   vendor lets one query reach (the vendor's counts are hints, the pages the evidence),
 //!   within the shared [`budget`] (callers, then revalidations, then refresh-ahead) and the
 //!   request's own call allowance; [`upstream`] is the vendor client (JWT, body, statuses).
-//! * [`cache`] holds the typed keys and answers repeats: windows in memory, then [`disk`]
-//!   (`CACHE_DIR`), then Redis; it coalesces identical misses, serves stale while it
-//!   revalidates, refreshes polled windows ahead, and keeps stored answers with the forms
-//!   [`encoding`] compressed once.
-//! * [`merge`] de-duplicates and orders records, which stay raw JSON byte for byte;
-//!   [`render`] writes the envelope, signed keyset cursors and ETags.
+//! * [`cache`] holds the typed keys and answers repeats: windows in memory, then the tiers
+//!   below it behind one trait ([`cache::Tier`]: get / put / lock-for-fetch) — [`disk`]
+//!   (`CACHE_DIR`) on this machine, Redis ([`cluster::RedisTier`]) between replicas; it
+//!   coalesces identical misses, serves stale while it revalidates, refreshes polled
+//!   windows ahead, and keeps stored answers with the forms [`encoding`] compressed once.
+//! * [`outcome`] judges an answer from its windows' outcomes (complete, stale, hit or miss,
+//!   age) for every route; [`merge`] de-duplicates and orders records, which stay raw JSON
+//!   byte for byte; [`render`] writes the envelope, signed keyset cursors and ETags;
+//!   [`summary`] aggregates records into groups.
 //! * [`jobs`] runs long ranges asked with `Prefer: respond-async`; [`ratelimit_headers`] and
-//!   [`telemetry`] make the budget and the work visible.
+//!   [`telemetry`] make the budget and the work visible (traces, request ids); [`tls`]
+//!   installs the crypto provider of the HTTPS clients.
 //! * [`cluster`] shares the cache and the budget between replicas through Redis, when
 //!   `REDIS_URL` is set.
-//! * The upstream simulator used by `--demo` and the tests is its own crate (`crates/sim`,
-//!   `kore-sim`), in the binary only with the default `demo` feature.
+//!
+//! Modules depend downwards only (`tests/structure.rs` fails on a cycle): `api` → `jobs` →
+//! `fetch` → `cache` → `plan`/`merge`/`upstream`; `cluster` and `disk` implement the cache's
+//! tier trait; `outcome`, `render` and `summary` read what `fetch` and `merge` produce.
+//!
+//! Beside this crate, in the same workspace: `crates/sim` (`kore-sim`), the upstream
+//! simulator the tests, the benchmarks and `--demo` run against — in the binary only with
+//! the default `demo` feature, never imported by a module of this library — and
+//! `crates/tools` (`kore-tools`): `kore-load` and the benchmarks' `ceiling` server.
 //!
 //! [`build`] makes the shared [`AppState`]; [`app`] turns it into the `Router`.
 
@@ -60,7 +71,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::{
     api::auth::KeyRing,
     budget::{Budget, KeyLimiter},
-    cache::{CacheCounters, ResponseCache, WindowCache},
+    cache::{CacheCounters, ResponseCache, Tier, WindowCache},
     cluster::Cluster,
     config::Settings,
     fetch::Fetcher,
@@ -81,6 +92,8 @@ pub struct App {
     pub health: api::ops::Health,
     /// What replicas share through Redis, when REDIS_URL is set.
     pub cluster: Option<Arc<Cluster>>,
+    /// The disk tier below the window cache, when CACHE_DIR is set and it opened.
+    pub disk: Option<Arc<disk::DiskTier>>,
     /// Signs and checks cursors (derived from the client secret).
     pub cursor_key: render::CursorKey,
     /// `Prefer: respond-async` jobs.
@@ -156,11 +169,17 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
             }
         }
     });
-    let windows = Arc::new(WindowCache::with_disk(
+    let shared = cluster.as_ref().map(|c| {
+        Arc::new(cluster::RedisTier::new(
+            Arc::clone(c),
+            settings.cache.stale_grace,
+        )) as Arc<dyn Tier>
+    });
+    let windows = Arc::new(WindowCache::with_tiers(
         settings.cache,
         Arc::clone(&counters),
-        cluster.clone(),
-        disk,
+        disk.clone().map(|d| d as Arc<dyn Tier>),
+        shared,
     ));
     windows.spawn_refresh_ahead();
     let responses = ResponseCache::new(&settings.cache);
@@ -182,6 +201,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         metrics: metrics_handle(),
         health: api::ops::Health::default(),
         cluster,
+        disk,
         cursor_key,
         jobs: jobs::Jobs::new(settings_job_ttl),
     })))

@@ -172,15 +172,7 @@ impl Window {
 }
 
 fn vendor_datetime(dt: DateTime) -> String {
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        dt.year(),
-        dt.month(),
-        dt.day(),
-        dt.hour(),
-        dt.minute(),
-        dt.second()
-    )
+    dt.strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// Why a range cannot be planned.

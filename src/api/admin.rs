@@ -56,7 +56,11 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
 pub async fn cache_purge(State(state): State<AppState>) -> Json<CachePurge> {
     let (windows, _) = state.windows.usage().await;
     let (responses, _) = state.responses.usage();
-    let disk = state.windows.purge().await;
+    state.windows.purge();
+    let disk = match &state.disk {
+        Some(d) => Some(d.purge().await),
+        None => None,
+    };
     state.responses.purge();
     let redis = match &state.cluster {
         None => None,
@@ -78,7 +82,7 @@ pub async fn cache_purge(State(state): State<AppState>) -> Json<CachePurge> {
     );
     Json(CachePurge {
         memory: PurgedMemory { windows, responses },
-        disk: state.windows.disk().map(|_| disk),
+        disk,
         redis,
     })
 }

@@ -70,7 +70,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         }
     });
     // So is the disk tier: a lost one is reported, and the gateway goes on in memory.
-    let disk = match (&state.settings.disk, state.windows.disk()) {
+    let disk = match (&state.settings.disk, &state.disk) {
         (None, _) => None,
         (Some(_), Some(d)) if d.is_healthy() => Some("disk cache: up".to_owned()),
         (Some(_), Some(_)) => Some(
@@ -328,7 +328,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .absolute(c.revalidations.load(Ordering::Relaxed));
     metrics::counter!("gateway_cache_refresh_ahead_total")
         .absolute(c.refresh_ahead.load(Ordering::Relaxed));
-    if let Some(d) = state.windows.disk() {
+    if let Some(d) = &state.disk {
         let (d_entries, d_bytes) = d.usage();
         let dc = &d.counters;
         metrics::gauge!("gateway_cache_disk_up").set(if d.is_healthy() { 1.0 } else { 0.0 });

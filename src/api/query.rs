@@ -68,23 +68,7 @@ pub struct RangeQuery {
 impl RangeQuery {
     /// RFC 3339 text of `ts` at the offset in force there.
     pub fn local_rfc3339(&self, ts: Timestamp) -> String {
-        let offset = self.tz.to_offset(ts);
-        let dt = offset.to_datetime(ts);
-        let secs = offset.seconds();
-        let sign = if secs < 0 { '-' } else { '+' };
-        let secs = secs.unsigned_abs();
-        format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{}{:02}:{:02}",
-            dt.year(),
-            dt.month(),
-            dt.day(),
-            dt.hour(),
-            dt.minute(),
-            dt.second(),
-            sign,
-            secs / 3600,
-            (secs % 3600) / 60
-        )
+        ts.display_with_offset(self.tz.to_offset(ts)).to_string()
     }
 
     /// The typed key of everything that selects this query's records (not paging or format).

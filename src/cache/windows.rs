@@ -1,22 +1,4 @@
-//! What is cached, under which key, and for how long — all in this one file.
-//!
-//! * **Windows** ([`WindowCache`]): the merged records of one upstream window, keyed by
-//!   everything that changes the vendor's answer ([`WindowKey`]: bounds, offset, normalised
-//!   filters and fields). Freshness follows recency: a window that ended more than
-//!   `CACHE_SETTLE` ago cannot change and stays fresh for `CACHE_TTL_PAST`; one touching the
-//!   recent past or now stays fresh for `CACHE_TTL_RECENT`; an incomplete one never longer
-//!   than that. An expired window is kept `CACHE_STALE_GRACE` longer, to be served — flagged
-//!   stale — only when the upstream cannot give a fresh one.
-//! * **Coalescing**: concurrent misses of one key share a single fetch, run as its own task,
-//!   so a caller that disconnects does not cancel it for the others.
-//! * **Rendered responses** ([`ResponseCache`]): the bytes of a complete answer (a JSON
-//!   page, a CSV or NDJSON export, a summary), keyed by the normalised request, fresh as
-//!   long as its freshest-expiring window, with its compressed forms made once each; a
-//!   repeat is served without merging, rendering or compressing anything.
-//!
-//! Both are moka caches bounded in bytes by `CACHE_MAX_BYTES` (windows 3/4, responses 1/4).
-//! Freshness is checked against Tokio's clock (so tests can pause time); moka's own expiry
-//! only reclaims memory after the stale grace.
+//! The window cache: memory (moka), then the tiers below it, with one fetch per cold key.
 
 use std::{
     collections::HashMap,
@@ -28,283 +10,27 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
 use futures_util::{
     FutureExt,
     future::{BoxFuture, Shared},
 };
-use http::HeaderValue;
 use jiff::Timestamp;
 use moka::Expiry;
 use tokio::time::Instant;
 
-use crate::{
-    budget::Priority, cluster::Cluster, config::CacheSettings, disk::DiskTier, encoding::Coding,
-    merge::Record, plan::Window, upstream::Filters, upstream::UpstreamError,
+use super::{
+    Family, FetchLock, Purpose, Source, Tier, WindowData, WindowKey, WindowOutcome, select_within,
 };
-
-/// Everything that changes an upstream answer for a window.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct WindowKey {
-    pub start: i64,
-    pub end: i64,
-    pub offset_seconds: i32,
-    pub filters: Arc<Filters>,
-}
-
-impl WindowKey {
-    pub fn new(w: &Window, filters: &Arc<Filters>) -> Self {
-        WindowKey {
-            start: w.start.as_second(),
-            end: w.end.as_second(),
-            offset_seconds: w.offset_seconds,
-            filters: Arc::clone(filters),
-        }
-    }
-
-    /// Digest of the whole key in the unambiguous [`KeyEncoder`] encoding: the name of this
-    /// window in tiers that store it outside this process (Redis).
-    pub fn digest(&self) -> [u8; 32] {
-        let mut e = KeyEncoder::default();
-        e.text("window");
-        e.int(self.start);
-        e.int(self.end);
-        e.int(i64::from(self.offset_seconds));
-        e.filters(&self.filters);
-        e.finish()
-    }
-
-    /// Everything but the bounds: windows of one family differ only in their span, so the
-    /// records of one are a subset of another's exactly when its span is (see
-    /// [`WindowKey::contains`]).
-    fn family(&self) -> Family {
-        (self.offset_seconds, Arc::clone(&self.filters))
-    }
-
-    /// Whether `self`'s answer holds every record of `inner`'s: same filters, fields and
-    /// offset (so record times are written the same way and the vendor filters the same
-    /// way), and a span that covers `inner`'s, to the second. Equal keys contain each other.
-    pub fn contains(&self, inner: &WindowKey) -> bool {
-        self.offset_seconds == inner.offset_seconds
-            && self.filters == inner.filters
-            && self.start <= inner.start
-            && inner.end <= self.end
-    }
-}
-
-/// Offset and filters: what [`WindowKey`]s that may contain one another share.
-type Family = (i32, Arc<Filters>);
+use crate::{config::CacheSettings, plan::Window, upstream::UpstreamError};
 
 /// The spans of the cached windows, by family, to find a container without scanning the
 /// cache. Kept in step with the store by its insertions and its eviction listener.
 type SpanIndex = Arc<Mutex<HashMap<Family, std::collections::BTreeSet<(i64, i64)>>>>;
 
-/// The records of a container that fall in `[start, end]` (Unix seconds, inclusive, as the
-/// vendor's range is), in the container's order. `None` when a record's start time could
-/// not be read: where the vendor would put it is then unknown, so only a fetch can tell.
-///
-/// Exact because every record of one window family carries its local time in the same
-/// offset, which [`Record::start`] turns into the instant the vendor's filter compares.
-pub fn select_within(records: &[Record], start: i64, end: i64) -> Option<Vec<Record>> {
-    let mut out = Vec::new();
-    for r in records {
-        let t = r.start?;
-        if start <= t && t <= end {
-            out.push(r.clone());
-        }
-    }
-    Some(out)
-}
-
-/// Everything that selects the records of a request (range, zone as asked, filters,
-/// fields), as a typed value. Its [`QueryKey::digest`] — SHA-256 over a length-prefixed
-/// encoding, so no choice of filter value can make two different queries equal — keys the
-/// rendered-response cache and binds cursors.
-#[derive(Debug, Clone, Copy)]
-pub struct QueryKey<'a> {
-    /// Which answer this is (`interactions`, `summary`, …): equal ranges of different routes
-    /// never share a key.
-    pub route: &'static str,
-    pub from: i64,
-    pub to: i64,
-    /// The zone as the caller wrote it (it is echoed in `meta.tz`).
-    pub tz: &'a str,
-    pub filters: &'a Filters,
-}
-
-impl QueryKey<'_> {
-    /// The key's digest.
-    pub fn digest(&self) -> [u8; 32] {
-        let mut e = KeyEncoder::default();
-        e.text(self.route);
-        e.int(self.from);
-        e.int(self.to);
-        e.text(self.tz);
-        e.filters(self.filters);
-        e.finish()
-    }
-}
-
-/// Unambiguous key encoding: every value carries its length, every list its count, so
-/// two different sequences of values never encode alike (then hashed with SHA-256).
-#[derive(Default)]
-pub struct KeyEncoder {
-    hash: sha2::Sha256,
-}
-
-impl KeyEncoder {
-    pub fn bytes(&mut self, b: &[u8]) {
-        use sha2::Digest;
-        self.hash.update((b.len() as u64).to_be_bytes());
-        self.hash.update(b);
-    }
-
-    pub fn text(&mut self, s: &str) {
-        self.bytes(s.as_bytes());
-    }
-
-    pub fn int(&mut self, v: i64) {
-        self.bytes(&v.to_be_bytes());
-    }
-
-    pub fn list(&mut self, items: &[String]) {
-        self.int(items.len() as i64);
-        for i in items {
-            self.text(i);
-        }
-    }
-
-    /// Every filter list, in one fixed order.
-    pub fn filters(&mut self, f: &Filters) {
-        for list in [&f.channels, &f.queues, &f.bots, &f.fields] {
-            self.list(list);
-        }
-    }
-
-    pub fn finish(self) -> [u8; 32] {
-        use sha2::Digest;
-        self.hash.finalize().into()
-    }
-}
-
-/// Hex text of a digest (response-cache keys).
-pub fn hex(d: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(d.len() * 2);
-    for b in d {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-/// The records of one window, as fetched, merged and cross-checked.
-#[derive(Debug)]
-pub struct WindowData {
-    pub window: Window,
-    /// De-duplicated and in output order.
-    pub records: Vec<Record>,
-    /// Why this window is not known to be whole (empty when it is).
-    pub warnings: Vec<String>,
-    /// Upstream calls it took.
-    pub calls: u32,
-    /// Set by the cache on insert.
-    pub fresh_for: Duration,
-    pub fetched_at: Instant,
-    /// Wall-clock time of the fetch (Unix ms): for `Age`, and freshness across restarts.
-    pub fetched_unix_ms: i64,
-    pub weight: u32,
-    /// Fetched by another replica and taken from the shared L2 cache.
-    pub shared: bool,
-}
-
-impl WindowData {
-    pub fn new(window: Window, records: Vec<Record>, warnings: Vec<String>, calls: u32) -> Self {
-        let weight = records.iter().map(Record::weight).sum::<usize>() + 256;
-        WindowData {
-            window,
-            records,
-            warnings,
-            calls,
-            fresh_for: Duration::ZERO,
-            fetched_at: Instant::now(),
-            fetched_unix_ms: Timestamp::now().as_millisecond(),
-            weight: u32::try_from(weight).unwrap_or(u32::MAX),
-            shared: false,
-        }
-    }
-
-    pub fn complete(&self) -> bool {
-        self.warnings.is_empty()
-    }
-
-    pub fn fresh_until(&self) -> Instant {
-        self.fetched_at + self.fresh_for
-    }
-
-    /// How long ago it expired (zero while fresh).
-    pub fn expired_for(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.fresh_until())
-    }
-
-    pub fn is_fresh(&self) -> bool {
-        Instant::now() < self.fresh_until()
-    }
-
-    /// Seconds of freshness left: negative once expired (`Cache-Status` `ttl`).
-    pub fn ttl_seconds(&self) -> i64 {
-        let now = Instant::now();
-        let until = self.fresh_until();
-        if now < until {
-            until.duration_since(now).as_secs() as i64
-        } else {
-            // Expired is never `ttl=0`: at least one second past.
-            let over = now.duration_since(until);
-            -((over.as_secs() + u64::from(over.subsec_nanos() > 0)).max(1) as i64)
-        }
-    }
-
-    /// How long ago it was fetched, by the wall clock (`Age`).
-    pub fn age_seconds(&self) -> u64 {
-        let ms = Timestamp::now().as_millisecond() - self.fetched_unix_ms;
-        u64::try_from(ms / 1000).unwrap_or(0)
-    }
-}
-
-/// Where a window's data came from for this request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// Fresh from the cache.
-    Hit,
-    /// Fetched for this request (or a concurrent identical one).
-    Miss,
-    /// Expired copy served because the upstream failed.
-    Stale,
-    /// Expired less than CACHE_SWR ago: served at once while it is refreshed behind.
-    Revalidating,
-}
-
-impl Source {
-    /// Served from an expired copy.
-    pub fn is_stale(self) -> bool {
-        matches!(self, Source::Stale | Source::Revalidating)
-    }
-}
-
-/// One window's answer for a request.
-#[derive(Debug, Clone)]
-pub struct WindowOutcome {
-    pub data: Arc<WindowData>,
-    pub source: Source,
-    /// Upstream calls this request made for it (0 when it waited on another's fetch).
-    pub calls: u32,
-    /// It joined another caller's fetch of the same window.
-    pub collapsed: bool,
-}
-
-/// Makes one upstream fetch of a window at a budget priority. The cache keeps it to
+/// Makes one upstream fetch of a window for a [`Purpose`]. The cache keeps it to
 /// revalidate or refresh the window later, behind the caller's back.
 pub type Refetch =
-    Arc<dyn Fn(Priority) -> BoxFuture<'static, Result<WindowData, UpstreamError>> + Send + Sync>;
+    Arc<dyn Fn(Purpose) -> BoxFuture<'static, Result<WindowData, UpstreamError>> + Send + Sync>;
 
 type FetchResult = Result<Arc<WindowData>, UpstreamError>;
 type InFlight = Shared<BoxFuture<'static, FetchResult>>;
@@ -343,10 +69,12 @@ pub struct CacheCounters {
 /// The window cache with request coalescing.
 pub struct WindowCache {
     store: moka::future::Cache<WindowKey, Arc<WindowData>>,
-    /// The on-disk tier, when CACHE_DIR is set.
-    disk: Option<Arc<DiskTier>>,
-    /// The L2 cache and cross-replica lock, when REDIS_URL is set.
-    cluster: Option<Arc<Cluster>>,
+    /// The tier below memory on this machine (the disk, when CACHE_DIR is set): read on
+    /// every memory miss, expired copies included.
+    local: Option<Arc<dyn Tier>>,
+    /// The tier replicas share (Redis, when REDIS_URL is set): read, and locked, only by
+    /// the one task that fills a cold window.
+    shared: Option<Arc<dyn Tier>>,
     inflight: Arc<Mutex<HashMap<WindowKey, InFlight>>>,
     /// Recent windows being read, for refresh-ahead: when last read, and how to refetch.
     watched: Mutex<HashMap<WindowKey, (Instant, Refetch)>>,
@@ -382,20 +110,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl WindowCache {
-    pub fn new(
-        policy: CacheSettings,
-        counters: Arc<CacheCounters>,
-        cluster: Option<Arc<Cluster>>,
-    ) -> Self {
-        Self::with_disk(policy, counters, cluster, None)
+    /// A cache in memory only.
+    pub fn new(policy: CacheSettings, counters: Arc<CacheCounters>) -> Self {
+        Self::with_tiers(policy, counters, None, None)
     }
 
-    /// A cache with an on-disk tier below memory (CACHE_DIR).
-    pub fn with_disk(
+    /// A cache with a `local` tier below memory (the disk) and a `shared` one between
+    /// replicas (Redis).
+    pub fn with_tiers(
         policy: CacheSettings,
         counters: Arc<CacheCounters>,
-        cluster: Option<Arc<Cluster>>,
-        disk: Option<Arc<DiskTier>>,
+        local: Option<Arc<dyn Tier>>,
+        shared: Option<Arc<dyn Tier>>,
     ) -> Self {
         let spans: SpanIndex = Arc::default();
         let forget = Arc::clone(&spans);
@@ -420,8 +146,8 @@ impl WindowCache {
             .build();
         WindowCache {
             store,
-            disk,
-            cluster,
+            local,
+            shared,
             inflight: Arc::new(Mutex::new(HashMap::new())),
             watched: Mutex::new(HashMap::new()),
             spans,
@@ -429,11 +155,6 @@ impl WindowCache {
             policy,
             counters,
         }
-    }
-
-    /// The on-disk tier, when there is one.
-    pub fn disk(&self) -> Option<&Arc<DiskTier>> {
-        self.disk.as_ref()
     }
 
     /// Turns containment reuse on or off (benchmarks compare the two).
@@ -501,13 +222,13 @@ impl WindowCache {
         self.store.get(key).await.filter(|d| d.is_fresh())
     }
 
-    /// The copy in memory, or else the one on disk (which then fills memory).
+    /// The copy in memory, or else the local tier's (which then fills memory).
     async fn cached(&self, key: &WindowKey) -> Option<Arc<WindowData>> {
         if let Some(d) = self.store.get(key).await {
             return Some(d);
         }
-        let disk = self.disk.as_ref()?;
-        let d = Arc::new(disk.get(key).await?);
+        let local = self.local.as_ref()?;
+        let d = Arc::new(local.get(key).await?);
         if d.is_fresh() || d.expired_for() < self.policy.stale_grace.max(self.policy.swr) {
             self.store.insert(key.clone(), Arc::clone(&d)).await;
             index(&self.spans, key);
@@ -564,8 +285,8 @@ impl WindowCache {
                 let (_, started) = self.flight(
                     &key,
                     true,
-                    refetch(Priority::Revalidate),
-                    Priority::Revalidate,
+                    refetch(Purpose::Revalidate),
+                    Purpose::Revalidate,
                 );
                 if started {
                     self.counters.revalidations.fetch_add(1, Ordering::Relaxed);
@@ -580,7 +301,7 @@ impl WindowCache {
             }
         }
         let (flight, leader) =
-            self.flight(&key, refresh, refetch(Priority::Caller), Priority::Caller);
+            self.flight(&key, refresh, refetch(Purpose::Caller), Purpose::Caller);
         let out = match flight.await {
             Ok(data) => {
                 if data.shared {
@@ -634,7 +355,7 @@ impl WindowCache {
         key: &WindowKey,
         refresh: bool,
         fetch: Fut,
-        priority: Priority,
+        purpose: Purpose,
     ) -> (InFlight, bool)
     where
         Fut: Future<Output = Result<WindowData, UpstreamError>> + Send + 'static,
@@ -646,12 +367,12 @@ impl WindowCache {
         let lead = Leader {
             store: self.store.clone(),
             spans: Arc::clone(&self.spans),
-            disk: self.disk.clone(),
-            cluster: self.cluster.clone(),
+            local: self.local.clone(),
+            shared: self.shared.clone(),
             policy: self.policy,
             key: key.clone(),
             // A background refresh must not stop at the copy it is replacing.
-            refresh: refresh || priority != Priority::Caller,
+            refresh: refresh || purpose != Purpose::Caller,
         };
         let guard = InflightGuard {
             map: Arc::clone(&self.inflight),
@@ -713,8 +434,8 @@ impl WindowCache {
             let (_, new) = self.flight(
                 &key,
                 true,
-                refetch(Priority::RefreshAhead),
-                Priority::RefreshAhead,
+                refetch(Purpose::RefreshAhead),
+                Purpose::RefreshAhead,
             );
             if new {
                 started += 1;
@@ -742,15 +463,10 @@ impl WindowCache {
         });
     }
 
-    /// Drops everything held in memory and on disk; returns how many windows the disk
-    /// held.
-    pub async fn purge(&self) -> u64 {
+    /// Drops every window held in memory (the tiers below are purged by their owners).
+    pub fn purge(&self) {
         self.store.invalidate_all();
         lock(&self.watched).clear();
-        match &self.disk {
-            Some(d) => d.purge().await,
-            None => 0,
-        }
     }
 
     /// (entries, bytes), after pending maintenance.
@@ -766,14 +482,14 @@ fn refresh_lead(policy: &CacheSettings) -> Duration {
     (policy.ttl_recent / 5).max(Duration::from_secs(1))
 }
 
-/// The work of the one task that fills a cold window: L1 again (a leader may just have
-/// finished), then the replicas' L2, then — holding the cross-replica lock so no other
-/// replica fetches it too — the upstream; the result goes to both levels.
+/// The work of the one task that fills a cold window: memory again (a leader may just have
+/// finished), then the shared tier, then — holding its lock so no other replica fetches it
+/// too — the upstream; the result goes to every tier.
 struct Leader {
     store: moka::future::Cache<WindowKey, Arc<WindowData>>,
-    disk: Option<Arc<DiskTier>>,
+    local: Option<Arc<dyn Tier>>,
     spans: SpanIndex,
-    cluster: Option<Arc<Cluster>>,
+    shared: Option<Arc<dyn Tier>>,
     policy: CacheSettings,
     key: WindowKey,
     refresh: bool,
@@ -790,45 +506,26 @@ impl Leader {
             return Ok(d);
         }
         let mut locked = false;
-        if let Some(c) = &self.cluster {
+        if let Some(t) = &self.shared {
             if !self.refresh
-                && let Some(d) = c.get_window(&self.key).await
+                && let Some(d) = t.get(&self.key).await
             {
                 return Ok(self.keep(d).await);
             }
-            // Become the one replica that fetches, or wait for the one that does. If a holder
-            // gives up without publishing, the waiters compete for the lock again, so a
-            // failure costs one more fetch, not one per waiting replica.
-            for _ in 0..5 {
-                match c.try_lock(&self.key).await {
-                    Some(true) => {
-                        locked = true;
-                        // The previous holder may have published between our look and our lock.
-                        if !self.refresh
-                            && let Some(d) = c.get_window(&self.key).await
-                        {
-                            c.unlock(&self.key).await;
-                            return Ok(self.keep(d).await);
-                        }
-                        break;
-                    }
-                    Some(false) => {
-                        if let Some(d) = c.wait_for_window(&self.key, LOCK_WAIT).await {
-                            return Ok(self.keep(d).await);
-                        }
-                        tracing::debug!(
-                            start = self.key.start,
-                            "lock holder gave up without publishing"
-                        );
-                    }
-                    None => {
-                        tracing::debug!(
-                            start = self.key.start,
-                            "redis unavailable for the lock: fetching locally"
-                        );
-                        break;
+            // Become the one replica that fetches, or take the result of the one that did.
+            match t.lock_for_fetch(&self.key, LOCK_WAIT).await {
+                FetchLock::Held => {
+                    locked = true;
+                    // The previous holder may have published between our look and our lock.
+                    if !self.refresh
+                        && let Some(d) = t.get(&self.key).await
+                    {
+                        t.unlock(&self.key).await;
+                        return Ok(self.keep(d).await);
                     }
                 }
+                FetchLock::Filled(d) => return Ok(self.keep(d).await),
+                FetchLock::Unlocked => {}
             }
         }
         let result = fetch.await;
@@ -842,36 +539,32 @@ impl Leader {
                 );
                 data.fetched_at = Instant::now();
                 data.fetched_unix_ms = Timestamp::now().as_millisecond();
-                let data = self.keep_fetched(data).await;
-                if let Some(d) = &self.disk {
-                    d.put(&self.key, &data).await;
+                let data = Arc::new(data);
+                for t in [&self.local, &self.shared].into_iter().flatten() {
+                    t.put(&self.key, &data).await;
                 }
-                if let Some(c) = &self.cluster {
-                    c.put_window(&self.key, &data, self.policy.stale_grace)
-                        .await;
-                }
-                Ok(data)
+                Ok(self.keep_in_memory(data).await)
             }
             Err(e) => Err(e),
         };
-        if locked && let Some(c) = &self.cluster {
-            c.unlock(&self.key).await;
+        if locked && let Some(t) = &self.shared {
+            t.unlock(&self.key).await;
         }
         out
     }
 
     /// Keeps a copy another replica fetched (no upstream call was made for it here), in
-    /// memory and on disk.
+    /// memory and in the local tier.
     async fn keep(&self, mut data: WindowData) -> Arc<WindowData> {
         data.shared = true;
-        if let Some(d) = &self.disk {
-            d.put(&self.key, &data).await;
+        let data = Arc::new(data);
+        if let Some(t) = &self.local {
+            t.put(&self.key, &data).await;
         }
-        self.keep_fetched(data).await
+        self.keep_in_memory(data).await
     }
 
-    async fn keep_fetched(&self, data: WindowData) -> Arc<WindowData> {
-        let data = Arc::new(data);
+    async fn keep_in_memory(&self, data: Arc<WindowData>) -> Arc<WindowData> {
         self.store.insert(self.key.clone(), Arc::clone(&data)).await;
         index(&self.spans, &self.key);
         data
@@ -905,190 +598,10 @@ fn freshness(policy: &CacheSettings, w: &Window, complete: bool, now: Timestamp)
     }
 }
 
-/// A stored answer, ready to send again: the complete body of a hit, and its compressed
-/// forms, each made once, on the first request that asks for it (see [`crate::encoding`]).
-#[derive(Debug)]
-pub struct Rendered {
-    /// The whole identity body of a hit (for JSON pages: `meta.cache` "HIT", 0 calls).
-    pub body: Bytes,
-    pub content_type: HeaderValue,
-    /// `Content-Disposition` of exports.
-    pub disposition: Option<HeaderValue>,
-    /// The ETag of JSON pages (computed over the head, so hit and miss share it).
-    pub etag: Option<HeaderValue>,
-    pub fresh_until: Instant,
-    /// Wall-clock fetch time of its oldest window (Unix ms), for `Age`.
-    pub fetched_unix_ms: i64,
-    /// br, zstd, gzip, deflate, in the order of [`Coding::STORED`].
-    forms: [tokio::sync::OnceCell<Bytes>; 4],
-}
-
-impl Rendered {
-    pub fn new(
-        body: Bytes,
-        content_type: HeaderValue,
-        etag: Option<HeaderValue>,
-        fresh_until: Instant,
-    ) -> Self {
-        Rendered {
-            body,
-            content_type,
-            disposition: None,
-            etag,
-            fresh_until,
-            fetched_unix_ms: Timestamp::now().as_millisecond(),
-            forms: Default::default(),
-        }
-    }
-
-    /// The stored bytes in `coding`, if that form was made already.
-    pub fn form(&self, coding: Coding) -> Option<&Bytes> {
-        match coding.stored_index() {
-            None => Some(&self.body),
-            Some(i) => self.forms[i].get(),
-        }
-    }
-
-    /// Bytes held, for the weigher: the body and every form made so far.
-    fn weight(&self) -> usize {
-        self.body.len()
-            + self
-                .forms
-                .iter()
-                .filter_map(|f| f.get())
-                .map(Bytes::len)
-                .sum::<usize>()
-            + self.etag.as_ref().map_or(0, HeaderValue::len)
-            + self.disposition.as_ref().map_or(0, HeaderValue::len)
-            + std::mem::size_of::<Self>()
-    }
-}
-
-/// Stored answers of complete requests (JSON pages, exports, summaries).
-pub struct ResponseCache {
-    store: moka::sync::Cache<String, Arc<Rendered>>,
-    /// Compressor runs, for `/metrics` and for tests that prove a hit makes none.
-    compressions: AtomicU64,
-}
-
-impl std::fmt::Debug for ResponseCache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseCache")
-            .field("entries", &self.store.entry_count())
-            .finish()
-    }
-}
-
-struct ResponseExpiry;
-
-impl Expiry<String, Arc<Rendered>> for ResponseExpiry {
-    fn expire_after_create(
-        &self,
-        _k: &String,
-        v: &Arc<Rendered>,
-        _at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(v.fresh_until.saturating_duration_since(Instant::now()) + Duration::from_secs(1))
-    }
-}
-
-impl ResponseCache {
-    pub fn new(policy: &CacheSettings) -> Self {
-        let store = moka::sync::Cache::builder()
-            .max_capacity(policy.max_bytes / 4)
-            .weigher(|k: &String, v: &Arc<Rendered>| {
-                u32::try_from(k.len() + v.weight()).unwrap_or(u32::MAX)
-            })
-            .expire_after(ResponseExpiry)
-            .build();
-        ResponseCache {
-            store,
-            compressions: AtomicU64::new(0),
-        }
-    }
-
-    /// Largest export worth storing whole: an eighth of the responses' share, so one export
-    /// cannot flush every page.
-    pub fn max_entry_bytes(&self) -> usize {
-        usize::try_from(self.store.policy().max_capacity().unwrap_or(0) / 8).unwrap_or(usize::MAX)
-    }
-
-    /// The fresh rendering of `key`, if any.
-    pub fn get(&self, key: &str) -> Option<Arc<Rendered>> {
-        self.store
-            .get(key)
-            .filter(|r| Instant::now() < r.fresh_until)
-    }
-
-    pub fn insert(&self, key: String, r: Arc<Rendered>) {
-        if r.fresh_until > Instant::now() {
-            self.store.insert(key, r);
-        }
-    }
-
-    /// The bytes of `r` (stored under `key`) in `coding`, and the coding they are in. The
-    /// first request for a form compresses it, off the runtime, once for all concurrent
-    /// askers, and re-weighs the entry; every later one gets the stored bytes (a reference
-    /// count, no copy). Should a compressor fail, the identity body is sent.
-    pub async fn encoded(&self, key: &str, r: &Arc<Rendered>, coding: Coding) -> (Bytes, Coding) {
-        let Some(i) = coding.stored_index() else {
-            return (r.body.clone(), Coding::Identity);
-        };
-        if let Some(b) = r.forms[i].get() {
-            return (b.clone(), coding);
-        }
-        let mut made_here = false;
-        let made = r.forms[i]
-            .get_or_try_init(|| async {
-                made_here = true;
-                self.compressions.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("gateway_compressions_total", "coding" => coding.token())
-                    .increment(1);
-                let body = r.body.clone();
-                match tokio::task::spawn_blocking(move || crate::encoding::compress(coding, &body))
-                    .await
-                {
-                    Ok(Ok(b)) => Ok(b),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
-            })
-            .await;
-        match made {
-            Ok(b) => {
-                let b = b.clone();
-                if made_here && self.store.get(key).is_some_and(|cur| Arc::ptr_eq(&cur, r)) {
-                    // Same entry, new weight: the form now counts in CACHE_MAX_BYTES.
-                    self.store.insert(key.to_owned(), Arc::clone(r));
-                }
-                (b, coding)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, coding = coding.token(), "compressing a stored answer failed; sending it plain");
-                (r.body.clone(), Coding::Identity)
-            }
-        }
-    }
-
-    /// How many times a stored form was compressed since start.
-    pub fn compressions(&self) -> u64 {
-        self.compressions.load(Ordering::Relaxed)
-    }
-
-    pub fn purge(&self) {
-        self.store.invalidate_all();
-    }
-
-    /// (entries, bytes), after pending maintenance.
-    pub fn usage(&self) -> (u64, u64) {
-        self.store.run_pending_tasks();
-        (self.store.entry_count(), self.store.weighted_size())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{cache::*, merge::Record, upstream::Filters};
     use std::sync::atomic::AtomicU32;
 
     fn policy() -> CacheSettings {
@@ -1117,7 +630,7 @@ mod tests {
 
     /// A fetch that counts its calls and fails when `fail` is set.
     fn fetcher(w: Window, count: Arc<AtomicU32>, fail: bool) -> Refetch {
-        Arc::new(move |_priority| {
+        Arc::new(move |_purpose| {
             let count = Arc::clone(&count);
             async move {
                 count.fetch_add(1, Ordering::SeqCst);
@@ -1132,12 +645,12 @@ mod tests {
         })
     }
 
-    /// A fetch that records the priority of every call it makes.
-    fn recording(w: Window, log: Arc<Mutex<Vec<Priority>>>) -> Refetch {
-        Arc::new(move |priority| {
+    /// A fetch that records the purpose of every call it makes.
+    fn recording(w: Window, log: Arc<Mutex<Vec<Purpose>>>) -> Refetch {
+        Arc::new(move |purpose| {
             let log = Arc::clone(&log);
             async move {
-                lock(&log).push(priority);
+                lock(&log).push(purpose);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 Ok(WindowData::new(w, Vec::new(), Vec::new(), 1))
             }
@@ -1153,7 +666,6 @@ mod tests {
                 ..policy()
             },
             Arc::default(),
-            None,
         );
         let log = Arc::new(Mutex::new(Vec::new()));
         let w = window_ending(Timestamp::now());
@@ -1178,7 +690,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert_eq!(
             *lock(&log),
-            vec![Priority::Caller, Priority::Revalidate],
+            vec![Purpose::Caller, Purpose::Revalidate],
             "one refresh behind"
         );
         let o = cache
@@ -1204,7 +716,6 @@ mod tests {
                 ..policy()
             },
             Arc::default(),
-            None,
         ));
         cache.spawn_refresh_ahead();
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -1228,7 +739,7 @@ mod tests {
         assert_eq!(waited, 0, "every poll was a fresh hit");
         let calls = lock(&log).clone();
         assert!(
-            calls[1..].iter().all(|p| *p == Priority::RefreshAhead),
+            calls[1..].iter().all(|p| *p == Purpose::RefreshAhead),
             "{calls:?}"
         );
         // About one refresh per TTL, not one per poll.
@@ -1254,7 +765,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn recent_windows_expire_after_the_short_ttl_and_past_ones_do_not() {
-        let cache = WindowCache::new(policy(), Arc::default(), None);
+        let cache = WindowCache::new(policy(), Arc::default());
         let count = Arc::new(AtomicU32::new(0));
         let recent = window_ending(Timestamp::now());
         let past = window_ending(
@@ -1306,7 +817,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn concurrent_misses_make_one_fetch() {
-        let cache = Arc::new(WindowCache::new(policy(), Arc::default(), None));
+        let cache = Arc::new(WindowCache::new(policy(), Arc::default()));
         let count = Arc::new(AtomicU32::new(0));
         let w = window_ending(Timestamp::from_second(1_700_000_000).unwrap());
         let mut tasks = Vec::new();
@@ -1329,7 +840,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_expired_copy_stands_in_when_the_upstream_fails() {
-        let cache = WindowCache::new(policy(), Arc::default(), None);
+        let cache = WindowCache::new(policy(), Arc::default());
         let count = Arc::new(AtomicU32::new(0));
         let w = window_ending(Timestamp::now());
         cache
@@ -1542,7 +1053,7 @@ mod tests {
     /// expires with its container, and an incomplete container is never used.
     #[tokio::test(start_paused = true)]
     async fn a_contained_window_is_answered_locally_and_no_fresher_than_its_container() {
-        let cache = WindowCache::new(policy(), Arc::default(), None);
+        let cache = WindowCache::new(policy(), Arc::default());
         let count = Arc::new(AtomicU32::new(0));
         let now = Timestamp::now().as_second();
         let outer = Window {
