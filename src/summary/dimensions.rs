@@ -2,12 +2,13 @@
 //! ([`Metric`]), how `group_by` and `metrics` are parsed, and the parts a group's key is made
 //! of ([`KeyPart`]), time buckets included.
 
-use std::{borrow::Cow, fmt::Write as _};
+use std::borrow::Cow;
 
 use jiff::{
     Timestamp,
     civil::{Date, DateTime},
-    tz::TimeZone,
+    fmt::strtime::BrokenDownTime,
+    tz::{Offset, TimeZone},
 };
 
 /// Most dimensions one summary may group by.
@@ -211,21 +212,15 @@ impl KeyPart<'_> {
                 offset_seconds,
                 ..
             } => {
-                let mut s = format!("{}T{:02}:{:02}", civil.date(), civil.hour(), civil.minute());
-                push_offset(&mut s, *offset_seconds);
-                Some(Cow::Owned(s))
+                // `2024-11-03T01:00-04:00`: the civil hour and the offset in force.
+                let mut tm = BrokenDownTime::from(*civil);
+                tm.set_offset(Offset::from_seconds(*offset_seconds).ok());
+                tm.to_string("%Y-%m-%dT%H:%M%:z").ok().map(Cow::Owned)
             }
             KeyPart::Text(t) => Some(Cow::Borrowed(t.as_ref())),
             KeyPart::Missing => None,
         }
     }
-}
-
-/// Appends `±HH:MM`.
-fn push_offset(s: &mut String, seconds: i32) {
-    let sign = if seconds < 0 { '-' } else { '+' };
-    let abs = seconds.unsigned_abs();
-    let _ = write!(s, "{sign}{:02}:{:02}", abs / 3600, (abs % 3600) / 60);
 }
 
 /// Day and hour buckets of an instant in `tz`.
