@@ -838,6 +838,57 @@ mod tests {
         assert_eq!(cache.counters.coalesced.load(Ordering::SeqCst), 19);
     }
 
+    /// Two caches sharing one tier, as two replicas share Redis (and one restarted process
+    /// its disk): what one fetched, the other answers without a call, as a hit of shared
+    /// data; a tier local to one of them fills on its fetch and answers after a restart.
+    #[tokio::test]
+    async fn caches_share_windows_through_a_tier() {
+        let shared = Arc::new(MemoryTier::default());
+        let disk = Arc::new(MemoryTier::default());
+        let replica = |local: Option<Arc<dyn Tier>>| {
+            WindowCache::with_tiers(
+                policy(),
+                Arc::default(),
+                local,
+                Some(Arc::clone(&shared) as Arc<dyn Tier>),
+            )
+        };
+        let a = replica(Some(Arc::clone(&disk) as Arc<dyn Tier>));
+        let b = replica(None);
+        let count = Arc::new(AtomicU32::new(0));
+        let w = window_ending(Timestamp::from_second(1_700_000_000).unwrap());
+        let first = a
+            .get_or_fetch(key(&w), false, fetcher(w, Arc::clone(&count), false))
+            .await
+            .unwrap();
+        assert_eq!((first.source, first.calls), (Source::Miss, 1));
+        assert_eq!(
+            (shared.len(), disk.len()),
+            (1, 1),
+            "both tiers got the fetch"
+        );
+        let second = b
+            .get_or_fetch(key(&w), false, fetcher(w, Arc::clone(&count), false))
+            .await
+            .unwrap();
+        assert_eq!((second.source, second.calls), (Source::Hit, 0));
+        assert!(second.data.shared, "taken from the shared tier");
+        assert_eq!(count.load(Ordering::SeqCst), 1, "one upstream fetch in all");
+        // A restart of `a` (empty memory, the same disk, no shared tier): a hit, no call.
+        let restarted = WindowCache::with_tiers(
+            policy(),
+            Arc::default(),
+            Some(Arc::clone(&disk) as Arc<dyn Tier>),
+            None,
+        );
+        let third = restarted
+            .get_or_fetch(key(&w), false, fetcher(w, Arc::clone(&count), false))
+            .await
+            .unwrap();
+        assert_eq!((third.source, third.calls), (Source::Hit, 0));
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_expired_copy_stands_in_when_the_upstream_fails() {
         let cache = WindowCache::new(policy(), Arc::default());
