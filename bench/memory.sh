@@ -7,8 +7,8 @@
 #       hold their br forms as well);
 #   C — B again with glibc limited to one malloc arena (MALLOC_ARENA_MAX=1).
 #   RUNS="B" runs only those; DHAT=FILE runs B under valgrind's DHAT (heap at its peak, by
-#   allocation site, into FILE; `python3 bench/dhat-peak.py FILE` summarises it) — a build
-#   with the system allocator (`--features system-alloc`) is needed, DHAT does not see mimalloc.
+#   allocation site, into FILE; `python3 bench/dhat-peak.py FILE` summarises it; DHAT sees
+#   only the system allocator, which is the gateway's).
 # Target: peak RSS ≤ cache bound + 64 MiB. Loopback only; every request bounded by
 # --max-time; stops only the processes it started.
 set -euo pipefail
@@ -86,6 +86,6 @@ else
   case " $RUNS " in *" B "*) run B-32MiB-cache-full 33554432 2 24 ;; esac
 fi
 # The same as B with one malloc arena: how much of B's peak is allocator fragmentation
-# (glibc only: with mimalloc, the default, the variable changes nothing).
+# (glibc's; the Dockerfile sets MALLOC_ARENA_MAX=2).
 case " $RUNS " in *" C "*) run C-32MiB-cache-full-one-malloc-arena 33554432 2 24 MALLOC_ARENA_MAX=1 ;; esac
 echo "simulator rule breaches: $(sim_violations "$SIM_PORT")"

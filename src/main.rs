@@ -10,14 +10,6 @@ use kore_gateway::{
 };
 use tracing_subscriber::{EnvFilter, fmt};
 
-/// mimalloc instead of glibc's malloc: a hit makes dozens of small, short-lived allocations
-/// (headers, middleware state), which glibc's free lists made a quarter of a hit's
-/// instructions (BENCHMARKS.md, issue #15). `MALLOC_ARENA_MAX` no longer applies. The
-/// `system-alloc` feature keeps glibc's (valgrind's DHAT sees only that one).
-#[cfg(not(feature = "system-alloc"))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Keys the demo uses when none are configured.
 #[cfg(feature = "demo")]
 const DEMO_KEY: &str = "demo-key-0001";
