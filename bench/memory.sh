@@ -6,6 +6,9 @@
 #       (each asked twice: plain, then with a browser's Accept-Encoding, so the stored answers
 #       hold their br forms as well);
 #   C — B again with glibc limited to one malloc arena (MALLOC_ARENA_MAX=1).
+#   RUNS="B" runs only those; DHAT=FILE runs B under valgrind's DHAT (heap at its peak, by
+#   allocation site, into FILE; `python3 bench/dhat-peak.py FILE` summarises it; DHAT sees
+#   only the system allocator, which is the gateway's).
 # Target: peak RSS ≤ cache bound + 64 MiB. Loopback only; every request bounded by
 # --max-time; stops only the processes it started.
 set -euo pipefail
@@ -74,8 +77,15 @@ run() { # name cache_bytes passes json_queries [VAR=value ...]
   stop_pid "$GW_PID"
 }
 
-run A-default-cache 268435456 1 0
-run B-32MiB-cache-full 33554432 2 24
-# The same as B with one malloc arena: how much of B's peak is allocator fragmentation.
-run C-32MiB-cache-full-one-malloc-arena 33554432 2 24 MALLOC_ARENA_MAX=1
+RUNS="${RUNS:-A B C}"
+case " $RUNS " in *" A "*) run A-default-cache 268435456 1 0 ;; esac
+if [ -n "${DHAT:-}" ]; then
+  need_tools valgrind
+  WAIT_TRIES=1200 run B-32MiB-cache-full-under-dhat 33554432 2 24 valgrind --tool=dhat --dhat-out-file="$DHAT"
+else
+  case " $RUNS " in *" B "*) run B-32MiB-cache-full 33554432 2 24 ;; esac
+fi
+# The same as B with one malloc arena: how much of B's peak is allocator fragmentation
+# (glibc's; the Dockerfile sets MALLOC_ARENA_MAX=2).
+case " $RUNS " in *" C "*) run C-32MiB-cache-full-one-malloc-arena 33554432 2 24 MALLOC_ARENA_MAX=1 ;; esac
 echo "simulator rule breaches: $(sim_violations "$SIM_PORT")"

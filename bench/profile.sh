@@ -81,7 +81,9 @@ case "$mode" in
       echo "== self (top 45; Ir, share of the total, function)"
       grep -E '^ *[0-9,]+ \(' "$TMP/self.txt" | sed -n 2,46p | sed -E 's|/root/.cargo/registry/src/[^/]+/||; s|/rustc/[0-9a-f]+/||; s| \[[^]]*\]$||'
       echo "== inclusive, the gateway's own code (top 25)"
-      grep -E '^ *[0-9,]+ \(' "$TMP/incl.txt" | grep -E ' src/' | sed -n 1,25p | sed -E 's| \[[^]]*\]$||'
+      # (the gateway's sources as a relative path, or absolute when built elsewhere)
+      { grep -E '^ *[0-9,]+ \(' "$TMP/incl.txt" | grep -E '( |/)src/(api|cache|[a-z_]+\.rs)' | grep -v registry || true; } |
+        sed -n 1,25p | sed -E 's| \[[^]]*\]$||'
     } >"$TMP/summary.txt"
     cp "$TMP/callgrind.out" "/tmp/kore-bench-callgrind${TAG:+-$TAG}.out"
     tee "$RESULTS/profile-hit-callgrind${TAG:+-$TAG}.txt" <"$TMP/summary.txt"

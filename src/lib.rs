@@ -98,6 +98,10 @@ pub struct App {
     pub cursor_key: render::CursorKey,
     /// `Prefer: respond-async` jobs.
     pub jobs: jobs::Jobs,
+    /// Response-cache keys of data query strings already parsed.
+    pub query_keys: api::query::KeyMemo,
+    /// `RateLimit-Policy` values (fixed by the configuration).
+    pub ratelimit_policy: ratelimit_headers::PolicyValues,
 }
 
 /// Cheap-to-clone handle on the [`App`].
@@ -185,6 +189,10 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     let responses = ResponseCache::new(&settings.cache);
     let keys = KeyRing::new(&settings.api_keys, settings.allow_anonymous);
     let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
+    let ratelimit_policy = ratelimit_headers::PolicyValues::new(
+        key_limiter.as_ref().map(KeyLimiter::rate),
+        fetcher.budget().rate(),
+    );
     let settings_job_ttl = settings.job_ttl;
     let cursor_key = {
         use secrecy::ExposeSecret;
@@ -204,6 +212,8 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         disk,
         cursor_key,
         jobs: jobs::Jobs::new(settings_job_ttl),
+        query_keys: api::query::KeyMemo::default(),
+        ratelimit_policy,
     })))
 }
 

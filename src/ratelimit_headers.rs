@@ -14,7 +14,7 @@
 //! grows again (0 when nothing is counted). Both windows slide, so `t` is the time to the
 //! next unit back, never a fixed reset. The 429 and 503 answers carry the fields too.
 
-use std::{sync::Arc, time::Duration};
+use std::{fmt::Write, sync::Arc, time::Duration};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -38,18 +38,29 @@ fn secs_up(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// `RateLimit-Policy` and `RateLimit` values for `policies`.
+/// `RateLimit-Policy` and `RateLimit` values for `policies`, each written once into its own
+/// buffer (these headers are on every keyed answer, hits included).
 pub fn render(policies: &[PolicyState]) -> (String, String) {
-    let policy = policies
-        .iter()
-        .map(|p| format!("\"{}\";q={};w={}", p.name, p.quota, secs_up(p.window)))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let state = policies
-        .iter()
-        .map(|p| format!("\"{}\";r={};t={}", p.name, p.remaining, secs_up(p.reset)))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut policy = String::with_capacity(48);
+    let mut state = String::with_capacity(48);
+    for (i, p) in policies.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        // Writing into a String cannot fail.
+        let _ = write!(
+            policy,
+            "{sep}\"{}\";q={};w={}",
+            p.name,
+            p.quota,
+            secs_up(p.window)
+        );
+        let _ = write!(
+            state,
+            "{sep}\"{}\";r={};t={}",
+            p.name,
+            p.remaining,
+            secs_up(p.reset)
+        );
+    }
     (policy, state)
 }
 
@@ -78,11 +89,60 @@ pub fn policies(state: &AppState, caller: Option<&Arc<str>>) -> Vec<PolicyState>
     out
 }
 
+/// The `RateLimit-Policy` values, which depend only on the configuration: made once.
+#[derive(Debug)]
+pub struct PolicyValues {
+    /// For a keyed caller (the `"key"` policy first when GATEWAY_KEY_RATE_LIMIT is set).
+    keyed: Option<HeaderValue>,
+    /// Without a caller: the upstream budget alone.
+    anonymous: Option<HeaderValue>,
+}
+
+impl PolicyValues {
+    /// The values for a key limit `key` (if any) and the upstream budget `upstream`.
+    pub fn new(key: Option<crate::config::Rate>, upstream: crate::config::Rate) -> Self {
+        let policy = |name, rate: crate::config::Rate| PolicyState {
+            name,
+            quota: rate.calls,
+            window: rate.period,
+            remaining: 0,
+            reset: Duration::ZERO,
+        };
+        let value = |ps: &[PolicyState]| HeaderValue::from_str(&render(ps).0).ok();
+        let upstream = policy("upstream", upstream);
+        let keyed = match key {
+            Some(k) => value(&[policy("key", k), upstream.clone()]),
+            None => value(std::slice::from_ref(&upstream)),
+        };
+        PolicyValues {
+            keyed,
+            anonymous: value(&[upstream]),
+        }
+    }
+}
+
 /// Sets both fields on `headers` for `caller`.
 pub fn stamp(state: &AppState, caller: Option<&Arc<str>>, headers: &mut HeaderMap) {
-    let (policy, now) = render(&policies(state, caller));
-    if let (Ok(p), Ok(n)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&now)) {
-        headers.insert(RATELIMIT_POLICY.clone(), p);
+    let policies = policies(state, caller);
+    let mut now = String::with_capacity(48);
+    for (i, p) in policies.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        // Writing into a String cannot fail.
+        let _ = write!(
+            now,
+            "{sep}\"{}\";r={};t={}",
+            p.name,
+            p.remaining,
+            secs_up(p.reset)
+        );
+    }
+    let policy = if caller.is_some() {
+        &state.ratelimit_policy.keyed
+    } else {
+        &state.ratelimit_policy.anonymous
+    };
+    if let (Some(p), Ok(n)) = (policy, HeaderValue::from_str(&now)) {
+        headers.insert(RATELIMIT_POLICY.clone(), p.clone());
         headers.insert(RATELIMIT.clone(), n);
     }
 }

@@ -281,8 +281,8 @@ async fn no_caller_can_choose_the_upstream_host() {
 #[test]
 fn key_comparison_is_by_digest_over_every_key() {
     // Behavioural half of the constant-time claim: a key that shares a long prefix with a real
-    // one is as unknown as any other; the timing half is by construction (SHA-256 digests,
-    // XOR-fold compare, every configured key visited) in src/api/auth.rs.
+    // one is as unknown as any other; the timing half is by construction (a randomly keyed
+    // SipHash picks the bucket, then an XOR-fold compare of every key in it) in src/api/auth.rs.
     let keys = kore_gateway::config::parse_api_keys(&format!("team-a:{KEY},admin-ops:{ADMIN_KEY}"))
         .unwrap();
     let ring = kore_gateway::api::auth::KeyRing::new(&keys, false);

@@ -1,35 +1,58 @@
-//! API-key authentication. Keys are compared as SHA-256 digests in constant time, against
-//! every configured key, so neither timing nor length tells a caller how close a guess was.
+//! API-key authentication. A presented key is looked up by a randomly keyed SipHash of its
+//! bytes (std's `RandomState`, keyed afresh in each process, so a caller can neither predict
+//! nor steer which bucket a guess lands in) and then compared in constant time with the
+//! configured keys in that bucket: no plain `==` on a secret, and the time taken tells a
+//! caller nothing about how close a guess was. Keys never reach `Debug` or the logs.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    hash::BuildHasher,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
 
 use axum::{
-    extract::{Request, State},
+    extract::Request,
     http::{HeaderMap, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use secrecy::ExposeSecret;
-use sha2::{Digest, Sha256};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::{AppState, config::ApiKey, error::AppError};
 
-/// Who is calling, attached to the request by [`require_key`].
+/// Who is calling, attached to the request by [`RequireKey`].
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: Arc<str>,
     pub admin: bool,
 }
 
-/// The configured keys, as digests.
+/// One configured key.
+struct Known {
+    key: SecretString,
+    caller: Caller,
+}
+
+/// The configured keys, in buckets by the keyed hash of their bytes.
 pub struct KeyRing {
-    keys: Vec<(Arc<str>, [u8; 32], bool)>,
+    buckets: HashMap<u64, Vec<Known>>,
+    hasher: std::hash::RandomState,
     allow_anonymous: bool,
 }
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.keys.iter().map(|(n, _, _)| &**n).collect();
+        let mut names: Vec<&str> = self
+            .buckets
+            .values()
+            .flatten()
+            .map(|k| &*k.caller.name)
+            .collect();
+        names.sort_unstable();
         f.debug_struct("KeyRing")
             .field("names", &names)
             .field("allow_anonymous", &self.allow_anonymous)
@@ -37,12 +60,13 @@ impl std::fmt::Debug for KeyRing {
     }
 }
 
-fn digest(s: &str) -> [u8; 32] {
-    Sha256::digest(s.as_bytes()).into()
-}
-
-/// Constant-time equality of two digests.
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+/// Constant-time equality of two byte strings: every byte of `a` is looked at whatever
+/// differs (a length mismatch is known only to a caller who already hit the bucket, which
+/// takes the process's secret hash key).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
     a.iter()
         .zip(b.iter())
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
@@ -51,32 +75,37 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 impl KeyRing {
     pub fn new(keys: &[ApiKey], allow_anonymous: bool) -> Self {
+        let hasher = std::hash::RandomState::new();
+        let mut buckets: HashMap<u64, Vec<Known>> = HashMap::new();
+        for k in keys {
+            buckets
+                .entry(hasher.hash_one(k.key.expose_secret().as_bytes()))
+                .or_default()
+                .push(Known {
+                    key: k.key.clone(),
+                    caller: Caller {
+                        name: Arc::clone(&k.name),
+                        admin: k.is_admin(),
+                    },
+                });
+        }
         KeyRing {
-            keys: keys
-                .iter()
-                .map(|k| {
-                    (
-                        Arc::clone(&k.name),
-                        digest(k.key.expose_secret()),
-                        k.is_admin(),
-                    )
-                })
-                .collect(),
+            buckets,
+            hasher,
             allow_anonymous,
         }
     }
 
     /// The caller a presented key belongs to.
     pub fn identify(&self, presented: &str) -> Option<Caller> {
-        let d = digest(presented);
+        let bucket = self
+            .buckets
+            .get(&self.hasher.hash_one(presented.as_bytes()))?;
         let mut found = None;
-        // Look at every key, whatever matched, so the time taken does not depend on which.
-        for (name, kd, admin) in &self.keys {
-            if ct_eq(&d, kd) {
-                found = Some(Caller {
-                    name: Arc::clone(name),
-                    admin: *admin,
-                });
+        // Every key of the bucket is compared, whatever matched.
+        for k in bucket {
+            if ct_eq(k.key.expose_secret().as_bytes(), presented.as_bytes()) {
+                found = Some(k.caller.clone());
             }
         }
         found
@@ -98,39 +127,110 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Middleware for every keyed route: identifies the caller, applies the per-key rate limit.
-///
-/// # Errors
-/// 401 for no or an unknown key, 429 over GATEWAY_KEY_RATE_LIMIT.
-pub async fn require_key(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Result<Response, AppError> {
+/// Identifies the caller and applies the per-key rate limit: the caller, or the answer
+/// that refuses the request.
+fn admit(state: &AppState, req: &mut Request) -> Result<Arc<str>, Box<Response>> {
     let caller = match presented_key(req.headers()) {
-        Some(k) if !k.is_empty() => state.keys.identify(k).ok_or(AppError::Unauthorized)?,
+        Some(k) if !k.is_empty() => state
+            .keys
+            .identify(k)
+            .ok_or_else(|| Box::new(AppError::Unauthorized.into_response()))?,
         _ if state.keys.allow_anonymous => Caller {
             name: "anonymous".into(),
             admin: false,
         },
-        _ => return Err(AppError::Unauthorized),
+        _ => return Err(Box::new(AppError::Unauthorized.into_response())),
     };
     if let Some(limiter) = &state.key_limiter
         && let Err(retry_after) = limiter.check(&caller.name)
     {
         let mut refused = AppError::KeyRateLimited { retry_after }.into_response();
-        crate::ratelimit_headers::stamp(&state, Some(&caller.name), refused.headers_mut());
-        return Ok(refused);
+        crate::ratelimit_headers::stamp(state, Some(&caller.name), refused.headers_mut());
+        return Err(Box::new(refused));
     }
     let name = Arc::clone(&caller.name);
     req.extensions_mut().insert(caller);
-    let mut resp = next.run(req).await;
-    // Every keyed answer (429 and 503 included) says where the key and the upstream budget stand.
-    crate::ratelimit_headers::stamp(&state, Some(&name), resp.headers_mut());
-    Ok(resp)
+    Ok(name)
 }
 
-/// Middleware for admin routes (after [`require_key`]).
+/// The layer of every keyed route: identifies the caller ([`Caller`] in the request's
+/// extensions), applies the per-key rate limit, and stamps every keyed answer (429 and 503
+/// included) with where the key and the upstream budget stand. 401 for no or an unknown
+/// key, 429 over GATEWAY_KEY_RATE_LIMIT. Hand-written rather than `from_fn`: it runs on
+/// every hit, and this way costs no boxed future and no clone of the inner service.
+#[derive(Clone)]
+pub struct RequireKeyLayer(pub AppState);
+
+impl<S> tower::Layer<S> for RequireKeyLayer {
+    type Service = RequireKey<S>;
+    fn layer(&self, inner: S) -> RequireKey<S> {
+        RequireKey {
+            state: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service of [`RequireKeyLayer`].
+#[derive(Clone)]
+pub struct RequireKey<S> {
+    state: AppState,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for RequireKey<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = KeyedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        match admit(&self.state, &mut req) {
+            Ok(name) => KeyedFuture::Admitted {
+                inner: self.inner.call(req),
+                state: self.state.clone(),
+                name,
+            },
+            Err(refused) => KeyedFuture::Refused {
+                answer: Some(*refused),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`RequireKey`].
+    #[project = KeyedProj]
+    pub enum KeyedFuture<F> {
+        Refused { answer: Option<Response> },
+        Admitted { #[pin] inner: F, state: AppState, name: Arc<str> },
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for KeyedFuture<F> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            KeyedProj::Refused { answer } => Poll::Ready(Ok(answer.take().unwrap_or_else(|| {
+                AppError::Internal("polled after completion".into()).into_response()
+            }))),
+            KeyedProj::Admitted { inner, state, name } => {
+                let Ok(mut resp) = ready!(inner.poll(cx));
+                crate::ratelimit_headers::stamp(state, Some(name), resp.headers_mut());
+                Poll::Ready(Ok(resp))
+            }
+        }
+    }
+}
+
+/// Middleware for admin routes (after [`RequireKeyLayer`]).
 ///
 /// # Errors
 /// 403 for a key whose name does not start with `admin`.

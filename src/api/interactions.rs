@@ -7,9 +7,8 @@
 use std::{collections::HashSet, sync::Arc};
 
 use axum::{
-    Extension,
     body::Body,
-    extract::{RawQuery, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -22,7 +21,10 @@ use crate::{
     api::{
         RequestId,
         auth::Caller,
-        query::{Format, InteractionsParams, InteractionsQuery, RangeQuery, parse_interactions},
+        query::{
+            Format, InteractionsParams, InteractionsQuery, RangeQuery, format_from_accept,
+            parse_interactions,
+        },
         range_fetch, stamp_cache_headers, stored, wants_refresh,
     },
     cache::{KeyEncoder, Rendered, WindowOutcome, hex},
@@ -70,35 +72,43 @@ use crate::{
 )]
 pub async fn get_interactions(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    RequestId(request_id): RequestId,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    req: axum::extract::Request,
 ) -> Result<Response, AppError> {
+    // The request taken apart rather than extracted piece by piece: a stored hit then
+    // copies neither the header map nor the query string nor the request id.
+    let (mut parts, _) = req.into_parts();
+    let caller = parts
+        .extensions
+        .remove::<Caller>()
+        .ok_or(AppError::Unauthorized)?;
+    let headers = parts.headers;
+    let raw = parts.uri.query();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let q = parse_interactions(raw.as_deref(), accept, state.settings.max_range_days)?;
+    let accept_format = format_from_accept(accept);
+    let refresh = caller.admin && wants_refresh(&headers);
+    // A query string answered before maps to its response-cache key without being parsed
+    // again: what a stored hit needs is the key, and the key is a pure function of the query
+    // string and `Accept` (only queries that parsed are remembered).
+    if !refresh
+        && let Some((key, format)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && let Some(hit) = state.responses.get(&key)
+    {
+        return Ok(reply_stored(&state, &key, &hit, &headers, format).await);
+    }
+    let q = parse_interactions(raw, accept, state.settings.max_range_days)?;
     // A stored answer needs no plan, no fetch context: look it up first.
     let (key, after) = match q.format {
         Format::Json => json_key(&state, &q)?,
         Format::Ndjson | Format::Csv => (export_key(&q), None),
     };
-    if !(caller.admin && wants_refresh(&headers))
-        && let Some(hit) = state.responses.get(&key)
-    {
-        state
-            .counters
-            .response_hits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut resp = stored::reply(&state, &key, &hit, &headers).await;
-        if q.format != Format::Json {
-            // Only whole, fresh exports are stored.
-            let h = resp.headers_mut();
-            h.insert(X_COMPLETE.clone(), HeaderValue::from_static("true"));
-            h.insert(X_STALE.clone(), HeaderValue::from_static("false"));
-        }
-        return Ok(resp);
+    state
+        .query_keys
+        .remember(ROUTE, raw, accept_format, &key, q.format);
+    if !refresh && let Some(hit) = state.responses.get(&key) {
+        return Ok(reply_stored(&state, &key, &hit, &headers, q.format).await);
     }
     let windows = plan_windows(&q.range)?;
+    let request_id: Arc<str> = RequestId::of(&parts.extensions).into();
     let range = range_fetch(
         &state,
         &caller,
@@ -112,7 +122,7 @@ pub async fn get_interactions(
         &caller,
         &headers,
         "/v1/interactions",
-        raw.as_deref(),
+        raw,
         &windows,
         &range,
     )
@@ -120,11 +130,38 @@ pub async fn get_interactions(
     {
         return Ok(accepted);
     }
+    // Boxed: the miss's futures are large, and unboxed they would make every hit's future
+    // (moved and copied on each poll's way) as large.
     match q.format {
-        Format::Json => json(&state, &q, &windows, &range, &headers, key, after).await,
-        Format::Ndjson | Format::Csv => streamed(&state, &q, windows, range, key).await,
+        Format::Json => Box::pin(json(&state, &q, &windows, &range, &headers, key, after)).await,
+        Format::Ndjson | Format::Csv => Box::pin(streamed(&state, &q, windows, range, key)).await,
     }
 }
+
+/// A stored answer of this route, counted as a response hit.
+async fn reply_stored(
+    state: &AppState,
+    key: &str,
+    hit: &Arc<Rendered>,
+    headers: &HeaderMap,
+    format: Format,
+) -> Response {
+    state
+        .counters
+        .response_hits
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut resp = stored::reply(state, key, hit, headers).await;
+    if format != Format::Json {
+        // Only whole, fresh exports are stored.
+        let h = resp.headers_mut();
+        h.insert(X_COMPLETE.clone(), HeaderValue::from_static("true"));
+        h.insert(X_STALE.clone(), HeaderValue::from_static("false"));
+    }
+    resp
+}
+
+/// This route, as the query-key memo tells routes apart.
+const ROUTE: &str = "/v1/interactions";
 
 static X_COMPLETE: header::HeaderName = header::HeaderName::from_static("x-complete");
 static X_STALE: header::HeaderName = header::HeaderName::from_static("x-stale");
@@ -237,22 +274,31 @@ async fn json(
     let head = render::json_head(page, &meta);
     let etag = render::etag(&head);
     let stored = complete && !stale;
-    if stored {
+    // One copy of the page at a time: the stored body is the head with the hit's tail
+    // appended in place (json_head leaves room for it), and this answer's head is then a
+    // slice of that same buffer.
+    let head = if stored {
         // A hit's body is fixed (0 calls, "HIT"), so it is stored whole and its compressed
         // forms can be made once; the ETag stays the head's, the same for hit and miss.
+        let head_len = head.len();
         let hit_tail = render::json_tail(0, CacheStatus::Hit);
-        let mut body = BytesMut::with_capacity(head.len() + hit_tail.len());
-        body.extend_from_slice(&head);
+        let mut body = head
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         body.extend_from_slice(&hit_tail);
+        let body = body.freeze();
         let mut r = Rendered::new(
-            body.freeze(),
+            body.clone(),
             HeaderValue::from_static("application/json"),
             HeaderValue::from_str(&etag).ok(),
             fresh_until(&outcomes),
         );
         r.fetched_unix_ms = oldest_fetch(&outcomes);
         state.responses.insert(key, Arc::new(r));
-    }
+        body.slice(..head_len)
+    } else {
+        head
+    };
     let mut resp = json_reply(
         &head,
         &etag,
@@ -314,9 +360,6 @@ fn json_reply(
     {
         return (StatusCode::NOT_MODIFIED, common).into_response();
     }
-    let mut body = BytesMut::with_capacity(head.len() + tail.len());
-    body.extend_from_slice(head);
-    body.extend_from_slice(&tail);
     (
         StatusCode::OK,
         common,
@@ -324,9 +367,42 @@ fn json_reply(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body.freeze(),
+        Body::new(HeadTail {
+            head: Some(head.clone()),
+            tail: Some(tail),
+        }),
     )
         .into_response()
+}
+
+/// A body sent as two chunks, head then tail, without copying them into one: its exact
+/// length is known, so it still goes out with `Content-Length` when not compressed.
+struct HeadTail {
+    head: Option<Bytes>,
+    tail: Option<Bytes>,
+}
+
+impl http_body::Body for HeadTail {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let next = this.head.take().or_else(|| this.tail.take());
+        std::task::Poll::Ready(next.map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.tail.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let len = |b: &Option<Bytes>| b.as_ref().map_or(0, |b| b.len() as u64);
+        http_body::SizeHint::with_exact(len(&self.head) + len(&self.tail))
+    }
 }
 
 /// NDJSON or CSV of the whole range. Every window is resolved (from the cache or the

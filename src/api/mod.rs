@@ -6,22 +6,23 @@ pub mod docs;
 pub mod dropin;
 pub mod interactions;
 pub mod jobs;
+pub mod layers;
 pub mod ops;
 pub mod query;
 pub mod status;
 pub mod stored;
 pub mod summary;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Request, State},
+    extract::{DefaultBodyLimit, FromRequestParts, Request},
     http::{
         Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header,
         request::Parts,
     },
-    middleware::{self, Next},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -63,10 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
         .route("/status.json", get(status::status_json))
         .merge(admin)
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
-        ));
+        .route_layer(auth::RequireKeyLayer(state.clone()));
     let open = Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -109,7 +107,7 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
                 span
             }))
             // 4. Metrics see the final status of everything below, including auth refusals.
-            .layer(middleware::from_fn(record_metrics))
+            .layer(layers::MetricsLayer::default())
             // 5. CORS before auth: a browser's preflight carries no key and must still pass
             //    (only with an allow-list: without one no CORS header is due).
             .layer(tower::util::option_layer(cors(
@@ -128,7 +126,9 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
                     )),
             )
             // 7. One deadline for the whole request: a 504 problem, never a hung socket.
-            .layer(middleware::from_fn_with_state(state.clone(), deadline))
+            .layer(layers::DeadlineLayer(
+                state.settings.request_timeout,
+            ))
             // 8. Bodies are small by nature here; refuse big ones before reading them.
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
     )
@@ -213,61 +213,6 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(RequestId(RequestId::of(&parts.extensions).into()))
-    }
-}
-
-async fn record_metrics(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = static_method(req.method());
-    let started = Instant::now();
-    let resp = next.run(req).await;
-    metrics::counter!("gateway_requests_total", "route" => route.clone(), "method" => method, "status" => static_status(resp.status()))
-        .increment(1);
-    metrics::histogram!("gateway_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    resp
-}
-
-/// The label of a method, without allocating for the usual ones.
-fn static_method(m: &Method) -> metrics::SharedString {
-    match *m {
-        Method::GET => "GET".into(),
-        Method::POST => "POST".into(),
-        Method::DELETE => "DELETE".into(),
-        Method::OPTIONS => "OPTIONS".into(),
-        Method::HEAD => "HEAD".into(),
-        ref other => other.to_string().into(),
-    }
-}
-
-/// The label of a status, without allocating for the ones this service answers.
-fn static_status(s: StatusCode) -> metrics::SharedString {
-    match s.as_u16() {
-        200 => "200".into(),
-        204 => "204".into(),
-        304 => "304".into(),
-        400 => "400".into(),
-        401 => "401".into(),
-        403 => "403".into(),
-        404 => "404".into(),
-        405 => "405".into(),
-        429 => "429".into(),
-        500 => "500".into(),
-        502 => "502".into(),
-        503 => "503".into(),
-        504 => "504".into(),
-        other => other.to_string().into(),
-    }
-}
-
-async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.settings.request_timeout, next.run(req)).await {
-        Ok(resp) => resp,
-        Err(_) => AppError::RequestTimeout.into_response(),
     }
 }
 

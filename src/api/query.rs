@@ -8,6 +8,11 @@ use jiff::{
     tz::{Offset, TimeZone},
 };
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+};
+
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
@@ -336,6 +341,63 @@ pub fn parse_interactions(
         cursor,
         format,
     })
+}
+
+/// Response-cache keys of query strings that parsed, per route and per format `Accept`
+/// asked for, so that a repeat finds its stored answer without parsing and hashing the query
+/// again: the key is a pure function of these. Bounded: it forgets everything when full (a
+/// forgotten query is parsed again, nothing else).
+#[derive(Debug, Default)]
+pub struct KeyMemo {
+    map: RwLock<HashMap<String, Vec<Remembered>>>,
+}
+
+/// One remembered parse: route, the format `Accept` asked for, the key, the format chosen.
+type Remembered = (&'static str, Format, Arc<str>, Format);
+
+impl KeyMemo {
+    /// Query strings remembered at most.
+    const MAX_ENTRIES: usize = 4096;
+    /// Longest query string remembered.
+    const MAX_QUERY_LEN: usize = 512;
+
+    /// The response-cache key and the format that `raw` on `route`, with an `Accept` that
+    /// asked for `accept`, parsed to.
+    pub fn get(
+        &self,
+        route: &str,
+        raw: Option<&str>,
+        accept: Format,
+    ) -> Option<(Arc<str>, Format)> {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        map.get(raw.unwrap_or(""))?
+            .iter()
+            .find(|(r, a, _, _)| *r == route && *a == accept)
+            .map(|(_, _, key, format)| (Arc::clone(key), *format))
+    }
+
+    /// Remembers what [`KeyMemo::get`] answers, once `raw` parsed.
+    pub fn remember(
+        &self,
+        route: &'static str,
+        raw: Option<&str>,
+        accept: Format,
+        key: &str,
+        format: Format,
+    ) {
+        let raw = raw.unwrap_or("");
+        if raw.len() > Self::MAX_QUERY_LEN || self.get(route, Some(raw), accept).is_some() {
+            return;
+        }
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= Self::MAX_ENTRIES {
+            map.clear();
+        }
+        let entry = map.entry(raw.to_owned()).or_default();
+        if !entry.iter().any(|(r, a, _, _)| *r == route && *a == accept) {
+            entry.push((route, accept, key.into(), format));
+        }
+    }
 }
 
 /// Picks a format from `Accept`; JSON unless CSV or NDJSON is preferred outright.

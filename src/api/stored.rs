@@ -26,6 +26,7 @@ pub static X_CACHE: header::HeaderName = header::HeaderName::from_static("x-cach
 static VARY_AE: HeaderValue = HeaderValue::from_static("accept-encoding");
 static NO_CACHE: HeaderValue = HeaderValue::from_static("private, no-cache");
 static HIT: HeaderValue = HeaderValue::from_static("HIT");
+static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache-status");
 
 /// The stored answer `hit` (kept under `key`) for a request with headers `req`.
 pub async fn reply(state: &AppState, key: &str, hit: &Arc<Rendered>, req: &HeaderMap) -> Response {
@@ -39,11 +40,13 @@ pub async fn reply(state: &AppState, key: &str, hit: &Arc<Rendered>, req: &Heade
         .saturating_duration_since(tokio::time::Instant::now())
         .as_secs();
     let age = (jiff::Timestamp::now().as_millisecond() - hit.fetched_unix_ms).max(0) / 1000;
-    crate::api::set_cache_headers(
-        &mut headers,
-        &format!("kore-gateway; hit; ttl={ttl}"),
-        age as u64,
-    );
+    // The formatted String becomes the value's buffer (no second copy).
+    if let Ok(v) =
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("kore-gateway; hit; ttl={ttl}")))
+    {
+        headers.insert(CACHE_STATUS.clone(), v);
+    }
+    headers.insert(header::AGE, HeaderValue::from(age as u64));
     if let Some(etag) = &hit.etag {
         headers.insert(header::ETAG, etag.clone());
         if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())

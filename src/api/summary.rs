@@ -8,9 +8,8 @@
 //! `warnings`), or CSV with one row per group.
 
 use axum::{
-    Extension,
-    extract::{RawQuery, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use std::sync::{Arc, atomic::Ordering};
@@ -92,6 +91,9 @@ pub fn parse_summary(
     })
 }
 
+/// This route, as the query-key memo tells routes apart.
+const ROUTE: &str = "/v1/interactions/summary";
+
 /// Counts and duration statistics of a date range, grouped.
 ///
 /// From the same cached windows as `/v1/interactions`; `Prefer: respond-async` works as there.
@@ -120,13 +122,29 @@ pub fn parse_summary(
 )]
 pub async fn get_summary(
     State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    RequestId(request_id): RequestId,
-    headers: HeaderMap,
-    RawQuery(raw): RawQuery,
+    req: axum::extract::Request,
 ) -> Result<Response, AppError> {
+    // Taken apart rather than extracted piece by piece: a stored hit copies neither the
+    // header map nor the query string nor the request id.
+    let (mut parts, _) = req.into_parts();
+    let caller = parts
+        .extensions
+        .remove::<Caller>()
+        .ok_or(AppError::Unauthorized)?;
+    let headers = parts.headers;
+    let raw = parts.uri.query();
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let q = parse_summary(raw.as_deref(), accept, state.settings.max_range_days)?;
+    let accept_format = format_from_accept(accept);
+    let refresh = caller.admin && wants_refresh(&headers);
+    // A query string that parsed before: its key without parsing again (see KeyMemo).
+    if !refresh
+        && let Some((key, _)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && let Some(hit) = state.responses.get(&key)
+    {
+        state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
+        return Ok(stored::reply(&state, &key, &hit, &headers).await);
+    }
+    let q = parse_summary(raw, accept, state.settings.max_range_days)?;
     // The same planning and mapping of refusals as `/v1/interactions`, so both routes ask
     // for (and cache) the very same windows.
     // A warm summary is stored bytes: no merge, no aggregation, no serialisation.
@@ -142,12 +160,14 @@ pub async fn get_summary(
         e.text(q.format.as_str());
         hex(&e.finish())
     };
-    if !(caller.admin && wants_refresh(&headers))
-        && let Some(hit) = state.responses.get(&key)
-    {
+    state
+        .query_keys
+        .remember(ROUTE, raw, accept_format, &key, Format::Json);
+    if !refresh && let Some(hit) = state.responses.get(&key) {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
         return Ok(stored::reply(&state, &key, &hit, &headers).await);
     }
+    let request_id: Arc<str> = RequestId::of(&parts.extensions).into();
     let windows = plan_windows(&q.range)?;
     let range = range_fetch(
         &state,
@@ -162,7 +182,7 @@ pub async fn get_summary(
         &caller,
         &headers,
         "/v1/interactions/summary",
-        raw.as_deref(),
+        raw,
         &windows,
         &range,
     )
