@@ -36,10 +36,14 @@ echo "== schemathesis $ST_VERSION: up to $MAX_EXAMPLES cases per operation, seed
 report=$LOGDIR/schemathesis.json
 set +e
 # Run from the scratch directory: schemathesis keeps a cache in ./.schemathesis.
+# One worker: with two, schemathesis's coverage phase once died inside CPython 3.11's
+# ast.parse ("SystemError: AST constructor recursion depth mismatch", a thread-safety bug of
+# the interpreter, not a finding) while every case passed; one worker makes the run
+# deterministic for the fixed seed.
 root=$PWD
 (cd "$LOGDIR" && timeout --kill-after=15 "$MAX_SECONDS" \
   "$VENV/bin/st" --config-file "$root/ci/schemathesis.toml" run "$GW_URL/openapi.json" \
-    --url "$GW_URL" --checks all --max-examples "$MAX_EXAMPLES" --seed "$SEED" --workers 2 \
+    --url "$GW_URL" --checks all --max-examples "$MAX_EXAMPLES" --seed "$SEED" --workers 1 \
     --generation-database none --no-color --request-timeout 120 \
     --report json --report-json-path "$report")
 st_rc=$?
