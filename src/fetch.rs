@@ -24,7 +24,7 @@ use std::{
 };
 
 use futures_util::{
-    FutureExt,
+    FutureExt, StreamExt,
     future::{BoxFuture, try_join_all},
 };
 use tracing::Instrument;
@@ -660,6 +660,24 @@ impl RangeFetch {
     /// The first window that failed.
     pub async fn all(&self, windows: &[Window]) -> Result<Vec<WindowOutcome>, UpstreamError> {
         try_join_all(windows.iter().map(|w| self.window(*w))).await
+    }
+
+    /// The windows in order, at most `ahead` of them resolving at once: what a consumer
+    /// that handles one window at a time holds is bounded by `ahead` windows, whatever the
+    /// range. (A window's fetch, once started, goes on in the cache's own task.)
+    pub fn in_order(
+        &self,
+        windows: Vec<Window>,
+        ahead: usize,
+    ) -> impl futures_util::Stream<Item = Result<WindowOutcome, UpstreamError>> + Send + 'static
+    {
+        let this = self.clone();
+        futures_util::stream::iter(windows)
+            .map(move |w| {
+                let this = this.clone();
+                async move { this.window(w).await }
+            })
+            .buffered(ahead.max(1))
     }
 }
 

@@ -58,6 +58,7 @@ pub mod outcome;
 pub mod plan;
 pub mod ratelimit_headers;
 pub mod render;
+pub mod spool;
 pub mod summary;
 pub mod telemetry;
 pub mod tls;

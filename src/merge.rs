@@ -4,7 +4,7 @@
 //! local to the offset of the window that fetched them, so the order uses the instant, not
 //! the text: across a DST fall-back the wall clock repeats an hour but instants do not.
 
-use std::{borrow::Cow, cmp::Ordering, collections::HashSet};
+use std::{borrow::Cow, cmp::Ordering, collections::HashSet, sync::Arc};
 
 use sha2::Digest;
 
@@ -21,9 +21,9 @@ use crate::plan::Window;
 #[derive(Debug, Clone)]
 pub struct Record {
     /// The record exactly as the vendor sent it.
-    pub raw: Box<RawValue>,
-    pub session_id: Option<Box<str>>,
-    pub conversation_id: Option<Box<str>>,
+    pub raw: Arc<RawValue>,
+    pub session_id: Option<Arc<str>>,
+    pub conversation_id: Option<Arc<str>>,
     /// `sessionStartTime` as Unix seconds, when present and readable.
     pub start: Option<i64>,
     /// The vendor offset (inverted minutes) the record's times are written in.
@@ -116,14 +116,14 @@ impl Record {
         let (session_id, conversation_id, start) = match serde_json::from_str::<Keys<'_>>(raw.get())
         {
             Ok(k) => (
-                as_str(k.session_id).map(String::into_boxed_str),
-                as_str(k.conversation_id).map(String::into_boxed_str),
+                as_str(k.session_id).map(Arc::from),
+                as_str(k.conversation_id).map(Arc::from),
                 as_str(k.session_start_time).and_then(|t| window.record_time_to_unix(&t)),
             ),
             Err(_) => (None, None, None),
         };
         Record {
-            raw,
+            raw: Arc::from(raw),
             session_id,
             conversation_id,
             start,
@@ -131,11 +131,19 @@ impl Record {
         }
     }
 
-    /// Bytes this record holds on the heap (for the cache weigher).
+    /// Bytes this record holds on the heap (for the cache weigher), its reference counts
+    /// included. A clone shares them: a window assembled from its parts holds the parts'
+    /// records, not copies, and is weighed as if it held its own (the bound stays an upper
+    /// bound).
     pub fn weight(&self) -> usize {
+        const COUNTS: usize = 2 * std::mem::size_of::<usize>();
         self.raw.get().len()
-            + self.session_id.as_ref().map_or(0, |s| s.len())
-            + self.conversation_id.as_ref().map_or(0, |s| s.len())
+            + COUNTS
+            + self.session_id.as_ref().map_or(0, |s| s.len() + COUNTS)
+            + self
+                .conversation_id
+                .as_ref()
+                .map_or(0, |s| s.len() + COUNTS)
             + std::mem::size_of::<Self>()
     }
 
@@ -152,7 +160,7 @@ impl Record {
     /// de-duplication, and two records with different ids differ in text): the digest of
     /// their text.
     fn tie_break(&self) -> [u8; 32] {
-        let long = |id: &Option<Box<str>>| id.as_ref().is_some_and(|s| s.len() > ORDER_ID_BYTES);
+        let long = |id: &Option<Arc<str>>| id.as_ref().is_some_and(|s| s.len() > ORDER_ID_BYTES);
         if self.session_id.is_none() || long(&self.session_id) || long(&self.conversation_id) {
             sha2::Sha256::digest(self.raw.get().as_bytes()).into()
         } else {

@@ -13,7 +13,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::{Bytes, BytesMut};
-use futures_util::{StreamExt, stream};
+use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use crate::{
@@ -34,6 +34,7 @@ use crate::{
     outcome::{Assessment, CacheStatus, assess},
     plan::{PlanError, Window, plan},
     render::{self, CursorError, MetaHead},
+    spool::Spool,
 };
 
 /// Interaction records for a date range, merged from every upstream window.
@@ -409,11 +410,14 @@ impl http_body::Body for HeadTail {
 /// upstream) before the status line, so the headers can say whether the answer is whole:
 /// `X-Complete: false` when any window's count did not check out and `X-Stale: true` when
 /// any window is an expired copy, with the reasons in `X-Warning` headers, exactly as
-/// `meta` says in JSON. The body is then rendered one window at a time.
+/// `meta` says in JSON.
 ///
-/// A whole export of complete, fresh windows is also copied aside as it goes out, up to
-/// [`ResponseCache::max_entry_bytes`](crate::cache::ResponseCache::max_entry_bytes), and
-/// kept once it ends, so a repeat is stored bytes (no merge, no render, no compression).
+/// The windows are resolved in order, a few at a time ([`RangeFetch::in_order`]), and each
+/// is rendered as soon as it is resolved and its records let go; the rendered bytes wait in a
+/// [`Spool`] (memory up to [`ResponseCache::max_entry_bytes`](crate::cache::ResponseCache::max_entry_bytes),
+/// then an unnamed temporary file), so what one export holds in memory is bounded whatever
+/// its range. An export of complete, fresh windows that stayed in memory is also stored
+/// whole, so a repeat is stored bytes (no merge, no render, no compression).
 async fn streamed(
     state: &AppState,
     q: &InteractionsQuery,
@@ -423,31 +427,38 @@ async fn streamed(
 ) -> Result<Response, AppError> {
     let format = q.format;
     let csv_formula_escape = state.settings.csv_formula_escape;
-    let outcomes = range.all(&windows).await?;
+    let ahead = windows_ahead(state.settings.budget.concurrency);
+    let memory_cap = state.responses.max_entry_bytes().max(MIN_SPOOL_MEMORY);
+    let dir = state
+        .settings
+        .disk
+        .as_ref()
+        .map_or_else(std::env::temp_dir, |d| d.dir.clone());
+    let mut spool = Spool::new(memory_cap, dir);
+    if format == Format::Csv {
+        spool.push(render::csv_header()).await;
+    }
+    let mut seen: HashSet<(Arc<str>, Option<Arc<str>>)> = HashSet::new();
+    // What judging the answer needs of each window, without its records.
+    let mut outcomes = Vec::with_capacity(windows.len());
+    let mut resolved = std::pin::pin!(range.in_order(windows, ahead));
+    while let Some(o) = resolved.next().await {
+        let o = o?;
+        spool
+            .push(render_window(&o, format, csv_formula_escape, &mut seen))
+            .await;
+        outcomes.push(WindowOutcome {
+            data: Arc::new(o.data.without_records()),
+            ..o
+        });
+    }
+    drop(seen);
+    if spool.spilled_bytes() > 0 {
+        metrics::counter!("gateway_export_spilled_bytes_total").increment(spool.spilled_bytes());
+    }
     let verdict = assess(&outcomes);
     let storable = verdict.complete && !verdict.stale;
     let (fresh_until, fetched_unix_ms) = (fresh_until(&outcomes), oldest_fetch(&outcomes));
-    let mut seen: HashSet<(Box<str>, Option<Box<str>>)> = HashSet::new();
-    let header_chunk = match format {
-        Format::Csv => Some(render::csv_header()),
-        _ => None,
-    };
-    let export = Arc::new(std::sync::Mutex::new(storable.then(|| Export {
-        body: BytesMut::new(),
-        cap: state.responses.max_entry_bytes(),
-    })));
-    let tee = Arc::clone(&export);
-    let chunks = header_chunk
-        .into_iter()
-        .chain(
-            outcomes
-                .into_iter()
-                .map(move |o| render_window(&o, format, csv_formula_escape, &mut seen)),
-        )
-        .map(move |bytes| {
-            Export::add(&tee, &bytes);
-            Ok::<_, std::io::Error>(bytes)
-        });
     let (content_type, disposition) = match format {
         Format::Csv => (
             "text/csv; charset=utf-8",
@@ -460,27 +471,25 @@ async fn streamed(
         _ => ("application/x-ndjson", None),
     };
     let disposition = disposition.and_then(|d| HeaderValue::from_str(&d).ok());
-    // After the last chunk, the whole export (if it stayed small enough) becomes a stored
-    // answer.
-    let keep = {
-        let (state, disposition) = (state.clone(), disposition.clone());
-        stream::once(async move {
-            let whole = export.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(Export { body, .. }) = whole {
-                let mut r = Rendered::new(
-                    body.freeze(),
-                    HeaderValue::from_static(content_type),
-                    None,
-                    fresh_until,
-                );
-                r.disposition = disposition;
-                r.fetched_unix_ms = fetched_unix_ms;
-                state.responses.insert(key, Arc::new(r));
-            }
-        })
-        .filter_map(|()| std::future::ready(None::<Result<Bytes, std::io::Error>>))
+    let whole = (storable && spool.len() <= state.responses.max_entry_bytes() as u64)
+        .then(|| spool.whole())
+        .flatten();
+    let body = match whole {
+        Some(whole) => {
+            // Kept whole: a repeat is these bytes.
+            let mut r = Rendered::new(
+                whole.clone(),
+                HeaderValue::from_static(content_type),
+                None,
+                fresh_until,
+            );
+            r.disposition = disposition.clone();
+            r.fetched_unix_ms = fetched_unix_ms;
+            state.responses.insert(key, Arc::new(r));
+            Body::from(whole)
+        }
+        None => Body::from_stream(spool.into_stream()),
     };
-    let body = Body::from_stream(stream::iter(chunks).chain(keep));
     let mut resp = (
         StatusCode::OK,
         [
@@ -519,6 +528,17 @@ async fn streamed(
     Ok(resp)
 }
 
+/// Windows an export resolves at once: enough to keep `concurrency` upstream calls busy (a
+/// window that needs the upstream takes several calls: its pages, then its parts), few
+/// enough that the records held meanwhile stay a handful of windows'.
+fn windows_ahead(concurrency: u32) -> usize {
+    usize::try_from(concurrency.div_ceil(8).clamp(2, 8)).unwrap_or(2)
+}
+
+/// Least memory an export's spool may use before it writes to a file (so a gateway with a
+/// tiny or no response cache still answers small exports without touching the disk).
+const MIN_SPOOL_MEMORY: usize = 256 * 1024;
+
 /// Most `X-Warning` headers on a streamed answer (`X-Complete`/`X-Stale` say the rest).
 const MAX_WARNING_HEADERS: usize = 20;
 
@@ -536,33 +556,11 @@ fn ascii_header_text(text: &str) -> String {
         .collect()
 }
 
-/// A streamed export being copied aside, to be stored whole once it ends.
-struct Export {
-    body: BytesMut,
-    /// Beyond this size the copy is dropped: the export is not stored.
-    cap: usize,
-}
-
-impl Export {
-    /// Appends a chunk, or drops the copy once it would pass its cap.
-    fn add(this: &std::sync::Mutex<Option<Export>>, bytes: &Bytes) {
-        let mut guard = this.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(e) = guard.as_mut() else {
-            return;
-        };
-        if e.body.len() + bytes.len() > e.cap {
-            *guard = None;
-            return;
-        }
-        e.body.extend_from_slice(bytes);
-    }
-}
-
 fn render_window(
     o: &WindowOutcome,
     format: Format,
     csv_formula_escape: bool,
-    seen: &mut HashSet<(Box<str>, Option<Box<str>>)>,
+    seen: &mut HashSet<(Arc<str>, Option<Arc<str>>)>,
 ) -> Bytes {
     let fresh = o.data.records.iter().filter(|r| match &r.session_id {
         Some(s) => seen.insert((s.clone(), r.conversation_id.clone())),

@@ -167,6 +167,11 @@ pub fn describe_metrics() {
         "gateway_budget_exhausted_total",
         "Upstream calls refused because the budget would not free up within KORE_MAX_WAIT"
     );
+    describe_counter!(
+        "gateway_export_spilled_bytes_total",
+        metrics::Unit::Bytes,
+        "Bytes of NDJSON/CSV exports buffered in a temporary file (CACHE_DIR, else TMPDIR) because they outgrew their memory share"
+    );
     describe_gauge!("gateway_upstream_in_flight", "Upstream calls in flight now");
     describe_gauge!(
         "gateway_budget_waiting_calls",

@@ -235,6 +235,22 @@ impl WindowData {
         self.warnings.is_empty()
     }
 
+    /// The same window's facts (span, warnings, calls, freshness, age) without its records:
+    /// what judging an answer needs once the records were rendered and let go.
+    pub fn without_records(&self) -> WindowData {
+        WindowData {
+            window: self.window,
+            records: Vec::new(),
+            warnings: self.warnings.clone(),
+            calls: self.calls,
+            fresh_for: self.fresh_for,
+            fetched_at: self.fetched_at,
+            fetched_unix_ms: self.fetched_unix_ms,
+            weight: 0,
+            shared: self.shared,
+        }
+    }
+
     pub fn fresh_until(&self) -> Instant {
         self.fetched_at + self.fresh_for
     }
