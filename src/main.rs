@@ -10,6 +10,29 @@ use kore_gateway::{
 };
 use tracing_subscriber::{EnvFilter, fmt};
 
+/// Every allocation this large or larger is its own mapping, given back to the system when
+/// it is freed. glibc's default raises this threshold (up to 32 MiB) each time such a block
+/// is freed, after which large buffers — a rendered page, a stored answer's compressed form,
+/// an upstream page — come from the heap arenas instead and stay in the resident set after
+/// they are freed: measured on bench/memory.sh run B, 254 MiB peak RSS with the default,
+/// 155 MiB with this. An operator's own `MALLOC_MMAP_THRESHOLD_` wins.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; it is called once, before any
+        // other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 /// Keys the demo uses when none are configured.
 #[cfg(feature = "demo")]
 const DEMO_KEY: &str = "demo-key-0001";
@@ -21,6 +44,7 @@ fn main() -> ExitCode {
         print!("{}", docs::generate());
         return ExitCode::SUCCESS;
     }
+    tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return refuse(&e),
