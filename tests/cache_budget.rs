@@ -409,6 +409,10 @@ async fn parts_of_a_crowded_window_are_shared_by_overlapping_windows() {
         .unwrap();
     let sunday = monday.checked_add(jiff::Span::new().days(6)).unwrap();
     let tuesday = monday.tomorrow().unwrap();
+    // Containment reuse would answer the second window from the cached week without even
+    // the probe (and, being on, lets the week replace its parts); it is off here so that
+    // this test keeps proving the sharing of parts.
+    h.state.windows.set_containment(false);
     let whole = h
         .json(&format!(
             "/v1/interactions?from={monday}&to={sunday}&limit=1"
@@ -420,9 +424,6 @@ async fn parts_of_a_crowded_window_are_shared_by_overlapping_windows() {
     );
     h.sim.reset_log();
     // Tuesday .. Sunday is another window (another cache key), cut into the same day parts.
-    // (Containment reuse would answer it from the cached week without even the probe; it is
-    // off here so that this test keeps proving the sharing of parts.)
-    h.state.windows.set_containment(false);
     let edge = h
         .json(&format!(
             "/v1/interactions?from={tuesday}&to={sunday}&limit=1"

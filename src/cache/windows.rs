@@ -373,6 +373,7 @@ impl WindowCache {
             key: key.clone(),
             // A background refresh must not stop at the copy it is replacing.
             refresh: refresh || purpose != Purpose::Caller,
+            replaces_contained: self.containment.load(Ordering::Relaxed),
         };
         let guard = InflightGuard {
             map: Arc::clone(&self.inflight),
@@ -493,6 +494,8 @@ struct Leader {
     policy: CacheSettings,
     key: WindowKey,
     refresh: bool,
+    /// Containment reuse is on: a complete window may replace the windows it contains.
+    replaces_contained: bool,
 }
 
 impl Leader {
@@ -567,7 +570,38 @@ impl Leader {
     async fn keep_in_memory(&self, data: Arc<WindowData>) -> Arc<WindowData> {
         self.store.insert(self.key.clone(), Arc::clone(&data)).await;
         index(&self.spans, &self.key);
+        if self.replaces_contained && data.complete() && data.is_fresh() {
+            self.drop_contained().await;
+        }
         data
+    }
+
+    /// Removes the windows this fresh, complete one contains (the parts it was assembled
+    /// from, above all): containment answers them from it, sharing its records, so keeping
+    /// them would only weigh the same records twice against the bound. (With containment
+    /// off, a benchmark's knob, they stay: nothing else would answer them.)
+    async fn drop_contained(&self) {
+        let key = &self.key;
+        let inner: Vec<(i64, i64)> = {
+            let spans = lock(&self.spans);
+            let Some(set) = spans.get(&key.family()) else {
+                return;
+            };
+            set.range((key.start, i64::MIN)..=(key.end, key.end))
+                .filter(|(s, e)| {
+                    key.start <= *s && *e <= key.end && (*s, *e) != (key.start, key.end)
+                })
+                .copied()
+                .collect()
+        };
+        for (start, end) in inner {
+            let k = WindowKey {
+                start,
+                end,
+                ..key.clone()
+            };
+            self.store.invalidate(&k).await;
+        }
     }
 }
 
@@ -1180,5 +1214,90 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(o.source, Source::Miss);
+    }
+
+    /// A window assembled from its parts (here: fetched after them) replaces them: they are
+    /// no longer held under their own keys, asking for one again is answered from the whole
+    /// window with no fetch, and the answer shares the whole window's records. An
+    /// incomplete window replaces nothing.
+    #[tokio::test]
+    async fn a_complete_window_replaces_the_windows_it_contains() {
+        let cache = WindowCache::new(policy(), Arc::default());
+        let count = Arc::new(AtomicU32::new(0));
+        let day = 86_400;
+        let start = Timestamp::now().as_second() / day * day - 30 * day;
+        let span = |a: i64, b: i64| Window {
+            start: Timestamp::from_second(start + a).unwrap(),
+            end: Timestamp::from_second(start + b - 1).unwrap(),
+            offset_seconds: 0,
+        };
+        let (whole, first, second) = (span(0, 2 * day), span(0, day), span(day, 2 * day));
+        let recs: Vec<Record> = [100, day + 100, day + 200]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| record(&local_text(start + t, 0), &format!("s{i}"), &whole))
+            .collect();
+        let serve = |w: Window, recs: Vec<Record>, warnings: Vec<String>| -> Refetch {
+            let count = Arc::clone(&count);
+            Arc::new(move |_| {
+                let (count, recs, warnings) = (Arc::clone(&count), recs.clone(), warnings.clone());
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let inside = select_within(&recs, w.start.as_second(), w.end.as_second())
+                        .unwrap_or_default();
+                    Ok(WindowData::new(w, inside, warnings, 1))
+                }
+                .boxed()
+            })
+        };
+        for part in [first, second] {
+            cache
+                .get_or_fetch(key(&part), false, serve(part, recs.clone(), Vec::new()))
+                .await
+                .unwrap();
+        }
+        let o = cache
+            .get_or_fetch(key(&whole), false, serve(whole, recs.clone(), Vec::new()))
+            .await
+            .unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 3);
+        for part in [first, second] {
+            assert!(
+                cache.store.get(&key(&part)).await.is_none(),
+                "{part:?} is no longer held on its own"
+            );
+        }
+        let again = cache
+            .get_or_fetch(key(&second), false, serve(second, recs.clone(), Vec::new()))
+            .await
+            .unwrap();
+        assert_eq!(again.source, Source::Hit);
+        assert_eq!(count.load(Ordering::SeqCst), 3, "no fetch for the part");
+        assert_eq!(again.data.records.len(), 2);
+        assert!(Arc::ptr_eq(
+            &again.data.records[0].raw,
+            &o.data.records[1].raw
+        ));
+
+        // The same with a whole window that is not known to be whole: the parts stay.
+        let later = |w: Window| Window {
+            start: Timestamp::from_second(w.start.as_second() + 7 * day).unwrap(),
+            end: Timestamp::from_second(w.end.as_second() + 7 * day).unwrap(),
+            ..w
+        };
+        let (whole, first) = (later(whole), later(first));
+        cache
+            .get_or_fetch(key(&first), false, serve(first, Vec::new(), Vec::new()))
+            .await
+            .unwrap();
+        cache
+            .get_or_fetch(
+                key(&whole),
+                false,
+                serve(whole, Vec::new(), vec!["short".into()]),
+            )
+            .await
+            .unwrap();
+        assert!(cache.store.get(&key(&first)).await.is_some());
     }
 }
