@@ -25,7 +25,8 @@
 //! * [`outcome`] judges an answer from its windows' outcomes (complete, stale, hit or miss,
 //!   age) for every route; [`merge`] de-duplicates and orders records, which stay raw JSON
 //!   byte for byte; [`render`] writes the envelope, signed keyset cursors and ETags;
-//!   [`summary`] aggregates records into groups.
+//!   [`spool`] keeps an export's rendered bytes until its status line can go (memory, then
+//!   an unnamed temporary file); [`summary`] aggregates records into groups.
 //! * [`jobs`] runs long ranges asked with `Prefer: respond-async`; [`ratelimit_headers`] and
 //!   [`telemetry`] make the budget and the work visible (traces, request ids); [`tls`]
 //!   installs the crypto provider of the HTTPS clients.
