@@ -180,8 +180,9 @@ fn level(coding: Coding, len: usize) -> i32 {
 }
 
 /// brotli's window (log2 bytes): the body's size, between 64 KiB and 512 KiB. Records repeat
-/// their field names within a few KiB; a window of 4 MiB costs 21 MiB of encoder memory on a
-/// large body against 11 MiB at 512 KiB, for no better ratio (measured as in [`level`]).
+/// their field names within a few KiB; on the 7.7 MB page of [`level`], at brotli 6, a window
+/// of 4 MiB cost 34 MiB of encoder memory, 2 MiB 21 MiB and 512 KiB 11 MiB, for no better
+/// ratio (9.2 % against 9.0 %).
 fn brotli_window(len: usize) -> i32 {
     (usize::BITS - len.max(1).leading_zeros()).clamp(16, 19) as i32
 }

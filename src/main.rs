@@ -15,7 +15,7 @@ use tracing_subscriber::{EnvFilter, fmt};
 /// is freed, after which large buffers — a rendered page, a stored answer's compressed form,
 /// an upstream page — come from the heap arenas instead and stay in the resident set after
 /// they are freed: measured on bench/memory.sh run B, 254 MiB peak RSS with the default,
-/// 155 MiB with this. An operator's own `MALLOC_MMAP_THRESHOLD_` wins.
+/// 143–155 MiB with this (two runs). An operator's own `MALLOC_MMAP_THRESHOLD_` wins.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 
