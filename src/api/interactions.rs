@@ -19,13 +19,9 @@ use tokio::time::Instant;
 use crate::{
     AppState,
     api::{
-        RequestId,
-        auth::Caller,
-        query::{
-            Format, InteractionsParams, InteractionsQuery, RangeQuery, format_from_accept,
-            parse_interactions,
-        },
-        range_fetch, stamp_cache_headers, stored, wants_refresh,
+        DataRequest,
+        query::{Format, InteractionsParams, InteractionsQuery, RangeQuery, parse_interactions},
+        range_fetch, stamp_cache_headers, stored,
     },
     cache::{KeyEncoder, Rendered, WindowOutcome, hex},
     error::{AppError, problems},
@@ -75,18 +71,9 @@ pub async fn get_interactions(
     State(state): State<AppState>,
     req: axum::extract::Request,
 ) -> Result<Response, AppError> {
-    // The request taken apart rather than extracted piece by piece: a stored hit then
-    // copies neither the header map nor the query string nor the request id.
-    let (mut parts, _) = req.into_parts();
-    let caller = parts
-        .extensions
-        .remove::<Caller>()
-        .ok_or(AppError::Unauthorized)?;
-    let headers = parts.headers;
-    let raw = parts.uri.query();
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let accept_format = format_from_accept(accept);
-    let refresh = caller.admin && wants_refresh(&headers);
+    let r = DataRequest::new(req)?;
+    let (headers, raw, accept_format, refresh) =
+        (&r.headers, r.query(), r.accept_format, r.refresh);
     // A query string answered before maps to its response-cache key without being parsed
     // again: what a stored hit needs is the key, and the key is a pure function of the query
     // string and `Accept` (only queries that parsed are remembered).
@@ -94,9 +81,9 @@ pub async fn get_interactions(
         && let Some((key, format)) = state.query_keys.get(ROUTE, raw, accept_format)
         && let Some(hit) = state.responses.get(&key)
     {
-        return Ok(reply_stored(&state, &key, &hit, &headers, format).await);
+        return Ok(reply_stored(&state, &key, &hit, headers, format).await);
     }
-    let q = parse_interactions(raw, accept, state.settings.max_range_days)?;
+    let q = parse_interactions(raw, r.accept(), state.settings.max_range_days)?;
     // A stored answer needs no plan, no fetch context: look it up first.
     let (key, after) = match q.format {
         Format::Json => json_key(&state, &q)?,
@@ -106,22 +93,22 @@ pub async fn get_interactions(
         .query_keys
         .remember(ROUTE, raw, accept_format, &key, q.format);
     if !refresh && let Some(hit) = state.responses.get(&key) {
-        return Ok(reply_stored(&state, &key, &hit, &headers, q.format).await);
+        return Ok(reply_stored(&state, &key, &hit, headers, q.format).await);
     }
     let windows = plan_windows(&q.range)?;
-    let request_id: Arc<str> = RequestId::of(&parts.extensions).into();
+    let request_id = r.request_id();
     let range = range_fetch(
         &state,
-        &caller,
+        &r.caller,
         request_id,
         q.range.filters.clone(),
-        &headers,
+        headers,
     );
     // `Prefer: respond-async` on a range not already cached: 202 and a job.
     if let Some(accepted) = crate::api::jobs::respond_async(
         &state,
-        &caller,
-        &headers,
+        &r.caller,
+        headers,
         "/v1/interactions",
         raw,
         &windows,
@@ -134,7 +121,7 @@ pub async fn get_interactions(
     // Boxed: the miss's futures are large, and unboxed they would make every hit's future
     // (moved and copied on each poll's way) as large.
     match q.format {
-        Format::Json => Box::pin(json(&state, &q, &windows, &range, &headers, key, after)).await,
+        Format::Json => Box::pin(json(&state, &q, &windows, &range, headers, key, after)).await,
         Format::Ndjson | Format::Csv => Box::pin(streamed(&state, &q, windows, range, key)).await,
     }
 }

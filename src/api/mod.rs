@@ -216,6 +216,60 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
+/// A keyed data request (`/v1/interactions`, the summary) taken apart rather than extracted
+/// piece by piece: a stored hit then copies neither the header map nor the query string nor
+/// the request id.
+pub struct DataRequest {
+    pub caller: auth::Caller,
+    pub headers: HeaderMap,
+    uri: axum::http::Uri,
+    extensions: Extensions,
+    /// The format `Accept` asks for (a `format` parameter still overrides it).
+    pub accept_format: query::Format,
+    /// An admin's `Cache-Control: no-cache`: stored answers and fresh windows are skipped.
+    pub refresh: bool,
+}
+
+impl DataRequest {
+    /// # Errors
+    /// 401 when the key layer left no caller (a route mounted outside it).
+    pub fn new(req: Request) -> Result<Self, AppError> {
+        let (mut parts, _) = req.into_parts();
+        let caller = parts
+            .extensions
+            .remove::<auth::Caller>()
+            .ok_or(AppError::Unauthorized)?;
+        let refresh = caller.admin && wants_refresh(&parts.headers);
+        let mut r = DataRequest {
+            caller,
+            headers: parts.headers,
+            uri: parts.uri,
+            extensions: parts.extensions,
+            accept_format: query::Format::Json,
+            refresh,
+        };
+        r.accept_format = query::format_from_accept(r.accept());
+        Ok(r)
+    }
+
+    /// The raw query string.
+    pub fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+
+    /// The `Accept` header, when it is text.
+    pub fn accept(&self) -> Option<&str> {
+        self.headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// This request's id, as the id layers set it.
+    pub fn request_id(&self) -> std::sync::Arc<str> {
+        RequestId::of(&self.extensions).into()
+    }
+}
+
 /// The windows of one request, through the cache and the shared budget, on behalf of its
 /// caller (fairness) and under its request id (tracing); an admin's `no-cache` refreshes.
 pub fn range_fetch(

@@ -22,14 +22,13 @@ use utoipa::{IntoParams, ToSchema};
 use crate::{
     AppState,
     api::{
-        RequestId,
-        auth::Caller,
+        DataRequest,
         interactions::plan_windows,
         query::{
             Format, Params, RANGE_PARAMS, RangeQuery, SelectedField, format_from_accept, pairs,
             parse_range,
         },
-        range_fetch, stored, wants_refresh,
+        range_fetch, stored,
     },
     cache::{KeyEncoder, Rendered, hex},
     error::{AppError, PROBLEM_JSON, Problem, problems},
@@ -124,29 +123,18 @@ pub async fn get_summary(
     State(state): State<AppState>,
     req: axum::extract::Request,
 ) -> Result<Response, AppError> {
-    // Taken apart rather than extracted piece by piece: a stored hit copies neither the
-    // header map nor the query string nor the request id.
-    let (mut parts, _) = req.into_parts();
-    let caller = parts
-        .extensions
-        .remove::<Caller>()
-        .ok_or(AppError::Unauthorized)?;
-    let headers = parts.headers;
-    let raw = parts.uri.query();
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let accept_format = format_from_accept(accept);
-    let refresh = caller.admin && wants_refresh(&headers);
+    let r = DataRequest::new(req)?;
+    let (headers, raw, accept_format, refresh) =
+        (&r.headers, r.query(), r.accept_format, r.refresh);
     // A query string that parsed before: its key without parsing again (see KeyMemo).
     if !refresh
         && let Some((key, _)) = state.query_keys.get(ROUTE, raw, accept_format)
         && let Some(hit) = state.responses.get(&key)
     {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
-        return Ok(stored::reply(&state, &key, &hit, &headers).await);
+        return Ok(stored::reply(&state, &key, &hit, headers).await);
     }
-    let q = parse_summary(raw, accept, state.settings.max_range_days)?;
-    // The same planning and mapping of refusals as `/v1/interactions`, so both routes ask
-    // for (and cache) the very same windows.
+    let q = parse_summary(raw, r.accept(), state.settings.max_range_days)?;
     // A warm summary is stored bytes: no merge, no aggregation, no serialisation.
     // The stored answer's key: the range's digest, then each dimension, metric and the
     // format, length-prefixed.
@@ -165,22 +153,24 @@ pub async fn get_summary(
         .remember(ROUTE, raw, accept_format, &key, Format::Json);
     if !refresh && let Some(hit) = state.responses.get(&key) {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
-        return Ok(stored::reply(&state, &key, &hit, &headers).await);
+        return Ok(stored::reply(&state, &key, &hit, headers).await);
     }
-    let request_id: Arc<str> = RequestId::of(&parts.extensions).into();
+    let request_id = r.request_id();
+    // The same planning and mapping of refusals as `/v1/interactions`, so both routes ask
+    // for (and cache) the very same windows.
     let windows = plan_windows(&q.range)?;
     let range = range_fetch(
         &state,
-        &caller,
+        &r.caller,
         request_id,
         q.range.filters.clone(),
-        &headers,
+        headers,
     );
     // `Prefer: respond-async` on a range not already cached: 202 and a job.
     if let Some(accepted) = crate::api::jobs::respond_async(
         &state,
-        &caller,
-        &headers,
+        &r.caller,
+        headers,
         "/v1/interactions/summary",
         raw,
         &windows,
