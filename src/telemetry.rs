@@ -204,26 +204,35 @@ impl HttpClient for RuntimeClient {
     }
 }
 
-/// A new request id: random, in UUID v4 form (written digit by digit: it is made for most
-/// requests). Requests the gateway starts itself (refreshes) get one too.
+/// A new request id: random, in UUID v4 form. Requests the gateway starts itself
+/// (refreshes) get one too.
 pub fn new_request_id() -> String {
+    // Hex digits and dashes only: always UTF-8.
+    String::from_utf8_lossy(&new_request_id_bytes()).into_owned()
+}
+
+/// [`new_request_id`] as bytes, written digit by digit on the stack: one is made for most
+/// requests, and the edge layer copies it into the header value directly.
+pub fn new_request_id_bytes() -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let (a, b) = (fastrand::u64(..), fastrand::u64(..));
     // 32 random-ish nibbles: a's 16, then b's with the version and variant bits set.
     let b = (b & !(0xc000u64 << 48)) | (0x8000u64 << 48);
-    let mut out = String::with_capacity(36);
+    let mut out = [b'-'; 36];
+    let mut at = 0;
     let mut nibble = 0;
     for word in [a, b] {
         for k in (0..16).rev() {
             if matches!(nibble, 8 | 12 | 16 | 20) {
-                out.push('-');
+                at += 1; // the dash already there
             }
             let v = if nibble == 12 {
                 4 // version 4
             } else {
                 ((word >> (k * 4)) & 0xf) as usize
             };
-            out.push(char::from(HEX[v]));
+            out[at] = HEX[v];
+            at += 1;
             nibble += 1;
         }
     }

@@ -177,6 +177,83 @@ async fn q_values_choose_as_rfc_9110_says() {
 }
 
 #[tokio::test]
+async fn answers_made_for_one_request_are_compressed_on_the_way_out_and_hits_never_are() {
+    let h = Harness::start(Opts::default()).await;
+    let on_the_way_out = || {
+        h.state
+            .counters
+            .compressed_on_the_way_out
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // A document no cache holds: the committed file is the truth.
+    let doc = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).unwrap();
+    for (ae, want) in [
+        (None, None),
+        (Some("gzip"), Some("gzip")),
+        (Some("deflate"), Some("deflate")),
+        (Some("br"), Some("br")),
+        (Some("zstd"), Some("zstd")),
+        (Some("gzip, deflate, br, zstd"), Some("zstd")),
+        (Some("br;q=1, zstd;q=0.5"), Some("br")),
+    ] {
+        let before = on_the_way_out();
+        let r = get_ae(&h, "/openapi.json", ae).await;
+        let vary = r
+            .headers()
+            .get("vary")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let coding = r
+            .headers()
+            .get("content-encoding")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let raw = r.bytes().await.unwrap();
+        assert_eq!(coding.as_deref(), want, "{ae:?}");
+        assert!(
+            vary.is_some_and(|v| v.contains("accept-encoding")),
+            "{ae:?}"
+        );
+        assert_eq!(decode(want, &raw), doc, "{ae:?} decodes to the document");
+        assert_eq!(
+            on_the_way_out(),
+            before + u64::from(want.is_some()),
+            "{ae:?}"
+        );
+    }
+    // A miss, as a browser asks for it: compressed once, and it holds the simulator's records.
+    let page = "/v1/interactions?from=2024-10-08&to=2024-10-08&limit=10000";
+    let before = on_the_way_out();
+    let miss = fetch(&h, page, Some("gzip, deflate, br, zstd")).await;
+    assert_eq!(miss.x_cache.as_deref(), Some("MISS"));
+    assert_eq!(miss.encoding.as_deref(), Some("zstd"));
+    assert_eq!(on_the_way_out(), before + 1);
+    let truth = h.sim.truth(
+        at("2024-10-08T00:00:00", "UTC"),
+        at("2024-10-08T23:59:59", "UTC"),
+        0,
+        &all_fields(),
+    );
+    assert!(!truth.is_empty());
+    let data = json(&miss.body)["data"].as_array().unwrap().clone();
+    assert_same_records(&data, &truth);
+    // Its repeats, in every coding, are stored bytes: nothing compressed on the way out.
+    let before = on_the_way_out();
+    for ae in [
+        None,
+        Some("br"),
+        Some("gzip"),
+        Some("zstd"),
+        Some("deflate"),
+        Some("gzip, deflate, br, zstd"),
+    ] {
+        let hit = fetch(&h, page, ae).await;
+        assert_eq!(hit.x_cache.as_deref(), Some("HIT"), "{ae:?}");
+        assert_eq!(json(&hit.body)["data"], json(&miss.body)["data"], "{ae:?}");
+    }
+    assert_eq!(on_the_way_out(), before, "hits are sent as stored");
+    h.finish();
+}
+
+#[tokio::test]
 async fn a_304_carries_vary_and_the_etag() {
     let h = Harness::start(Opts::default()).await;
     let first = fetch(&h, PAGE, Some("gzip")).await;

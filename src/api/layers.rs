@@ -1,13 +1,19 @@
-//! The two hand-written layers of the stack in [`super::router`] that run on every request:
-//! request metrics and the request deadline. They were `axum::middleware::from_fn`
-//! closures; each of those clones its boxed inner service and boxes two futures per request,
-//! which on a stored hit cost more than the hit itself. These own no box: their futures
-//! wrap the inner future in place.
+//! The hand-written layers of the stack in [`super::router`] that run on every request: the
+//! edge (request id, span, metrics, a panic turned into a 500), compression on the way out,
+//! and the request deadline. They replace tower-http's request-id, trace, catch-panic and
+//! compression layers and two `axum::middleware::from_fn` closures: each of those moved the
+//! request and its future once more, cloned or boxed per request, and boxed the response
+//! body again (three boxes on the way out, around a compression body of several KiB moved
+//! at each level even when it compressed nothing), which on a stored hit cost more than the
+//! hit itself (issue #15: 48.6k instructions per identity hit, 21.8k for a bare handler
+//! serving the same bytes). These own no box but the one a compressed body needs, and
+//! their futures wrap the inner future in place.
 
 use std::{
     collections::HashMap,
     convert::Infallible,
     future::Future,
+    panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
     sync::{Arc, PoisonError, RwLock},
     task::{Context, Poll, ready},
@@ -17,19 +23,25 @@ use std::{
 use axum::{
     body::{Body, Bytes, HttpBody},
     extract::{MatchedPath, Request},
-    http::{Method, StatusCode},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use http_body::Frame;
 use metrics::{Counter, Histogram, SharedString};
 
-use crate::error::AppError;
+use super::{X_REQUEST_ID, stored::Precompressed};
+use crate::{
+    cache::CacheCounters,
+    encoding::{Coding, Streaming, negotiate_in},
+    error::AppError,
+};
 
 /// `gateway_requests_total{route, method, status}` and
 /// `gateway_request_duration_seconds{route}` for every request, with the final status of
 /// everything below (auth refusals included). Label sets are registered once: the handles
 /// are kept here, so a request makes no label and no registry lookup.
 #[derive(Clone, Default)]
-pub struct MetricsLayer {
+struct RouteMetrics {
     handles: Arc<RwLock<HashMap<String, RouteHandles>>>,
 }
 
@@ -40,7 +52,7 @@ struct RouteHandles {
     requests: Vec<(&'static str, u16, Counter)>,
 }
 
-impl MetricsLayer {
+impl RouteMetrics {
     fn record(&self, route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
         let Some(method) = static_method(method) else {
             // A method this service has no route for: labelled the slow way.
@@ -88,79 +100,181 @@ impl MetricsLayer {
     }
 }
 
-impl<S> tower::Layer<S> for MetricsLayer {
-    type Service = Metrics<S>;
-    fn layer(&self, inner: S) -> Metrics<S> {
-        Metrics {
-            layer: self.clone(),
+/// The edge of every request, outermost in the stack:
+/// - its id: a sane `X-Request-Id` the caller sent (at most 128 visible ASCII characters),
+///   else a new one; kept in the request's extensions for every later layer, log line and
+///   upstream call, and sent back on every response that does not set its own;
+/// - its span (`request`, with method, path and id; a caller's W3C `traceparent` makes it
+///   part of the caller's trace), entered whenever the request's future runs, and the
+///   `tower_http::trace::*` events that tower-http's trace layer wrote (same targets, so
+///   `RUST_LOG=tower_http=debug` still shows them);
+/// - `gateway_requests_total{route, method, status}` and
+///   `gateway_request_duration_seconds{route}` with the final status of everything below
+///   (auth refusals and panics included);
+/// - a panic below, in the call or in its future, becomes a 500 problem+json: a bug never
+///   drops the connection.
+#[derive(Clone, Default)]
+pub struct EdgeLayer {
+    metrics: RouteMetrics,
+}
+
+impl<S> tower::Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            metrics: self.metrics.clone(),
             inner,
         }
     }
 }
 
-/// The service of [`MetricsLayer`].
+/// The service of [`EdgeLayer`].
 #[derive(Clone)]
-pub struct Metrics<S> {
-    layer: MetricsLayer,
+pub struct Edge<S> {
+    metrics: RouteMetrics,
     inner: S,
 }
 
-impl<S, B> tower::Service<Request> for Metrics<S>
+/// The id a request keeps, left in its `X-Request-Id` header for everything after the edge
+/// ([`super::RequestId`]): the caller's when it is sane, else a new one.
+fn request_id(req: &mut Request) -> HeaderValue {
+    if let Some(v) = req.headers().get(&X_REQUEST_ID) {
+        let t = v.as_bytes();
+        if !t.is_empty() && t.len() <= 128 && t.iter().all(u8::is_ascii_graphic) {
+            return v.clone();
+        }
+    }
+    let id = crate::telemetry::new_request_id_bytes();
+    let id = HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+    id
+}
+
+impl<S, B> tower::Service<Request> for Edge<S>
 where
-    S: tower::Service<Request, Response = axum::http::Response<B>>,
+    S: tower::Service<Request, Response = axum::http::Response<B>, Error = Infallible>,
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     type Response = Response;
-    type Error = S::Error;
-    type Future = MetricsFuture<S::Future>;
+    type Error = Infallible;
+    type Future = EdgeFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let id = request_id(&mut req);
+        let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(),
+            request_id = %String::from_utf8_lossy(id.as_bytes()));
+        crate::telemetry::adopt_parent(&span, req.headers());
         let route = req.extensions().get::<MatchedPath>().cloned();
         let method = req.method().clone();
-        MetricsFuture {
-            inner: self.inner.call(req),
-            layer: self.layer.clone(),
-            route,
-            method,
-            started: Instant::now(),
+        let started = Instant::now();
+        let inner = {
+            let _entered = span.enter();
+            tracing::debug!(target: "tower_http::trace::on_request", "started processing request");
+            catch_unwind(AssertUnwindSafe(|| self.inner.call(req))).ok()
+        };
+        EdgeFuture {
+            inner,
+            ctx: Some(EdgeCtx {
+                metrics: self.metrics.clone(),
+                span,
+                id,
+                route,
+                method,
+                started,
+            }),
         }
     }
 }
 
-pin_project_lite::pin_project! {
-    /// The answer of [`Metrics`], counted when it is ready.
-    pub struct MetricsFuture<F> {
-        #[pin]
-        inner: F,
-        layer: MetricsLayer,
-        route: Option<MatchedPath>,
-        method: Method,
-        started: Instant,
+/// What [`Edge`] keeps of a request until its answer: all it needs to finish it.
+struct EdgeCtx {
+    metrics: RouteMetrics,
+    span: tracing::Span,
+    id: HeaderValue,
+    route: Option<MatchedPath>,
+    method: Method,
+    started: Instant,
+}
+
+impl EdgeCtx {
+    /// Counts, logs and stamps the answer.
+    fn finish(self, mut resp: Response) -> Response {
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let elapsed = self.started.elapsed();
+        let status = resp.status();
+        self.metrics.record(route, &self.method, status, elapsed);
+        {
+            let _entered = self.span.enter();
+            let latency = format_args!("{} ms", elapsed.as_millis());
+            if status.is_server_error() {
+                let classification = format_args!("Status code: {status}");
+                tracing::error!(target: "tower_http::trace::on_failure",
+                    classification = %classification, latency = %latency, "response failed");
+            }
+            tracing::debug!(target: "tower_http::trace::on_response",
+                latency = %latency, status = status.as_u16(), "finished processing request");
+        }
+        if !resp.headers().contains_key(&X_REQUEST_ID) {
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), self.id);
+        }
+        resp
     }
 }
 
-impl<F, B, E> Future for MetricsFuture<F>
+pin_project_lite::pin_project! {
+    /// The answer of [`Edge`]: the inner one (or a 500 if it panicked), finished once.
+    pub struct EdgeFuture<F> {
+        // None when the call itself panicked, or once the future has.
+        #[pin]
+        inner: Option<F>,
+        // Taken when the answer is out.
+        ctx: Option<EdgeCtx>,
+    }
+}
+
+impl<F, B> Future for EdgeFuture<F>
 where
-    F: Future<Output = Result<axum::http::Response<B>, E>>,
+    F: Future<Output = Result<axum::http::Response<B>, Infallible>>,
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    type Output = Result<Response, E>;
+    type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let resp = ready!(this.inner.poll(cx))?;
-        let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
-        this.layer
-            .record(route, this.method, resp.status(), this.started.elapsed());
-        // The body boxed here, once: the compression layer's body type is large (its
-        // encoders' states), and every layer above would otherwise move it on the way out.
-        Poll::Ready(Ok(resp.map(Body::new)))
+        let mut this = self.project();
+        let Some(ctx) = this.ctx.as_ref() else {
+            return Poll::Ready(Ok(
+                AppError::Internal("polled after completion".into()).into_response()
+            ));
+        };
+        let answer = match this.inner.as_mut().as_pin_mut() {
+            Some(inner) => {
+                let _entered = ctx.span.enter();
+                match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+                    Ok(Poll::Pending) => return Poll::Pending,
+                    // The body boxed here, once: the compression layer's body type is large,
+                    // and the router would otherwise box it again.
+                    Ok(Poll::Ready(Ok(resp))) => Some(resp.map(Body::new)),
+                    Err(_panic) => None,
+                }
+            }
+            None => None,
+        };
+        let resp = answer.unwrap_or_else(|| {
+            // A panic, in the call or in this future: the future is not polled again.
+            this.inner.set(None);
+            AppError::Internal("a handler panicked".into()).into_response()
+        });
+        let ctx = this.ctx.take();
+        Poll::Ready(Ok(match ctx {
+            Some(ctx) => ctx.finish(resp),
+            None => resp,
+        }))
     }
 }
 
@@ -193,6 +307,209 @@ fn status_label(s: StatusCode) -> SharedString {
         503 => "503".into(),
         504 => "504".into(),
         other => other.to_string().into(),
+    }
+}
+
+/// Compression of answers made for this request (misses, streams, errors, documents), once,
+/// on the way out, at the fastest level of the coding the client prefers
+/// ([`negotiate_in`] with [`Coding::STREAMED`]: RFC 9110 q-values, ties to the fastest).
+/// Left alone: stored answers (their forms are made once, for ratio: [`Precompressed`]),
+/// answers already coded or partial, gRPC, images but SVG, server-sent events, and bodies
+/// under 32 bytes — tower-http's `DefaultPredicate`. An answer left alone keeps its body
+/// as it is: the request's `Accept-Encoding` is not even read.
+/// Each answer it compresses is counted in `compressed_on_the_way_out`.
+#[derive(Clone)]
+pub struct CompressLayer(pub Arc<CacheCounters>);
+
+impl<S> tower::Layer<S> for CompressLayer {
+    type Service = Compress<S>;
+    fn layer(&self, inner: S) -> Compress<S> {
+        Compress {
+            counters: Arc::clone(&self.0),
+            inner,
+        }
+    }
+}
+
+/// The service of [`CompressLayer`].
+#[derive(Clone)]
+pub struct Compress<S> {
+    counters: Arc<CacheCounters>,
+    inner: S,
+}
+
+impl<S> tower::Service<Request> for Compress<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = CompressFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The fields are kept (reference-counted), and read only if the answer is compressed.
+        let mut fields = req.headers().get_all(header::ACCEPT_ENCODING).iter();
+        let first = fields.next().cloned();
+        let rest = fields.cloned().collect();
+        CompressFuture {
+            inner: self.inner.call(req),
+            accept: (first, rest),
+            counters: Arc::clone(&self.counters),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`Compress`].
+    pub struct CompressFuture<F> {
+        #[pin]
+        inner: F,
+        accept: (Option<HeaderValue>, Vec<HeaderValue>),
+        counters: Arc<CacheCounters>,
+    }
+}
+
+impl<F> Future for CompressFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(resp) = ready!(this.inner.poll(cx));
+        if !should_compress(&resp) {
+            return Poll::Ready(Ok(resp));
+        }
+        let (mut parts, body) = resp.into_parts();
+        let varies = parts
+            .headers
+            .get_all(header::VARY)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| names(v, "accept-encoding")));
+        if !varies {
+            parts
+                .headers
+                .append(header::VARY, HeaderValue::from_static("accept-encoding"));
+        }
+        let (first, rest) = &*this.accept;
+        let fields = first.iter().chain(rest).map(HeaderValue::as_bytes);
+        let coding = negotiate_in(fields, &Coding::STREAMED);
+        let encoder = match Streaming::new(coding) {
+            Ok(Some(e)) => e,
+            // Identity asked for, or no encoder to be had: the answer as it is.
+            Ok(None) | Err(_) => return Poll::Ready(Ok(Response::from_parts(parts, body))),
+        };
+        this.counters
+            .compressed_on_the_way_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::ACCEPT_RANGES);
+        parts.headers.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(coding.token()),
+        );
+        let body = Body::new(Compressing {
+            inner: body,
+            encoder: Some(encoder),
+            trailers: None,
+        });
+        Poll::Ready(Ok(Response::from_parts(parts, body)))
+    }
+}
+
+/// Whether a comma-separated header value lists `name` (case-insensitive).
+fn names(value: &str, name: &str) -> bool {
+    value
+        .split(',')
+        .any(|v| v.trim().eq_ignore_ascii_case(name))
+}
+
+/// Whether an answer is compressed on the way out (see [`CompressLayer`]).
+fn should_compress(resp: &Response) -> bool {
+    const MIN_SIZE: u64 = 32;
+    if resp.extensions().get::<Precompressed>().is_some() {
+        return false;
+    }
+    let h = resp.headers();
+    if h.contains_key(header::CONTENT_ENCODING) || h.contains_key(header::CONTENT_RANGE) {
+        return false;
+    }
+    if let Some(ct) = h.get(header::CONTENT_TYPE) {
+        let ct = ct.as_bytes().trim_ascii_start();
+        let is = |prefix: &str| {
+            ct.get(..prefix.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(prefix.as_bytes()))
+        };
+        if is("application/grpc")
+            || (is("image/") && !is("image/svg+xml"))
+            || is("text/event-stream")
+        {
+            return false;
+        }
+    }
+    let size = resp.body().size_hint().exact().or_else(|| {
+        h.get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    });
+    size.is_none_or(|n| n >= MIN_SIZE)
+}
+
+/// A body compressed as it goes out: each chunk through the encoder, the encoder's last
+/// bytes at the end, then the trailers (if any).
+struct Compressing {
+    inner: Body,
+    /// `None` once the encoder has been finished.
+    encoder: Option<Streaming>,
+    trailers: Option<HeaderMap>,
+}
+
+impl HttpBody for Compressing {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(encoder) = this.encoder.as_mut() else {
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            };
+            let out = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => encoder.write(&data),
+                    Err(frame) => {
+                        // Trailers come last: kept until the encoder has finished.
+                        this.trailers = frame.into_trailers().ok();
+                        continue;
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => match this.encoder.take() {
+                    Some(encoder) => encoder.finish(),
+                    None => continue,
+                },
+            };
+            match out {
+                Ok(out) if out.is_empty() => {}
+                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                Err(e) => {
+                    this.encoder = None;
+                    return Poll::Ready(Some(Err(axum::Error::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.encoder.is_none() && self.trailers.is_none()
     }
 }
 
@@ -257,5 +574,384 @@ where
             Ok(Ok(resp)) => resp.into_response(),
             Err(_elapsed) => AppError::RequestTimeout.into_response(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use axum::{Router, routing::get};
+    use tower::{Layer, ServiceExt};
+
+    use super::*;
+
+    /// A router behind the edge layer alone.
+    fn edged(router: Router) -> Router {
+        router.layer(EdgeLayer::default())
+    }
+
+    async fn send(app: Router, req: Request) -> (Response, Bytes) {
+        let resp = app.oneshot(req).await.expect("infallible");
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+        (Response::from_parts(parts, Body::empty()), bytes)
+    }
+
+    fn get_req(path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut b = axum::http::Request::get(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).expect("request")
+    }
+
+    fn is_uuid_v4(id: &str) -> bool {
+        let b = id.as_bytes();
+        b.len() == 36
+            && b.iter().enumerate().all(|(i, c)| {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    *c == b'-'
+                } else {
+                    c.is_ascii_hexdigit() && !c.is_ascii_uppercase()
+                }
+            })
+            && b[14] == b'4'
+            && matches!(b[19], b'8' | b'9' | b'a' | b'b')
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_handler_or_in_a_call_is_a_500_problem_with_the_request_id() {
+        let app = edged(Router::new().route(
+            "/boom",
+            get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("a bug");
+                }
+                "unreachable"
+            }),
+        ));
+        let (resp, body) = send(app, get_req("/boom", &[("x-request-id", "abc-1")])).await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        assert_eq!(resp.headers()["x-request-id"], "abc-1");
+        let problem: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(problem["status"], 500);
+        assert!(
+            !String::from_utf8_lossy(&body).contains("a bug"),
+            "the panic's message stays in the log"
+        );
+
+        // A service whose call itself panics, before it has a future.
+        let svc = EdgeLayer::default().layer(tower::service_fn(|_: Request| {
+            if std::hint::black_box(true) {
+                panic!("in call");
+            }
+            std::future::ready(Ok::<_, Infallible>(Response::new(Body::empty())))
+        }));
+        let resp = svc.oneshot(get_req("/", &[])).await.expect("infallible");
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let id = resp.headers()["x-request-id"].to_str().expect("ascii");
+        assert!(is_uuid_v4(id), "{id}");
+    }
+
+    #[tokio::test]
+    async fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let app = {
+            let seen = Arc::clone(&seen);
+            edged(Router::new().route(
+                "/id",
+                get(move |id: super::super::RequestId| {
+                    seen.lock().expect("lock").push(id.0.to_string());
+                    async { "ok" }
+                }),
+            ))
+        };
+        let long = "x".repeat(129);
+        let cases: [(Option<&str>, bool); 6] = [
+            (Some("trace-abc-123"), true),
+            (Some(&long[..128]), true),
+            (Some(&long), false),
+            (Some("has space"), false),
+            (Some("caf\u{e9}"), false),
+            (None, false),
+        ];
+        for (sent, kept) in cases {
+            let headers: Vec<(&str, &str)> =
+                sent.map(|v| ("x-request-id", v)).into_iter().collect();
+            let (resp, _) = send(app.clone(), get_req("/id", &headers)).await;
+            let back = resp.headers()["x-request-id"]
+                .to_str()
+                .expect("ascii")
+                .to_owned();
+            let handler_saw = seen.lock().expect("lock").pop().expect("handler ran");
+            assert_eq!(
+                back, handler_saw,
+                "{sent:?}: the handler and the caller see one id"
+            );
+            if kept {
+                assert_eq!(Some(back.as_str()), sent);
+            } else {
+                assert!(
+                    is_uuid_v4(&back),
+                    "{sent:?} replaced by a new id, got {back}"
+                );
+            }
+        }
+        // A response that sets its own id keeps it.
+        let app = edged(Router::new().route(
+            "/own",
+            get(|| async { ([("x-request-id", "from-the-handler")], "ok") }),
+        ));
+        let (resp, _) = send(app, get_req("/own", &[("x-request-id", "from-the-caller")])).await;
+        assert_eq!(resp.headers()["x-request-id"], "from-the-handler");
+    }
+
+    #[test]
+    fn new_request_ids_are_uuid_v4_and_distinct() {
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| crate::telemetry::new_request_id())
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(100) {
+            assert!(is_uuid_v4(id), "{id}");
+        }
+    }
+
+    /// Decoders that are not the code under test's encoders' own writers.
+    fn decode(coding: Option<&str>, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        match coding {
+            None => out.extend_from_slice(bytes),
+            Some("br") => {
+                brotli::Decompressor::new(bytes, 4096)
+                    .read_to_end(&mut out)
+                    .expect("br");
+            }
+            Some("gzip") => {
+                flate2::read::GzDecoder::new(bytes)
+                    .read_to_end(&mut out)
+                    .expect("gzip");
+            }
+            Some("deflate") => {
+                flate2::read::ZlibDecoder::new(bytes)
+                    .read_to_end(&mut out)
+                    .expect("deflate");
+            }
+            Some("zstd") => out = zstd::stream::decode_all(bytes).expect("zstd"),
+            Some(other) => panic!("unexpected coding {other}"),
+        }
+        out
+    }
+
+    /// A router whose one route answers with `make()`, behind the compression layer.
+    fn compressed(
+        make: impl Fn() -> Response + Clone + Send + Sync + 'static,
+    ) -> (Router, Arc<CacheCounters>) {
+        let counters = Arc::new(CacheCounters::default());
+        let app = Router::new()
+            .route(
+                "/",
+                get(move || {
+                    let make = make.clone();
+                    async move { make() }
+                }),
+            )
+            .layer(CompressLayer(Arc::clone(&counters)));
+        (app, counters)
+    }
+
+    /// A streamed body in uneven chunks (an empty one among them), and their concatenation.
+    fn chunks() -> (Vec<Bytes>, Vec<u8>) {
+        let mut parts = Vec::new();
+        for i in 0..200u32 {
+            let line = format!(
+                "{{\"id\":\"{i}\",\"channel\":\"chat\",\"n\":{}}}\n",
+                i * 7919 % 1000
+            );
+            parts.push(Bytes::from(line.repeat(1 + (i % 5) as usize)));
+            if i == 50 {
+                parts.push(Bytes::new());
+            }
+        }
+        let whole = parts.concat();
+        (parts, whole)
+    }
+
+    #[tokio::test]
+    async fn answers_made_for_a_request_are_compressed_in_the_coding_asked_for() {
+        let (parts, whole) = chunks();
+        let (app, counters) = compressed(move || {
+            let stream =
+                futures_util::stream::iter(parts.clone().into_iter().map(Ok::<_, Infallible>));
+            let mut r = Response::new(Body::from_stream(stream));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            );
+            r
+        });
+        let cases = [
+            (None, None),
+            (Some("identity"), None),
+            (Some("gzip"), Some("gzip")),
+            (Some("deflate"), Some("deflate")),
+            (Some("br"), Some("br")),
+            (Some("zstd"), Some("zstd")),
+            (Some("gzip, deflate, br, zstd"), Some("zstd")),
+            (Some("gzip;q=0.5, br"), Some("br")),
+            (Some("zstd;q=0, *"), Some("br")),
+            (Some("gzip;q=0, br;q=0, zstd;q=0, deflate;q=0"), None),
+        ];
+        let mut compressed_answers = 0;
+        for (ae, want) in cases {
+            let headers: Vec<(&str, &str)> =
+                ae.map(|v| ("accept-encoding", v)).into_iter().collect();
+            let (resp, raw) = send(app.clone(), get_req("/", &headers)).await;
+            let got = resp
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .map(|v| v.to_str().expect("ascii"));
+            assert_eq!(got, want, "{ae:?}");
+            assert_eq!(decode(got, &raw), whole, "{ae:?} decodes to the body");
+            if want.is_some() {
+                compressed_answers += 1;
+                assert!(raw.len() * 4 < whole.len(), "{ae:?} compresses");
+                assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+                assert_eq!(resp.headers()[header::VARY], "accept-encoding");
+            }
+            assert_eq!(
+                counters
+                    .compressed_on_the_way_out
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                compressed_answers,
+                "{ae:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn stored_coded_small_and_excluded_answers_are_left_alone() {
+        let body = "x".repeat(4096);
+        let answer = |content_type: &'static str,
+                      extra: Option<(header::HeaderName, &'static str)>,
+                      stored: bool,
+                      body: String| {
+            move || {
+                let mut r = Response::new(Body::from(body.clone()));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+                if let Some((k, v)) = extra.clone() {
+                    r.headers_mut().insert(k, HeaderValue::from_static(v));
+                }
+                if stored {
+                    r.extensions_mut().insert(Precompressed);
+                }
+                r
+            }
+        };
+        let ae = [("accept-encoding", "gzip, deflate, br, zstd")];
+        let left_alone = [
+            (
+                "stored",
+                compressed(answer("application/json", None, true, body.clone())),
+            ),
+            (
+                "coded",
+                compressed(answer(
+                    "application/json",
+                    Some((header::CONTENT_ENCODING, "gzip")),
+                    false,
+                    body.clone(),
+                )),
+            ),
+            (
+                "partial",
+                compressed(answer(
+                    "application/json",
+                    Some((header::CONTENT_RANGE, "bytes 0-4095/9000")),
+                    false,
+                    body.clone(),
+                )),
+            ),
+            (
+                "png",
+                compressed(answer("image/png", None, false, body.clone())),
+            ),
+            (
+                "sse",
+                compressed(answer("text/event-stream", None, false, body.clone())),
+            ),
+            (
+                "grpc",
+                compressed(answer("application/grpc", None, false, body.clone())),
+            ),
+            (
+                "31 bytes",
+                compressed(answer("application/json", None, false, "y".repeat(31))),
+            ),
+        ];
+        for (what, (app, counters)) in left_alone {
+            let (resp, raw) = send(app, get_req("/", &ae)).await;
+            let coding = resp
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            assert!(coding.is_none() || what == "coded", "{what}: {coding:?}");
+            assert_eq!(
+                counters
+                    .compressed_on_the_way_out
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                0,
+                "{what}"
+            );
+            assert!(
+                raw.len() == 31 || raw.len() == 4096,
+                "{what}: the body as it was"
+            );
+        }
+        // SVG is an image worth compressing; 32 bytes is enough; a Vary already naming
+        // Accept-Encoding is not repeated.
+        for (what, (app, counters)) in [
+            (
+                "svg",
+                compressed(answer("image/svg+xml", None, false, body.clone())),
+            ),
+            (
+                "32 bytes",
+                compressed(answer("application/json", None, false, "y".repeat(32))),
+            ),
+            (
+                "varies",
+                compressed(answer(
+                    "application/json",
+                    Some((header::VARY, "Accept-Encoding")),
+                    false,
+                    body.clone(),
+                )),
+            ),
+        ] {
+            let (resp, raw) = send(app, get_req("/", &ae)).await;
+            assert_eq!(resp.headers()[header::CONTENT_ENCODING], "zstd", "{what}");
+            assert_eq!(
+                resp.headers().get_all(header::VARY).iter().count(),
+                1,
+                "{what}"
+            );
+            assert!(
+                decode(Some("zstd"), &raw)
+                    .iter()
+                    .all(|b| *b == b'x' || *b == b'y'),
+                "{what}"
+            );
+            assert_eq!(
+                counters
+                    .compressed_on_the_way_out
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                1,
+                "{what}"
+            );
+        }
     }
 }

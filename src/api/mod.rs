@@ -18,23 +18,13 @@ use std::time::Duration;
 use axum::{
     Router,
     extract::{DefaultBodyLimit, FromRequestParts, Request},
-    http::{
-        Extensions, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version, header,
-        request::Parts,
-    },
+    http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, header, request::Parts},
     middleware,
-    response::{IntoResponse, Response},
+    response::Response,
     routing::{get, post},
 };
-use tower::{ServiceBuilder, util::MapRequestLayer};
-use tower_http::{
-    CompressionLevel,
-    catch_panic::CatchPanicLayer,
-    compression::{CompressionLayer, DefaultPredicate, Predicate},
-    cors::{AllowOrigin, Any, CorsLayer},
-    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId as SetId, SetRequestIdLayer},
-    trace::TraceLayer,
-};
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::{AppState, error::AppError};
 
@@ -56,9 +46,11 @@ pub fn router(state: AppState) -> Router {
     let keyed = Router::new()
         .route("/v1/interactions", get(interactions::get_interactions))
         .route("/v1/interactions/summary", get(summary::get_summary))
+        // Bodies are small by nature here, and this is the one route that reads one: a big
+        // one is refused before it is read.
         .route(
             crate::upstream::VENDOR_PATH,
-            post(dropin::interaction_details),
+            post(dropin::interaction_details).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
@@ -84,53 +76,27 @@ pub fn router(state: AppState) -> Router {
 fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
     routes.layer(
         ServiceBuilder::new()
-            // 1. Request id first, so every later layer, log line and upstream call can use it,
-            //    and every response (errors included) carries it back: a sane one the caller
-            //    sent, or a new one.
-            .layer(MapRequestLayer::new(drop_insane_request_id))
-            .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), NewRequestId))
-            .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-            // 2. A bug must never drop the connection: a panic below becomes a logged 500
-            //    problem+json (and the id layer above still stamps it).
-            .layer(CatchPanicLayer::custom(
-                |_: Box<dyn std::any::Any + Send>| {
-                    AppError::Internal("a handler panicked".into()).into_response()
-                },
-            ))
-            // 3. Tracing inside the id, so spans carry it; logs method, route, status, latency.
-            //    The id is read inside the macro, so nothing is formatted when the span is off.
-            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-                let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path(),
-                    request_id = %RequestId::of(req.extensions()));
-                // A caller's W3C traceparent makes this span part of its trace (OTEL_*).
-                crate::telemetry::adopt_parent(&span, req.headers());
-                span
-            }))
-            // 4. Metrics see the final status of everything below, including auth refusals.
-            .layer(layers::MetricsLayer::default())
-            // 5. CORS before auth: a browser's preflight carries no key and must still pass
+            // 1. The edge (layers::EdgeLayer), in one layer: the request id first, so every
+            //    later layer, log line and upstream call can use it, and every response
+            //    (errors included) carries it back; the request's span, so every log line
+            //    carries the id; the metrics, with the final status of everything below
+            //    (auth refusals included); and a panic below becomes a 500 problem+json, so
+            //    a bug never drops the connection.
+            .layer(layers::EdgeLayer::default())
+            // 2. CORS before auth: a browser's preflight carries no key and must still pass
             //    (only with an allow-list: without one no CORS header is due).
             .layer(tower::util::option_layer(cors(
                 &state.settings.cors_origins,
             )))
-            // 6. Compression of answers made for this request (misses, streams), once, on the
-            //    way out, at the fastest level. Stored answers come with their forms made once
-            //    at a level chosen for ratio (api::stored), and this layer leaves them alone.
-            .layer(
-                CompressionLayer::new()
-                    .quality(CompressionLevel::Fastest)
-                    .compress_when(DefaultPredicate::new().and(
-                        |_: StatusCode, _: Version, _: &HeaderMap, ext: &Extensions| {
-                            ext.get::<stored::Precompressed>().is_none()
-                        },
-                    )),
-            )
-            // 7. One deadline for the whole request: a 504 problem, never a hung socket.
-            .layer(layers::DeadlineLayer(
-                state.settings.request_timeout,
-            ))
-            // 8. Bodies are small by nature here; refuse big ones before reading them.
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+            // 3. Compression of answers made for this request (misses, streams), once, on the
+            //    way out, at the fastest level (layers::CompressLayer). Stored answers come
+            //    with their forms made once at a level chosen for ratio (api::stored), and
+            //    this layer leaves them alone.
+            .layer(layers::CompressLayer(std::sync::Arc::clone(
+                &state.counters,
+            )))
+            // 4. One deadline for the whole request: a 504 problem, never a hung socket.
+            .layer(layers::DeadlineLayer(state.settings.request_timeout)),
     )
 }
 
@@ -171,39 +137,16 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
     }
 }
 
-/// A caller's `X-Request-Id` is kept only when it is sane (at most 128 visible ASCII
-/// characters); otherwise it is dropped here and the next layer makes a new one.
-fn drop_insane_request_id(mut req: Request) -> Request {
-    let sane = req.headers().get(&X_REQUEST_ID).map(|v| {
-        let t = v.as_bytes();
-        !t.is_empty() && t.len() <= 128 && t.iter().all(u8::is_ascii_graphic)
-    });
-    if sane == Some(false) {
-        req.headers_mut().remove(&X_REQUEST_ID);
-    }
-    req
-}
-
-/// Makes the id of a request that brought none (tower-http's `SetRequestId`).
-#[derive(Clone, Copy)]
-struct NewRequestId;
-
-impl MakeRequestId for NewRequestId {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<SetId> {
-        HeaderValue::from_str(&crate::telemetry::new_request_id())
-            .ok()
-            .map(SetId::new)
-    }
-}
-
-/// The id of this request (also sent upstream), as the id layers set it.
+/// The id of this request (also sent upstream), as the edge layer set it.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub std::sync::Arc<str>);
 
 impl RequestId {
-    fn of(ext: &Extensions) -> &str {
-        ext.get::<SetId>()
-            .and_then(|id| id.header_value().to_str().ok())
+    /// The id in the request's headers, where the edge layer left it (always sane).
+    fn of(headers: &HeaderMap) -> &str {
+        headers
+            .get(&X_REQUEST_ID)
+            .and_then(|id| id.to_str().ok())
             .unwrap_or("")
     }
 }
@@ -212,7 +155,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(RequestId(RequestId::of(&parts.extensions).into()))
+        Ok(RequestId(RequestId::of(&parts.headers).into()))
     }
 }
 
@@ -223,7 +166,6 @@ pub struct DataRequest {
     pub caller: auth::Caller,
     pub headers: HeaderMap,
     uri: axum::http::Uri,
-    extensions: Extensions,
     /// The format `Accept` asks for (a `format` parameter still overrides it).
     pub accept_format: query::Format,
     /// An admin's `Cache-Control: no-cache`: stored answers and fresh windows are skipped.
@@ -244,7 +186,6 @@ impl DataRequest {
             caller,
             headers: parts.headers,
             uri: parts.uri,
-            extensions: parts.extensions,
             accept_format: query::Format::Json,
             refresh,
         };
@@ -264,9 +205,9 @@ impl DataRequest {
             .and_then(|v| v.to_str().ok())
     }
 
-    /// This request's id, as the id layers set it.
+    /// This request's id, as the edge layer set it.
     pub fn request_id(&self) -> std::sync::Arc<str> {
-        RequestId::of(&self.extensions).into()
+        RequestId::of(&self.headers).into()
     }
 }
 

@@ -203,6 +203,10 @@ pub fn describe_metrics() {
         "Window lookups that waited on an identical fetch in flight instead of calling"
     );
     describe_counter!(
+        "gateway_compressed_on_the_way_out_total",
+        "Answers compressed as they were sent (misses, streams); stored answers are sent in forms made once"
+    );
+    describe_counter!(
         "gateway_cache_stale_served_total",
         "Expired windows served because the upstream failed"
     );
@@ -319,6 +323,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::counter!("gateway_cache_misses_total").absolute(c.misses.load(Ordering::Relaxed));
     metrics::counter!("gateway_cache_coalesced_total")
         .absolute(c.coalesced.load(Ordering::Relaxed));
+    metrics::counter!("gateway_compressed_on_the_way_out_total")
+        .absolute(c.compressed_on_the_way_out.load(Ordering::Relaxed));
     metrics::counter!("gateway_cache_stale_served_total")
         .absolute(c.stale_served.load(Ordering::Relaxed));
     let b = state.fetcher.budget().stats();

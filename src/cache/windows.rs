@@ -64,6 +64,8 @@ pub struct CacheCounters {
     pub refresh_ahead: AtomicU64,
     /// Windows answered from a cached window that contains them (no upstream call).
     pub contained: AtomicU64,
+    /// Answers compressed on the way out (misses, streams: never a stored answer).
+    pub compressed_on_the_way_out: AtomicU64,
 }
 
 /// The window cache with request coalescing.
