@@ -14,7 +14,7 @@
 //! grows again (0 when nothing is counted). Both windows slide, so `t` is the time to the
 //! next unit back, never a fixed reset. The 429 and 503 answers carry the fields too.
 
-use std::{fmt::Write, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -43,50 +43,72 @@ fn secs_up(d: Duration) -> u64 {
 pub fn render(policies: &[PolicyState]) -> (String, String) {
     let mut policy = String::with_capacity(48);
     let mut state = String::with_capacity(48);
-    for (i, p) in policies.iter().enumerate() {
-        let sep = if i == 0 { "" } else { ", " };
-        // Writing into a String cannot fail.
-        let _ = write!(
-            policy,
-            "{sep}\"{}\";q={};w={}",
+    for p in policies {
+        write_item(
+            &mut policy,
             p.name,
-            p.quota,
-            secs_up(p.window)
+            ("q", p.quota.into()),
+            ("w", secs_up(p.window)),
         );
-        let _ = write!(
-            state,
-            "{sep}\"{}\";r={};t={}",
-            p.name,
-            p.remaining,
-            secs_up(p.reset)
-        );
+        write_state(&mut state, p);
     }
     (policy, state)
 }
 
-/// The policies that apply to `caller` now.
-pub fn policies(state: &AppState, caller: Option<&Arc<str>>) -> Vec<PolicyState> {
-    let mut out = Vec::with_capacity(2);
-    if let (Some(limiter), Some(caller)) = (&state.key_limiter, caller) {
-        let (remaining, reset) = limiter.remaining(caller);
-        out.push(PolicyState {
-            name: "key",
-            quota: limiter.rate().calls,
-            window: limiter.rate().period,
-            remaining,
-            reset,
-        });
+/// One policy's item of `RateLimit`: `"name";r=…;t=…`.
+fn write_state(out: &mut String, p: &PolicyState) {
+    write_item(
+        out,
+        p.name,
+        ("r", p.remaining.into()),
+        ("t", secs_up(p.reset)),
+    );
+}
+
+/// `"name";a=…;b=…`, after a `, ` when `out` already holds an item. Pushed piece by piece:
+/// this runs on every keyed answer, and `write!` cost more than the rest of it.
+fn write_item(out: &mut String, name: &str, a: (&str, u64), b: (&str, u64)) {
+    if !out.is_empty() {
+        out.push_str(", ");
     }
+    out.push('"');
+    out.push_str(name);
+    out.push('"');
+    let mut digits = itoa::Buffer::new();
+    for (k, v) in [a, b] {
+        out.push(';');
+        out.push_str(k);
+        out.push('=');
+        out.push_str(digits.format(v));
+    }
+}
+
+/// The policies that apply to `caller` now: the key's (when GATEWAY_KEY_RATE_LIMIT is set),
+/// then the upstream's.
+pub fn policies(state: &AppState, caller: Option<&Arc<str>>) -> impl Iterator<Item = PolicyState> {
+    let key = match (&state.key_limiter, caller) {
+        (Some(limiter), Some(caller)) => {
+            let (remaining, reset) = limiter.remaining(caller);
+            Some(PolicyState {
+                name: "key",
+                quota: limiter.rate().calls,
+                window: limiter.rate().period,
+                remaining,
+                reset,
+            })
+        }
+        _ => None,
+    };
     let budget = state.fetcher.budget();
     let (remaining, reset) = budget.remaining();
-    out.push(PolicyState {
+    let upstream = PolicyState {
         name: "upstream",
         quota: budget.rate().calls,
         window: budget.rate().period,
         remaining,
         reset,
-    });
-    out
+    };
+    key.into_iter().chain(std::iter::once(upstream))
 }
 
 /// The `RateLimit-Policy` values, which depend only on the configuration: made once.
@@ -123,25 +145,20 @@ impl PolicyValues {
 
 /// Sets both fields on `headers` for `caller`.
 pub fn stamp(state: &AppState, caller: Option<&Arc<str>>, headers: &mut HeaderMap) {
-    let policies = policies(state, caller);
     let mut now = String::with_capacity(48);
-    for (i, p) in policies.iter().enumerate() {
-        let sep = if i == 0 { "" } else { ", " };
-        // Writing into a String cannot fail.
-        let _ = write!(
-            now,
-            "{sep}\"{}\";r={};t={}",
-            p.name,
-            p.remaining,
-            secs_up(p.reset)
-        );
+    for p in policies(state, caller) {
+        write_state(&mut now, &p);
     }
     let policy = if caller.is_some() {
         &state.ratelimit_policy.keyed
     } else {
         &state.ratelimit_policy.anonymous
     };
-    if let (Some(p), Ok(n)) = (policy, HeaderValue::from_str(&now)) {
+    // The String becomes the value's buffer (no second copy).
+    if let (Some(p), Ok(n)) = (
+        policy,
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(now)),
+    ) {
         headers.insert(RATELIMIT_POLICY.clone(), p.clone());
         headers.insert(RATELIMIT.clone(), n);
     }
@@ -171,5 +188,14 @@ mod tests {
         ]);
         assert_eq!(policy, r#""key";q=100;w=60, "upstream";q=60;w=60"#);
         assert_eq!(now, r#""key";r=97;t=58, "upstream";r=0;t=0"#);
+        let (policy, now) = render(&[PolicyState {
+            name: "upstream",
+            quota: u32::MAX,
+            window: Duration::from_secs(86_400),
+            remaining: 1_000_000,
+            reset: Duration::from_millis(3_600_001),
+        }]);
+        assert_eq!(policy, format!(r#""upstream";q={};w=86400"#, u32::MAX));
+        assert_eq!(now, r#""upstream";r=1000000;t=3601"#);
     }
 }

@@ -40,10 +40,11 @@ pub async fn reply(state: &AppState, key: &str, hit: &Arc<Rendered>, req: &Heade
         .saturating_duration_since(tokio::time::Instant::now())
         .as_secs();
     let age = (jiff::Timestamp::now().as_millisecond() - hit.fetched_unix_ms).max(0) / 1000;
-    // The formatted String becomes the value's buffer (no second copy).
-    if let Ok(v) =
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("kore-gateway; hit; ttl={ttl}")))
-    {
+    // The String becomes the value's buffer (no second copy); no `format!` on a hit.
+    let mut status = String::with_capacity(40);
+    status.push_str("kore-gateway; hit; ttl=");
+    status.push_str(itoa::Buffer::new().format(ttl));
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(status)) {
         headers.insert(CACHE_STATUS.clone(), v);
     }
     headers.insert(header::AGE, HeaderValue::from(age as u64));
