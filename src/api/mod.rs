@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::{
     Router,
     extract::{DefaultBodyLimit, FromRequestParts, Request},
-    http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, header, request::Parts},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, header, request::Parts},
     middleware,
     response::Response,
     routing::{get, post},
