@@ -405,20 +405,20 @@ pub fn format_from_accept(accept: Option<&str>) -> Format {
     let Some(accept) = accept else {
         return Format::Json;
     };
+    // Compared without a lowercase copy: `Accept` is read on every data request, hits too.
+    const TYPES: [(&str, Format); 7] = [
+        ("application/json", Format::Json),
+        ("*/*", Format::Json),
+        ("application/*", Format::Json),
+        ("text/csv", Format::Csv),
+        ("application/x-ndjson", Format::Ndjson),
+        ("application/ndjson", Format::Ndjson),
+        ("application/jsonl", Format::Ndjson),
+    ];
     for part in accept.split(',') {
-        let media = part
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match media.as_str() {
-            "application/json" | "*/*" | "application/*" => return Format::Json,
-            "text/csv" => return Format::Csv,
-            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
-                return Format::Ndjson;
-            }
-            _ => {}
+        let media = part.split(';').next().unwrap_or("").trim();
+        if let Some((_, f)) = TYPES.iter().find(|(t, _)| media.eq_ignore_ascii_case(t)) {
+            return *f;
         }
     }
     Format::Json
