@@ -132,7 +132,9 @@ impl Telemetry {
 
 /// Makes `span`'s parent the caller's W3C trace context, when it sent one.
 pub fn adopt_parent(span: &tracing::Span, headers: &HeaderMap) {
-    if headers.get("traceparent").is_none() {
+    // A static name: `get("traceparent")` would parse the name on every request.
+    static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+    if headers.get(&TRACEPARENT).is_none() {
         return;
     }
     let cx = global::get_text_map_propagator(|p| p.extract(&HeaderRead(headers)));

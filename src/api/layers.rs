@@ -10,7 +10,6 @@
 //! their futures wrap the inner future in place.
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
     future::Future,
     panic::{AssertUnwindSafe, catch_unwind},
@@ -39,10 +38,12 @@ use crate::{
 /// `gateway_requests_total{route, method, status}` and
 /// `gateway_request_duration_seconds{route}` for every request, with the final status of
 /// everything below (auth refusals included). Label sets are registered once: the handles
-/// are kept here, so a request makes no label and no registry lookup.
+/// are kept here, so a request makes no label and no registry lookup. A list scanned by
+/// name rather than a map: the routes are a fixed handful (and "unmatched"), and comparing
+/// a few short names costs less than hashing one with SipHash.
 #[derive(Clone, Default)]
 struct RouteMetrics {
-    handles: Arc<RwLock<HashMap<String, RouteHandles>>>,
+    handles: Arc<RwLock<Vec<(String, RouteHandles)>>>,
 }
 
 /// The handles of one route: its histogram and one counter per (method, status) seen.
@@ -65,8 +66,8 @@ impl RouteMetrics {
         };
         let code = status.as_u16();
         {
-            let map = self.handles.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(h) = map.get(route)
+            let routes = self.handles.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, h)) = routes.iter().find(|(r, _)| r == route)
                 && let Some((_, _, c)) = h
                     .requests
                     .iter()
@@ -77,11 +78,21 @@ impl RouteMetrics {
                 return;
             }
         }
-        let mut map = self.handles.write().unwrap_or_else(PoisonError::into_inner);
-        let h = map.entry(route.to_owned()).or_insert_with(|| RouteHandles {
-            duration: metrics::histogram!("gateway_request_duration_seconds", "route" => route.to_owned()),
-            requests: Vec::new(),
-        });
+        let mut routes = self.handles.write().unwrap_or_else(PoisonError::into_inner);
+        let at = match routes.iter().position(|(r, _)| r == route) {
+            Some(at) => at,
+            None => {
+                routes.push((
+                    route.to_owned(),
+                    RouteHandles {
+                        duration: metrics::histogram!("gateway_request_duration_seconds", "route" => route.to_owned()),
+                        requests: Vec::new(),
+                    },
+                ));
+                routes.len() - 1
+            }
+        };
+        let h = &mut routes[at].1;
         let counter = match h
             .requests
             .iter()

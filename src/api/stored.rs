@@ -30,7 +30,9 @@ static CACHE_STATUS: header::HeaderName = header::HeaderName::from_static("cache
 
 /// The stored answer `hit` (kept under `key`) for a request with headers `req`.
 pub async fn reply(state: &AppState, key: &str, hit: &Arc<Rendered>, req: &HeaderMap) -> Response {
-    let mut headers = HeaderMap::with_capacity(8);
+    // Room for all it will carry (these eight, the encoding or disposition, and the
+    // RateLimit pair and request id the layers add): it never grows.
+    let mut headers = HeaderMap::with_capacity(16);
     headers.insert(header::VARY, VARY_AE.clone());
     headers.insert(X_CACHE.clone(), HIT.clone());
     headers.insert(header::CACHE_CONTROL, NO_CACHE.clone());
@@ -77,7 +79,7 @@ pub async fn reply(state: &AppState, key: &str, hit: &Arc<Rendered>, req: &Heade
     if let Some(d) = &hit.disposition {
         headers.insert(header::CONTENT_DISPOSITION, d.clone());
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    // No Content-Length header made here: hyper writes it from the body's exact length.
     finish(StatusCode::OK, headers, Body::from(body))
 }
 
