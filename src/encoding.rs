@@ -307,6 +307,33 @@ impl Streaming {
         Ok(Bytes::from(std::mem::take(out)))
     }
 
+    /// Emits what has been fed so far (a sync flush: the stream stays open), for a body whose
+    /// next chunk is not there yet: what the client could read is not held back.
+    ///
+    /// # Errors
+    /// As [`Streaming::write`].
+    pub fn flush(&mut self) -> std::io::Result<Bytes> {
+        let out = match self {
+            Streaming::Br(w) => {
+                w.flush()?;
+                w.get_mut()
+            }
+            Streaming::Zstd(w) => {
+                w.flush()?;
+                w.get_mut()
+            }
+            Streaming::Gzip(w) => {
+                w.flush()?;
+                w.get_mut()
+            }
+            Streaming::Deflate(w) => {
+                w.flush()?;
+                w.get_mut()
+            }
+        };
+        Ok(Bytes::from(std::mem::take(out)))
+    }
+
     /// Ends the stream; returns its last compressed bytes.
     ///
     /// # Errors

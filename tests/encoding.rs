@@ -247,6 +247,12 @@ async fn answers_made_for_one_request_are_compressed_on_the_way_out_and_hits_nev
     ] {
         let hit = fetch(&h, page, ae).await;
         assert_eq!(hit.x_cache.as_deref(), Some("HIT"), "{ae:?}");
+        let want = match ae {
+            None => None,
+            Some("gzip, deflate, br, zstd") => Some("br"),
+            Some(one) => Some(one),
+        };
+        assert_eq!(hit.encoding.as_deref(), want, "{ae:?}");
         assert_eq!(json(&hit.body)["data"], json(&miss.body)["data"], "{ae:?}");
     }
     assert_eq!(on_the_way_out(), before, "hits are sent as stored");

@@ -56,9 +56,10 @@ struct RouteHandles {
 impl RouteMetrics {
     fn record(&self, route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
         let Some(method) = static_method(method) else {
-            // A method this service has no route for: labelled the slow way.
+            // A method this service has no route for: one label for all of them, so a client
+            // inventing methods cannot grow the label set.
             metrics::counter!("gateway_requests_total", "route" => route.to_owned(),
-                "method" => method.to_string(), "status" => status_label(status))
+                "method" => "OTHER", "status" => status_label(status))
             .increment(1);
             metrics::histogram!("gateway_request_duration_seconds", "route" => route.to_owned())
                 .record(elapsed.as_secs_f64());
@@ -233,7 +234,62 @@ impl EdgeCtx {
         if !resp.headers().contains_key(&X_REQUEST_ID) {
             resp.headers_mut().insert(X_REQUEST_ID.clone(), self.id);
         }
+        // A body of unknown length (an export, one compressed on the way out) is sent inside
+        // the request's span, and an error while sending it is logged there, as tower-http's
+        // trace layer did; a body of known length (a stored hit) goes as it is.
+        if resp.body().size_hint().exact().is_none() {
+            let (span, started) = (self.span, self.started);
+            resp = resp.map(|inner| {
+                Body::new(Traced {
+                    inner,
+                    span,
+                    started,
+                })
+            });
+        }
         resp
+    }
+}
+
+/// A streamed answer's body, polled inside its request's span (see [`EdgeCtx::finish`]).
+struct Traced {
+    inner: Body,
+    span: tracing::Span,
+    started: Instant,
+}
+
+impl HttpBody for Traced {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let _entered = this.span.enter();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let ms = || this.started.elapsed().as_millis();
+        match &polled {
+            Poll::Ready(Some(Err(e))) => {
+                tracing::error!(target: "tower_http::trace::on_failure",
+                    classification = %e, latency = %format_args!("{} ms", ms()), "response failed");
+            }
+            Poll::Ready(None) => {
+                tracing::debug!(target: "tower_http::trace::on_eos",
+                    stream_duration = %format_args!("{} ms", ms()), "end of stream");
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -276,11 +332,16 @@ where
             }
             None => None,
         };
-        let resp = answer.unwrap_or_else(|| {
-            // A panic, in the call or in this future: the future is not polled again.
-            this.inner.set(None);
-            AppError::Internal("a handler panicked".into()).into_response()
-        });
+        let resp = match answer {
+            Some(resp) => resp,
+            None => {
+                // A panic, in the call or in this future: the future is not polled again,
+                // and the 500's log line carries the request's id.
+                this.inner.set(None);
+                let _entered = ctx.span.enter();
+                AppError::Internal("a handler panicked".into()).into_response()
+            }
+        };
         let ctx = this.ctx.take();
         Poll::Ready(Ok(match ctx {
             Some(ctx) => ctx.finish(resp),
@@ -366,9 +427,11 @@ where
         let mut fields = req.headers().get_all(header::ACCEPT_ENCODING).iter();
         let first = fields.next().cloned();
         let rest = fields.cloned().collect();
+        let head = req.method() == Method::HEAD;
         CompressFuture {
             inner: self.inner.call(req),
             accept: (first, rest),
+            head,
             counters: Arc::clone(&self.counters),
         }
     }
@@ -380,6 +443,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         accept: (Option<HeaderValue>, Vec<HeaderValue>),
+        head: bool,
         counters: Arc<CacheCounters>,
     }
 }
@@ -410,26 +474,34 @@ where
         let (first, rest) = &*this.accept;
         let fields = first.iter().chain(rest).map(HeaderValue::as_bytes);
         let coding = negotiate_in(fields, &Coding::STREAMED);
-        let encoder = match Streaming::new(coding) {
-            Ok(Some(e)) => e,
-            // Identity asked for, or no encoder to be had: the answer as it is.
-            Ok(None) | Err(_) => return Poll::Ready(Ok(Response::from_parts(parts, body))),
+        let encoder = if coding == Coding::Identity {
+            return Poll::Ready(Ok(Response::from_parts(parts, body)));
+        } else if *this.head {
+            // A HEAD gets the headers its GET would (the router drops the body after this).
+            None
+        } else {
+            match Streaming::new(coding) {
+                Ok(e) => e,
+                // No encoder to be had (zstd out of memory): the answer as it is.
+                Err(_) => return Poll::Ready(Ok(Response::from_parts(parts, body))),
+            }
         };
-        this.counters
-            .compressed_on_the_way_out
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.remove(header::ACCEPT_RANGES);
         parts.headers.insert(
             header::CONTENT_ENCODING,
             HeaderValue::from_static(coding.token()),
         );
-        let body = Body::new(Compressing {
-            inner: body,
-            encoder: Some(encoder),
-            trailers: None,
-        });
-        Poll::Ready(Ok(Response::from_parts(parts, body)))
+        let Some(encoder) = encoder else {
+            return Poll::Ready(Ok(Response::from_parts(parts, Body::empty())));
+        };
+        this.counters
+            .compressed_on_the_way_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Poll::Ready(Ok(Response::from_parts(
+            parts,
+            Body::new(Compressing::new(body, encoder)),
+        )))
     }
 }
 
@@ -471,13 +543,27 @@ fn should_compress(resp: &Response) -> bool {
     size.is_none_or(|n| n >= MIN_SIZE)
 }
 
-/// A body compressed as it goes out: each chunk through the encoder, the encoder's last
-/// bytes at the end, then the trailers (if any).
+/// A body compressed as it goes out: each chunk through the encoder, what the encoder holds
+/// flushed whenever the next chunk is not there yet, the encoder's last bytes at the end,
+/// then the trailers (if any).
 struct Compressing {
     inner: Body,
-    /// `None` once the encoder has been finished.
+    /// `None` once the encoder has been finished, or after an error.
     encoder: Option<Streaming>,
+    /// Input went into the encoder since it last emitted everything.
+    unflushed: bool,
     trailers: Option<HeaderMap>,
+}
+
+impl Compressing {
+    fn new(inner: Body, encoder: Streaming) -> Self {
+        Compressing {
+            inner,
+            encoder: Some(encoder),
+            unflushed: false,
+            trailers: None,
+        }
+    }
 }
 
 impl HttpBody for Compressing {
@@ -493,17 +579,31 @@ impl HttpBody for Compressing {
             let Some(encoder) = this.encoder.as_mut() else {
                 return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
             };
-            let out = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => encoder.write(&data),
+            let polled = Pin::new(&mut this.inner).poll_frame(cx);
+            let out = match polled {
+                Poll::Pending if this.unflushed => {
+                    this.unflushed = false;
+                    encoder.flush()
+                }
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.unflushed |= !data.is_empty();
+                        encoder.write(&data)
+                    }
                     Err(frame) => {
                         // Trailers come last: kept until the encoder has finished.
                         this.trailers = frame.into_trailers().ok();
                         continue;
                     }
                 },
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => match this.encoder.take() {
+                Poll::Ready(Some(Err(e))) => {
+                    // A body that failed ends here: nothing more is read or sent.
+                    this.encoder = None;
+                    this.trailers = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => match this.encoder.take() {
                     Some(encoder) => encoder.finish(),
                     None => continue,
                 },
@@ -513,6 +613,7 @@ impl HttpBody for Compressing {
                 Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
                 Err(e) => {
                     this.encoder = None;
+                    this.trailers = None;
                     return Poll::Ready(Some(Err(axum::Error::new(e))));
                 }
             }
@@ -680,8 +781,9 @@ mod tests {
             ))
         };
         let long = "x".repeat(129);
-        let cases: [(Option<&str>, bool); 6] = [
+        let cases: [(Option<&str>, bool); 7] = [
             (Some("trace-abc-123"), true),
+            (Some(""), false),
             (Some(&long[..128]), true),
             (Some(&long), false),
             (Some("has space"), false),
@@ -909,7 +1011,8 @@ mod tests {
                 .headers()
                 .get(header::CONTENT_ENCODING)
                 .map(|v| v.to_str().expect("ascii").to_owned());
-            assert!(coding.is_none() || what == "coded", "{what}: {coding:?}");
+            let kept = (what == "coded").then(|| "gzip".to_owned());
+            assert_eq!(coding, kept, "{what}: its coding as it was");
             assert_eq!(
                 counters
                     .compressed_on_the_way_out
@@ -917,24 +1020,29 @@ mod tests {
                 0,
                 "{what}"
             );
-            assert!(
-                raw.len() == 31 || raw.len() == 4096,
-                "{what}: the body as it was"
-            );
+            let sent = if what == "31 bytes" {
+                "y".repeat(31)
+            } else {
+                body.clone()
+            };
+            assert_eq!(raw, sent.as_bytes(), "{what}: the body as it was");
         }
         // SVG is an image worth compressing; 32 bytes is enough; a Vary already naming
         // Accept-Encoding is not repeated.
-        for (what, (app, counters)) in [
+        for (what, sent, (app, counters)) in [
             (
                 "svg",
+                body.clone(),
                 compressed(answer("image/svg+xml", None, false, body.clone())),
             ),
             (
                 "32 bytes",
+                "y".repeat(32),
                 compressed(answer("application/json", None, false, "y".repeat(32))),
             ),
             (
                 "varies",
+                body.clone(),
                 compressed(answer(
                     "application/json",
                     Some((header::VARY, "Accept-Encoding")),
@@ -950,12 +1058,7 @@ mod tests {
                 1,
                 "{what}"
             );
-            assert!(
-                decode(Some("zstd"), &raw)
-                    .iter()
-                    .all(|b| *b == b'x' || *b == b'y'),
-                "{what}"
-            );
+            assert_eq!(decode(Some("zstd"), &raw), sent.as_bytes(), "{what}");
             assert_eq!(
                 counters
                     .compressed_on_the_way_out
@@ -964,5 +1067,159 @@ mod tests {
                 "{what}"
             );
         }
+    }
+
+    /// Write-side decoders fed a prefix of a stream: what they give back is what the prefix
+    /// holds (none of them needs the end to emit what a flush made whole).
+    fn decode_prefix(coding: &str, bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        match coding {
+            "br" => {
+                let mut d = brotli::DecompressorWriter::new(Vec::new(), 4096);
+                d.write_all(bytes).expect("br");
+                d.flush().expect("br");
+                d.get_ref().clone()
+            }
+            "gzip" => {
+                let mut d = flate2::write::GzDecoder::new(Vec::new());
+                d.write_all(bytes).expect("gzip");
+                d.flush().expect("gzip");
+                d.get_ref().clone()
+            }
+            "deflate" => {
+                let mut d = flate2::write::ZlibDecoder::new(Vec::new());
+                d.write_all(bytes).expect("deflate");
+                d.flush().expect("deflate");
+                d.get_ref().clone()
+            }
+            "zstd" => {
+                let mut d = zstd::stream::write::Decoder::new(Vec::new()).expect("zstd");
+                d.write_all(bytes).expect("zstd");
+                d.flush().expect("zstd");
+                d.get_ref().clone()
+            }
+            other => panic!("unexpected coding {other}"),
+        }
+    }
+
+    /// A body fed chunk by chunk through a channel: it is Pending while the channel is empty.
+    fn channel_body() -> (
+        tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+        Body,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        (tx, Body::from_stream(stream))
+    }
+
+    async fn next_frame(body: &mut Body) -> Option<Result<Frame<Bytes>, axum::Error>> {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)),
+        )
+        .await
+        .expect("a frame or the end within 10 s")
+    }
+
+    #[tokio::test]
+    async fn what_has_arrived_goes_out_while_the_next_chunk_is_awaited() {
+        let first = Bytes::from("{\"id\":\"1\",\"channel\":\"chat\"}\n".repeat(40));
+        let rest = Bytes::from("{\"id\":\"2\",\"channel\":\"voice\"}\n".repeat(300));
+        for coding in [Coding::Br, Coding::Zstd, Coding::Gzip, Coding::Deflate] {
+            let (tx, inner) = channel_body();
+            let encoder = Streaming::new(coding)
+                .expect("encoder")
+                .expect("not identity");
+            let mut body = Body::new(Compressing::new(inner, encoder));
+            tx.send(Ok(first.clone())).await.expect("send");
+            // The second chunk has not come: what the first made must go out now, whole.
+            // Polled by hand until the body waits (a frame may carry only a header first).
+            let mut sent = Vec::new();
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            while let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(&mut cx) {
+                let frame = frame.expect("not the end yet").expect("no error");
+                sent.extend_from_slice(frame.data_ref().expect("data"));
+            }
+            assert_eq!(
+                decode_prefix(coding.token(), &sent),
+                first.as_ref(),
+                "{coding:?}: the first chunk, readable before the second is sent"
+            );
+            tx.send(Ok(rest.clone())).await.expect("send");
+            drop(tx);
+            while let Some(frame) = next_frame(&mut body).await {
+                sent.extend_from_slice(frame.expect("no error").data_ref().expect("data"));
+            }
+            assert!(body.is_end_stream());
+            assert_eq!(
+                decode(Some(coding.token()), &sent),
+                [first.as_ref(), rest.as_ref()].concat(),
+                "{coding:?}: the whole stream"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_ends_with_its_error() {
+        let (tx, inner) = channel_body();
+        let encoder = Streaming::new(Coding::Gzip)
+            .expect("encoder")
+            .expect("gzip");
+        let mut body = Body::new(Compressing::new(inner, encoder));
+        tx.send(Ok(Bytes::from("x".repeat(1000))))
+            .await
+            .expect("send");
+        tx.send(Err(std::io::Error::other("the spool could not be read")))
+            .await
+            .expect("send");
+        tx.send(Ok(Bytes::from("never sent"))).await.expect("send");
+        let mut got_error = false;
+        while let Some(frame) = next_frame(&mut body).await {
+            if frame.is_err() {
+                got_error = true;
+                break;
+            }
+        }
+        assert!(
+            got_error,
+            "the error reaches the server, which cuts the response"
+        );
+        assert!(
+            next_frame(&mut body).await.is_none(),
+            "nothing after the error"
+        );
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn a_head_gets_the_headers_of_its_get_and_no_encoder() {
+        let (app, counters) = compressed(|| {
+            let mut r = Response::new(Body::from("z".repeat(4096)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        });
+        let ae = [("accept-encoding", "br")];
+        let head = axum::http::Request::head("/")
+            .header("accept-encoding", "br")
+            .body(Body::empty())
+            .expect("request");
+        let (h, raw) = send(app.clone(), head).await;
+        let (g, _) = send(app, get_req("/", &ae)).await;
+        for name in [header::CONTENT_ENCODING, header::VARY] {
+            assert_eq!(h.headers().get(&name), g.headers().get(&name), "{name}");
+        }
+        assert!(raw.is_empty());
+        assert_eq!(
+            counters
+                .compressed_on_the_way_out
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "only the GET was compressed"
+        );
     }
 }

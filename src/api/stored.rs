@@ -79,7 +79,8 @@ pub async fn reply(state: &AppState, key: &str, hit: &Arc<Rendered>, req: &Heade
     if let Some(d) = &hit.disposition {
         headers.insert(header::CONTENT_DISPOSITION, d.clone());
     }
-    // No Content-Length header made here: hyper writes it from the body's exact length.
+    // No Content-Length made here: the router sets it from the body's exact length (before
+    // it drops the body of a HEAD).
     finish(StatusCode::OK, headers, Body::from(body))
 }
 
