@@ -286,25 +286,7 @@ impl Streaming {
     /// # Errors
     /// Only an encoder failing to write into memory, which the codecs do not do in practice.
     pub fn write(&mut self, data: &[u8]) -> std::io::Result<Bytes> {
-        let out = match self {
-            Streaming::Br(w) => {
-                w.write_all(data)?;
-                w.get_mut()
-            }
-            Streaming::Zstd(w) => {
-                w.write_all(data)?;
-                w.get_mut()
-            }
-            Streaming::Gzip(w) => {
-                w.write_all(data)?;
-                w.get_mut()
-            }
-            Streaming::Deflate(w) => {
-                w.write_all(data)?;
-                w.get_mut()
-            }
-        };
-        Ok(Bytes::from(std::mem::take(out)))
+        self.then_take(|w| w.write_all(data))
     }
 
     /// Emits what has been fed so far (a sync flush: the stream stays open), for a body whose
@@ -313,21 +295,29 @@ impl Streaming {
     /// # Errors
     /// As [`Streaming::write`].
     pub fn flush(&mut self) -> std::io::Result<Bytes> {
+        self.then_take(|w| w.flush())
+    }
+
+    /// `op` on the encoder, then the output it has made so far, taken.
+    fn then_take(
+        &mut self,
+        op: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> std::io::Result<Bytes> {
         let out = match self {
             Streaming::Br(w) => {
-                w.flush()?;
+                op(w.as_mut())?;
                 w.get_mut()
             }
             Streaming::Zstd(w) => {
-                w.flush()?;
+                op(w)?;
                 w.get_mut()
             }
             Streaming::Gzip(w) => {
-                w.flush()?;
+                op(w)?;
                 w.get_mut()
             }
             Streaming::Deflate(w) => {
-                w.flush()?;
+                op(w)?;
                 w.get_mut()
             }
         };
