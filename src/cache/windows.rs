@@ -171,22 +171,12 @@ impl WindowCache {
         if !self.containment.load(Ordering::Relaxed) {
             return None;
         }
-        let candidates: Vec<(i64, i64)> = {
-            let spans = lock(&self.spans);
-            let set = spans.get(&key.family())?;
-            set.range(..=(key.start, i64::MAX))
-                .filter(|(s, e)| {
-                    *s <= key.start && key.end <= *e && (*s, *e) != (key.start, key.end)
-                })
-                .copied()
-                .collect()
-        };
-        for (start, end) in candidates {
-            let outer = WindowKey {
-                start,
-                end,
-                ..key.clone()
-            };
+        // Spans starting at or before this one's start; those that also end at or after its
+        // end contain it.
+        let candidates = indexed(&self.spans, key, ..=(key.start, i64::MAX), |s, e| {
+            s <= key.start && key.end <= e
+        });
+        for outer in candidates {
             debug_assert!(outer.contains(key));
             let Some(c) = self.store.get(&outer).await else {
                 continue;
@@ -584,27 +574,39 @@ impl Leader {
     /// off, a benchmark's knob, they stay: nothing else would answer them.)
     async fn drop_contained(&self) {
         let key = &self.key;
-        let inner: Vec<(i64, i64)> = {
-            let spans = lock(&self.spans);
-            let Some(set) = spans.get(&key.family()) else {
-                return;
-            };
-            set.range((key.start, i64::MIN)..=(key.end, key.end))
-                .filter(|(s, e)| {
-                    key.start <= *s && *e <= key.end && (*s, *e) != (key.start, key.end)
-                })
-                .copied()
-                .collect()
-        };
-        for (start, end) in inner {
-            let k = WindowKey {
-                start,
-                end,
-                ..key.clone()
-            };
+        // Spans starting within this one; those that also end within it are contained.
+        let inner = indexed(
+            &self.spans,
+            key,
+            (key.start, i64::MIN)..=(key.end, key.end),
+            |s, e| key.start <= s && e <= key.end,
+        );
+        for k in inner {
             self.store.invalidate(&k).await;
         }
     }
+}
+
+/// The keys of `key`'s family indexed with a span in `range` that `keep(start, end)`
+/// accepts, `key`'s own span excepted: the containers or the contents of `key`.
+fn indexed(
+    spans: &SpanIndex,
+    key: &WindowKey,
+    range: impl std::ops::RangeBounds<(i64, i64)>,
+    keep: impl Fn(i64, i64) -> bool,
+) -> Vec<WindowKey> {
+    let spans = lock(spans);
+    let Some(set) = spans.get(&key.family()) else {
+        return Vec::new();
+    };
+    set.range(range)
+        .filter(|&&(s, e)| (s, e) != (key.start, key.end) && keep(s, e))
+        .map(|&(start, end)| WindowKey {
+            start,
+            end,
+            ..key.clone()
+        })
+        .collect()
 }
 
 /// Records that `key` is in the store, for [`WindowCache::contained`].
