@@ -44,12 +44,12 @@
 //!
 //! [`build`] makes the shared [`AppState`]; [`app`] turns it into the `Router`.
 
+pub mod account;
 pub mod api;
 pub mod budget;
 pub mod cache;
 pub mod cluster;
 pub mod config;
-pub mod disk;
 pub mod encoding;
 pub mod error;
 pub mod fetch;
@@ -71,11 +71,12 @@ use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::{
+    account::{Account, Accounts},
     api::auth::KeyRing,
     budget::{Budget, KeyLimiter},
-    cache::{CacheCounters, ResponseCache, Tier, WindowCache},
+    cache::{CacheCounters, Namespace, ResponseCache, Tier, WindowCache, disk::DiskTier},
     cluster::Cluster,
-    config::Settings,
+    config::{BudgetSettings, Settings},
     fetch::Fetcher,
     upstream::UpstreamClient,
 };
@@ -84,7 +85,8 @@ use crate::{
 #[derive(Debug)]
 pub struct App {
     pub settings: Settings,
-    pub fetcher: Arc<Fetcher>,
+    /// The vendor accounts, each its own upstream (client, budget, namespace, cursor key).
+    pub accounts: Accounts,
     pub windows: Arc<WindowCache>,
     pub responses: ResponseCache,
     pub counters: Arc<CacheCounters>,
@@ -95,9 +97,9 @@ pub struct App {
     /// What replicas share through Redis, when REDIS_URL is set.
     pub cluster: Option<Arc<Cluster>>,
     /// The disk tier below the window cache, when CACHE_DIR is set and it opened.
-    pub disk: Option<Arc<disk::DiskTier>>,
-    /// Signs and checks cursors (derived from the client secret).
-    pub cursor_key: render::CursorKey,
+    pub disk: Option<Arc<DiskTier>>,
+    /// The Redis tier between replicas, when REDIS_URL is set.
+    pub redis: Option<Arc<cache::redis::RedisTier>>,
     /// `Prefer: respond-async` jobs.
     pub jobs: jobs::Jobs,
     /// Response-cache keys of data query strings already parsed.
@@ -147,45 +149,82 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// # Errors
 /// The upstream client cannot be built from the settings.
 pub fn build(settings: Settings) -> Result<AppState, String> {
-    let client = UpstreamClient::new(&settings.upstream)?;
     let cluster = match &settings.redis_url {
-        Some(url) => {
-            let c = Cluster::new(url, &settings.upstream.account_id, settings.replicas)?;
-            c.spawn_heartbeat();
-            Some(c)
-        }
+        Some(url) => Some(Cluster::new(url, settings.replicas)?),
         None => None,
     };
-    // A shared-budget slot of a call whose replica died counts until the call must be over.
-    let lease = settings.upstream.timeout + std::time::Duration::from_secs(5);
-    let budget = Budget::new(&settings.budget, cluster.clone(), lease);
-    let fetcher = Arc::new(Fetcher::new(
-        client,
-        budget,
-        settings.upstream.retries,
-        settings.budget.max_wait,
-    ));
+    let mut built: Vec<Arc<Account>> = Vec::with_capacity(settings.accounts.len());
+    for (index, a) in settings.accounts.iter().enumerate() {
+        let client =
+            UpstreamClient::new(&a.upstream).map_err(|e| format!("account `{}`: {e}", a.name))?;
+        let ns = Namespace::new(
+            a.upstream.base_url.as_str(),
+            &a.upstream.account_id,
+            upstream::VENDOR_PATH,
+        );
+        // A shared-budget slot of a call whose replica died counts until the call must be over.
+        let lease = a.upstream.timeout + std::time::Duration::from_secs(5);
+        let budget = Budget::new(
+            &BudgetSettings {
+                rate: a.rate,
+                ..settings.budget
+            },
+            Arc::clone(&a.name),
+            cluster.as_ref().map(|c| c.account_log(ns.label())),
+            lease,
+        );
+        let fetcher = Arc::new(Fetcher::new(
+            client,
+            budget,
+            a.upstream.retries,
+            settings.budget.max_wait,
+            Arc::clone(&a.name),
+        ));
+        let cursor_key = {
+            use secrecy::ExposeSecret;
+            render::CursorKey::derive(a.upstream.client_secret.expose_secret().as_bytes())
+        };
+        built.push(Arc::new(Account {
+            name: Arc::clone(&a.name),
+            account_id: a.upstream.account_id.clone(),
+            base_url: a.upstream.base_url.to_string(),
+            ns,
+            fetcher,
+            cursor_key,
+            offset_mode: a.upstream.offset_mode,
+            rate: a.rate,
+            index,
+        }));
+    }
+    if built.is_empty() {
+        return Err("no account configured".into());
+    }
+    if let Some(c) = &cluster {
+        c.spawn_heartbeat();
+    }
+    let accounts = Accounts::new(built, &settings.accounts, settings.key_accounts.as_ref());
     let counters = Arc::new(CacheCounters::default());
-    let disk = settings.disk.as_ref().and_then(|d| {
-        match disk::DiskTier::open(&d.dir, d.max_bytes) {
+    let disk = settings
+        .disk
+        .as_ref()
+        .and_then(|d| match DiskTier::open(&d.dir, d.max_bytes) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
                 tracing::warn!(error = %e, "the disk cache tier is unavailable; running in memory");
                 None
             }
-        }
-    });
-    let shared = cluster.as_ref().map(|c| {
-        Arc::new(cluster::RedisTier::new(
+        });
+    let redis = cluster.as_ref().map(|c| {
+        Arc::new(cache::redis::RedisTier::new(
             Arc::clone(c),
             settings.cache.stale_grace,
-        )) as Arc<dyn Tier>
+        ))
     });
     let windows = Arc::new(WindowCache::with_tiers(
         settings.cache,
         Arc::clone(&counters),
         disk.clone().map(|d| d as Arc<dyn Tier>),
-        shared,
+        redis.clone().map(|r| r as Arc<dyn Tier>),
     ));
     windows.spawn_refresh_ahead();
     let responses = ResponseCache::new(&settings.cache);
@@ -193,16 +232,12 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
     let ratelimit_policy = ratelimit_headers::PolicyValues::new(
         key_limiter.as_ref().map(KeyLimiter::rate),
-        fetcher.budget().rate(),
+        accounts.all().iter().map(|a| a.rate),
     );
     let settings_job_ttl = settings.job_ttl;
-    let cursor_key = {
-        use secrecy::ExposeSecret;
-        render::CursorKey::derive(settings.upstream.client_secret.expose_secret().as_bytes())
-    };
     Ok(AppState(Arc::new(App {
         settings,
-        fetcher,
+        accounts,
         windows,
         responses,
         counters,
@@ -212,7 +247,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         health: api::ops::Health::default(),
         cluster,
         disk,
-        cursor_key,
+        redis,
         jobs: jobs::Jobs::new(settings_job_ttl),
         query_keys: api::query::KeyMemo::default(),
         ratelimit_policy,

@@ -51,7 +51,9 @@ async fn a_restart_on_the_same_cache_dir_answers_a_fetched_range_with_no_upstrea
     // The store is one process's at a time: wait until this gateway is gone, as a
     // restart does.
     let gone = std::sync::Arc::downgrade(&first.state.0);
+    let upstream = (first.sim.clone(), first.sim_addr);
     first.finish();
+    upstream.0.reset_log();
     let deadline = Instant::now() + Duration::from_secs(10);
     while gone.strong_count() > 0 {
         assert!(
@@ -61,8 +63,11 @@ async fn a_restart_on_the_same_cache_dir_answers_a_fetched_range_with_no_upstrea
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    // The same upstream (base URL, account) behind the restarted gateway: what is on disk
+    // is its own.
     let second = Harness::start(Opts {
         cache_dir: Some(dir.clone()),
+        upstream: Some(upstream),
         ..Opts::default()
     })
     .await;

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::{
     AppState,
+    account::Account,
     api::{
         DataRequest,
         query::{Format, InteractionsParams, InteractionsQuery, RangeQuery, parse_interactions},
@@ -78,27 +79,41 @@ pub async fn get_interactions(
     // again: what a stored hit needs is the key, and the key is a pure function of the query
     // string and `Accept` (only queries that parsed are remembered).
     if !refresh
-        && let Some((key, format)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && let Some((key, format, accounts)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && r.may_read_all(&state, &accounts)
         && let Some(hit) = state.responses.get(&key)
     {
-        return Ok(reply_stored(&state, &key, &hit, headers, format).await);
+        let mut resp = reply_stored(&state, &key, &hit, headers, format).await;
+        tag(&mut resp, accounts.first().copied().unwrap_or(0));
+        return Ok(resp);
     }
     let q = parse_interactions(raw, r.accept(), state.settings.max_range_days)?;
+    let account = state
+        .accounts
+        .resolve_one(&q.range.accounts, &r.caller.name, r.caller.admin)?;
     // A stored answer needs no plan, no fetch context: look it up first.
     let (key, after) = match q.format {
-        Format::Json => json_key(&state, &q)?,
-        Format::Ndjson | Format::Csv => (export_key(&q), None),
+        Format::Json => json_key(&account, &q)?,
+        Format::Ndjson | Format::Csv => (export_key(&account, &q), None),
     };
-    state
-        .query_keys
-        .remember(ROUTE, raw, accept_format, &key, q.format);
+    state.query_keys.remember(
+        ROUTE,
+        raw,
+        accept_format,
+        &key,
+        q.format,
+        Arc::from([account.index]),
+    );
     if !refresh && let Some(hit) = state.responses.get(&key) {
-        return Ok(reply_stored(&state, &key, &hit, headers, q.format).await);
+        let mut resp = reply_stored(&state, &key, &hit, headers, q.format).await;
+        tag(&mut resp, account.index);
+        return Ok(resp);
     }
     let windows = plan_windows(&q.range)?;
     let request_id = r.request_id();
     let range = range_fetch(
         &state,
+        &account,
         &r.caller,
         request_id,
         q.range.filters.clone(),
@@ -107,6 +122,7 @@ pub async fn get_interactions(
     // `Prefer: respond-async` on a range not already cached: 202 and a job.
     if let Some(accepted) = crate::api::jobs::respond_async(
         &state,
+        &account,
         &r.caller,
         headers,
         "/v1/interactions",
@@ -120,10 +136,23 @@ pub async fn get_interactions(
     }
     // Boxed: the miss's futures are large, and unboxed they would make every hit's future
     // (moved and copied on each poll's way) as large.
-    match q.format {
-        Format::Json => Box::pin(json(&state, &q, &windows, &range, headers, key, after)).await,
+    let mut resp = match q.format {
+        Format::Json => {
+            Box::pin(json(
+                &state, &account, &q, &windows, &range, headers, key, after,
+            ))
+            .await
+        }
         Format::Ndjson | Format::Csv => Box::pin(streamed(&state, &q, windows, range, key)).await,
-    }
+    }?;
+    tag(&mut resp, account.index);
+    Ok(resp)
+}
+
+/// Says which account's budget the answer drew on (its `RateLimit` fields report that one).
+fn tag(resp: &mut Response, account: usize) {
+    resp.extensions_mut()
+        .insert(crate::ratelimit_headers::AccountUsed(account));
 }
 
 /// A stored answer of this route, counted as a response hit.
@@ -154,20 +183,21 @@ const ROUTE: &str = "/v1/interactions";
 static X_COMPLETE: header::HeaderName = header::HeaderName::from_static("x-complete");
 static X_STALE: header::HeaderName = header::HeaderName::from_static("x-stale");
 
-/// The response-cache key of a JSON page — the query's digest, the page size and the place
-/// it resumes after, each length-prefixed — and that place, from its cursor.
+/// The response-cache key of a JSON page — the query's digest (whose records included), the
+/// page size and the place it resumes after, each length-prefixed — and that place, from
+/// its cursor.
 ///
 /// # Errors
-/// 400 for a cursor this gateway did not issue for this query.
+/// 400 for a cursor this gateway did not issue for this query on this account.
 fn json_key(
-    state: &AppState,
+    account: &Account,
     q: &InteractionsQuery,
 ) -> Result<(String, Option<Position>), AppError> {
-    let binding = q.range.key("interactions").digest();
+    let binding = q.range.key("interactions", account.ns.digest()).digest();
     let after = match &q.cursor {
         None => None,
         Some(c) => Some(
-            render::decode_cursor(c, &binding, &state.cursor_key).map_err(|e| match e {
+            render::decode_cursor(c, &binding, &account.cursor_key).map_err(|e| match e {
                 CursorError::Malformed => {
                     AppError::param("cursor", "the cursor is not one this gateway issued")
                 }
@@ -194,10 +224,10 @@ fn json_key(
 }
 
 /// The response-cache key of a whole CSV or NDJSON export.
-fn export_key(q: &InteractionsQuery) -> String {
+fn export_key(account: &Account, q: &InteractionsQuery) -> String {
     let mut e = KeyEncoder::default();
     e.text("export");
-    e.bytes(&q.range.key("interactions").digest());
+    e.bytes(&q.range.key("interactions", account.ns.digest()).digest());
     e.text(q.format.as_str());
     hex(&e.finish())
 }
@@ -213,8 +243,10 @@ pub fn plan_windows(range: &RangeQuery) -> Result<Vec<Window>, AppError> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn json(
     state: &AppState,
+    account: &Account,
     q: &InteractionsQuery,
     windows: &[Window],
     range: &RangeFetch,
@@ -222,7 +254,7 @@ async fn json(
     key: String,
     after: Option<Position>,
 ) -> Result<Response, AppError> {
-    let binding = q.range.key("interactions").digest();
+    let binding = q.range.key("interactions", account.ns.digest()).digest();
     let outcomes = range.all(windows).await?;
     let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     let total = records.len();
@@ -250,7 +282,7 @@ async fn json(
             Some(last) if end < total => Some(render::encode_cursor(
                 &last.position(),
                 &binding,
-                &state.cursor_key,
+                &account.cursor_key,
             )),
             _ => None,
         },
@@ -260,7 +292,7 @@ async fn json(
         windows: windows.len(),
     };
     let head = render::json_head(page, &meta);
-    let etag = render::etag(&head);
+    let etag = render::etag(&binding, &head);
     let stored = complete && !stale;
     // One copy of the page at a time: the stored body is the head with the hit's tail
     // appended in place (json_head leaves room for it), and this answer's head is then a

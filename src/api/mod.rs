@@ -209,27 +209,37 @@ impl DataRequest {
     pub fn request_id(&self) -> std::sync::Arc<str> {
         RequestId::of(&self.headers).into()
     }
+
+    /// Whether this caller may read every one of `accounts` (a stored answer is served only
+    /// then; otherwise the request is parsed again and refused with the account named).
+    pub fn may_read_all(&self, state: &AppState, accounts: &[usize]) -> bool {
+        accounts.iter().all(|&i| {
+            state
+                .accounts
+                .may_read(&self.caller.name, self.caller.admin, i)
+        })
+    }
 }
 
-/// The windows of one request, through the cache and the shared budget, on behalf of its
-/// caller (fairness) and under its request id (tracing); an admin's `no-cache` refreshes.
+/// The windows of one request on `account`, through the cache and that account's budget,
+/// on behalf of its caller (fairness) and under its request id (tracing); an admin's
+/// `no-cache` refreshes.
 pub fn range_fetch(
     state: &AppState,
+    account: &crate::account::Account,
     caller: &auth::Caller,
     request_id: std::sync::Arc<str>,
     filters: crate::upstream::Filters,
     headers: &axum::http::HeaderMap,
 ) -> crate::fetch::RangeFetch {
     crate::fetch::RangeFetch::new(
-        std::sync::Arc::clone(&state.fetcher),
+        std::sync::Arc::clone(&account.fetcher),
         std::sync::Arc::clone(&state.windows),
+        account.ns.clone(),
         filters,
         std::sync::Arc::clone(&caller.name),
         request_id,
-        crate::fetch::Allowance::new(
-            state.settings.budget.max_calls_per_request,
-            state.settings.budget.rate,
-        ),
+        account.allowance(state.settings.budget.max_calls_per_request),
         caller.admin && wants_refresh(headers),
     )
 }

@@ -68,6 +68,9 @@ pub struct RangeQuery {
     /// As given (`Asia/Kolkata`, `+05:30`, `UTC`).
     pub tz_name: String,
     pub filters: Filters,
+    /// The accounts named by `account` (empty: the default one), as written; which exist and
+    /// who may read them is the account registry's to say.
+    pub accounts: Vec<String>,
 }
 
 impl RangeQuery {
@@ -76,10 +79,12 @@ impl RangeQuery {
         ts.display_with_offset(self.tz.to_offset(ts)).to_string()
     }
 
-    /// The typed key of everything that selects this query's records (not paging or format).
-    pub fn key(&self, route: &'static str) -> crate::cache::QueryKey<'_> {
+    /// The typed key of everything that selects this query's records (not paging or
+    /// format) on the account(s) whose namespace digest is `ns`.
+    pub fn key<'a>(&'a self, route: &'static str, ns: &'a [u8; 32]) -> crate::cache::QueryKey<'a> {
         crate::cache::QueryKey {
             route,
+            ns,
             from: self.from.as_second(),
             to: self.to.as_second(),
             tz: &self.tz_name,
@@ -122,6 +127,10 @@ pub struct InteractionsParams {
     /// parameter may also repeat). Default: all four.
     #[param(style = Form, explode = false, min_items = 1, inline)]
     fields: Option<Vec<SelectedField>>,
+    /// The vendor account to read (a name of the gateway's accounts, `[a-z0-9-]{1,32}`);
+    /// default: the gateway's default account.
+    #[param(pattern = "^[a-z0-9-]{1,32}$", example = "default")]
+    account: Option<String>,
     /// Records in this response (JSON), 1..10000, default 1000.
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
@@ -207,7 +216,9 @@ impl Params {
 }
 
 /// Parameters shared by every data route.
-pub const RANGE_PARAMS: [&str; 7] = ["from", "to", "tz", "channels", "queues", "bots", "fields"];
+pub const RANGE_PARAMS: [&str; 8] = [
+    "from", "to", "tz", "channels", "queues", "bots", "fields", "account",
+];
 
 /// Parses the range, time zone and filters.
 ///
@@ -281,12 +292,27 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
         fields,
     }
     .normalized();
+    let accounts = p.list("account")?;
+    if let Some(bad) = accounts
+        .iter()
+        .find(|a| !crate::config::valid_account_name(a))
+    {
+        let shown: String = bad.chars().take(40).collect();
+        return Err(AppError::param(
+            "account",
+            format!(
+                "`{shown}` is not an account name ({})",
+                crate::config::ACCOUNT_NAME_RULE
+            ),
+        ));
+    }
     Ok(RangeQuery {
         from,
         to,
         tz,
         tz_name,
         filters,
+        accounts,
     })
 }
 
@@ -352,8 +378,12 @@ pub struct KeyMemo {
     map: RwLock<HashMap<String, Vec<Remembered>>>,
 }
 
-/// One remembered parse: route, the format `Accept` asked for, the key, the format chosen.
-type Remembered = (&'static str, Format, Arc<str>, Format);
+/// One remembered parse: route, the format `Accept` asked for, the key, the format chosen,
+/// and the accounts it reads (a stored hit is served only to a key that may read them all).
+type Remembered = (&'static str, Format, Arc<str>, Format, Accounts);
+
+/// Indexes of the accounts a query reads (see `Account::index`).
+pub type Accounts = Arc<[usize]>;
 
 impl KeyMemo {
     /// Query strings remembered at most.
@@ -361,19 +391,19 @@ impl KeyMemo {
     /// Longest query string remembered.
     const MAX_QUERY_LEN: usize = 512;
 
-    /// The response-cache key and the format that `raw` on `route`, with an `Accept` that
-    /// asked for `accept`, parsed to.
+    /// The response-cache key, the format and the accounts that `raw` on `route`, with an
+    /// `Accept` that asked for `accept`, parsed to.
     pub fn get(
         &self,
         route: &str,
         raw: Option<&str>,
         accept: Format,
-    ) -> Option<(Arc<str>, Format)> {
+    ) -> Option<(Arc<str>, Format, Accounts)> {
         let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
         map.get(raw.unwrap_or(""))?
             .iter()
-            .find(|(r, a, _, _)| *r == route && *a == accept)
-            .map(|(_, _, key, format)| (Arc::clone(key), *format))
+            .find(|(r, a, ..)| *r == route && *a == accept)
+            .map(|(_, _, key, format, accounts)| (Arc::clone(key), *format, Arc::clone(accounts)))
     }
 
     /// Remembers what [`KeyMemo::get`] answers, once `raw` parsed.
@@ -384,6 +414,7 @@ impl KeyMemo {
         accept: Format,
         key: &str,
         format: Format,
+        accounts: Accounts,
     ) {
         let raw = raw.unwrap_or("");
         if raw.len() > Self::MAX_QUERY_LEN || self.get(route, Some(raw), accept).is_some() {
@@ -394,8 +425,8 @@ impl KeyMemo {
             map.clear();
         }
         let entry = map.entry(raw.to_owned()).or_default();
-        if !entry.iter().any(|(r, a, _, _)| *r == route && *a == accept) {
-            entry.push((route, accept, key.into(), format));
+        if !entry.iter().any(|(r, a, ..)| *r == route && *a == accept) {
+            entry.push((route, accept, key.into(), format, accounts));
         }
     }
 }

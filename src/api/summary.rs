@@ -34,7 +34,7 @@ use crate::{
     error::{AppError, PROBLEM_JSON, Problem, problems},
     merge::merge_runs,
     outcome::{Assessment, CacheStatus, assess},
-    summary::{Dimension, GroupsJson, Metric, summarise, to_csv},
+    summary::{Dimension, GroupsJson, Metric, summarise, summarise_accounts, to_csv},
 };
 
 /// A parsed `GET /v1/interactions/summary`.
@@ -128,19 +128,37 @@ pub async fn get_summary(
         (&r.headers, r.query(), r.accept_format, r.refresh);
     // A query string that parsed before: its key without parsing again (see KeyMemo).
     if !refresh
-        && let Some((key, _)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && let Some((key, _, accounts)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && r.may_read_all(&state, &accounts)
         && let Some(hit) = state.responses.get(&key)
     {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
         return Ok(stored::reply(&state, &key, &hit, headers).await);
     }
     let q = parse_summary(raw, r.accept(), state.settings.max_range_days)?;
+    let accounts = state
+        .accounts
+        .resolve(&q.range.accounts, &r.caller.name, r.caller.admin)?;
+    // Whose records: one account's namespace, or the digest of the list of them.
+    let ns: [u8; 32] = match accounts.as_slice() {
+        [one] => *one.ns.digest(),
+        several => {
+            let mut e = KeyEncoder::default();
+            e.text("accounts");
+            e.int(several.len() as i64);
+            for a in several {
+                e.bytes(a.ns.digest());
+                e.text(&a.name);
+            }
+            e.finish()
+        }
+    };
     // A warm summary is stored bytes: no merge, no aggregation, no serialisation.
     // The stored answer's key: the range's digest, then each dimension, metric and the
     // format, length-prefixed.
     let key = {
         let mut e = KeyEncoder::default();
-        e.bytes(&q.range.key("summary").digest());
+        e.bytes(&q.range.key("summary", &ns).digest());
         let dims: Vec<String> = q.group_by.iter().map(|d| format!("{d:?}")).collect();
         let metrics: Vec<String> = q.metrics.iter().map(|m| format!("{m:?}")).collect();
         e.list(&dims);
@@ -148,9 +166,14 @@ pub async fn get_summary(
         e.text(q.format.as_str());
         hex(&e.finish())
     };
-    state
-        .query_keys
-        .remember(ROUTE, raw, accept_format, &key, Format::Json);
+    state.query_keys.remember(
+        ROUTE,
+        raw,
+        accept_format,
+        &key,
+        Format::Json,
+        accounts.iter().map(|a| a.index).collect(),
+    );
     if !refresh && let Some(hit) = state.responses.get(&key) {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
         return Ok(stored::reply(&state, &key, &hit, headers).await);
@@ -159,30 +182,63 @@ pub async fn get_summary(
     // The same planning and mapping of refusals as `/v1/interactions`, so both routes ask
     // for (and cache) the very same windows.
     let windows = plan_windows(&q.range)?;
-    let range = range_fetch(
-        &state,
-        &r.caller,
-        request_id,
-        q.range.filters.clone(),
-        headers,
-    );
-    // `Prefer: respond-async` on a range not already cached: 202 and a job.
-    if let Some(accepted) = crate::api::jobs::respond_async(
-        &state,
-        &r.caller,
-        headers,
-        "/v1/interactions/summary",
-        raw,
-        &windows,
-        &range,
-    )
-    .await?
-    {
-        return Ok(accepted);
+    let ranges: Vec<_> = accounts
+        .iter()
+        .map(|a| {
+            range_fetch(
+                &state,
+                a,
+                &r.caller,
+                Arc::clone(&request_id),
+                q.range.filters.clone(),
+                headers,
+            )
+        })
+        .collect();
+    // `Prefer: respond-async` on a range not already cached: 202 and a job per account
+    // that is not warm (the answer points at the last one started; every job's result is
+    // this summary).
+    let mut accepted = None;
+    for (a, range) in accounts.iter().zip(&ranges) {
+        if let Some(resp) = crate::api::jobs::respond_async(
+            &state,
+            a,
+            &r.caller,
+            headers,
+            "/v1/interactions/summary",
+            raw,
+            &windows,
+            range,
+        )
+        .await?
+        {
+            accepted = Some(resp);
+        }
     }
-    let outcomes = range.all(&windows).await?;
-    let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
-    let summary = summarise(&records, &q.range.tz, &q.group_by, &q.metrics);
+    if let Some(resp) = accepted {
+        return Ok(resp);
+    }
+    // Every account at once: each waits only for its own budget.
+    let per_account =
+        futures_util::future::try_join_all(ranges.iter().map(|r| r.all(&windows))).await?;
+    let summary = if accounts.len() == 1 && !q.group_by.contains(&Dimension::Account) {
+        let records = merge_runs(per_account[0].iter().map(|o| o.data.records.as_slice()));
+        summarise(&records, &q.range.tz, &q.group_by, &q.metrics)
+    } else {
+        let tagged: Vec<(&str, Vec<&crate::merge::Record>)> = accounts
+            .iter()
+            .zip(&per_account)
+            .map(|(a, outcomes)| {
+                (
+                    &*a.name,
+                    merge_runs(outcomes.iter().map(|o| o.data.records.as_slice())),
+                )
+            })
+            .collect();
+        summarise_accounts(&tagged, &q.range.tz, &q.group_by, &q.metrics)
+    };
+    let outcomes: Vec<crate::cache::WindowOutcome> =
+        per_account.iter().flatten().cloned().collect();
     let verdict = assess(&outcomes);
     let Assessment {
         complete,
@@ -285,7 +341,7 @@ pub async fn get_summary(
         .into_response();
     crate::api::stamp_cache_headers(
         &mut resp,
-        &verdict.cache_status(range.refresh(), storable),
+        &verdict.cache_status(ranges.iter().any(|r| r.refresh()), storable),
         verdict.age,
     );
     if let Some(v) = disposition {
@@ -373,10 +429,15 @@ pub struct SummaryParams {
     /// cache with `/v1/interactions`).
     #[param(style = Form, explode = false, min_items = 1, inline)]
     fields: Option<Vec<SelectedField>>,
+    /// The vendor accounts to summarise, comma-separated (names of the gateway's accounts);
+    /// several are counted together, or apart with `group_by=account`. Default: the
+    /// gateway's default account.
+    #[param(example = "default")]
+    account: Option<String>,
     /// Up to three of `day`, `hour`, `channel`, `queue`, `bot`, `agent`, `finalStatus`,
-    /// `smartStatus`, `direction`, `disposition`, comma-separated, each once. None: one
-    /// group for the whole range. `hour` buckets carry their offset, so a 25-hour day has 25;
-    /// `queue`, `agent` and `disposition` may put one record in several groups.
+    /// `smartStatus`, `direction`, `disposition`, `account`, comma-separated, each once. None:
+    /// one group for the whole range. `hour` buckets carry their offset, so a 25-hour day has
+    /// 25; `queue`, `agent` and `disposition` may put one record in several groups.
     #[param(example = "day,channel")]
     group_by: Option<String>,
     /// Any of `count`, `interactionDuration`, `firstResponseDuration`,

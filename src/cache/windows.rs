@@ -662,8 +662,12 @@ mod tests {
         }
     }
 
+    fn ns() -> Namespace {
+        Namespace::new("http://127.0.0.1:1", "acct-a", "/p")
+    }
+
     fn key(w: &Window) -> WindowKey {
-        WindowKey::new(w, &Arc::new(Filters::default()))
+        WindowKey::new(&ns(), w, &Arc::new(Filters::default()))
     }
 
     /// A fetch that counts its calls and fails when `fail` is set.
@@ -987,6 +991,7 @@ mod tests {
         };
         let key = |f| QueryKey {
             route: "interactions",
+            ns: &[0; 32],
             from: 0,
             to: 1,
             tz: "UTC",
@@ -1018,8 +1023,8 @@ mod tests {
         ) {
             let fa = Filters { channels: a.0, queues: a.1, bots: a.2, fields: a.3 };
             let fb = Filters { channels: b.0, queues: b.1, bots: b.2, fields: b.3 };
-            let ka = QueryKey { route: "interactions", from: bounds.0, to: 5, tz: &a.4, filters: &fa };
-            let kb = QueryKey { route: "interactions", from: bounds.1, to: 5, tz: &b.4, filters: &fb };
+            let ka = QueryKey { route: "interactions", ns: &[0; 32], from: bounds.0, to: 5, tz: &a.4, filters: &fa };
+            let kb = QueryKey { route: "interactions", ns: &[0; 32], from: bounds.1, to: 5, tz: &b.4, filters: &fb };
             let same = fa == fb && a.4 == b.4 && bounds.0 == bounds.1;
             proptest::prop_assert_eq!(ka.digest() == kb.digest(), same);
             let w = Window {
@@ -1027,8 +1032,8 @@ mod tests {
                 end: Timestamp::from_second(5).unwrap(),
                 offset_seconds: 0,
             };
-            let wa = WindowKey::new(&w, &Arc::new(fa.clone()));
-            let wb = WindowKey::new(&w, &Arc::new(fb.clone()));
+            let wa = WindowKey::new(&ns(), &w, &Arc::new(fa.clone()));
+            let wb = WindowKey::new(&ns(), &w, &Arc::new(fb.clone()));
             proptest::prop_assert_eq!(wa.digest() == wb.digest(), fa == fb);
         }
     }
@@ -1044,9 +1049,12 @@ mod tests {
             offset_seconds: 3600,
             ..w
         };
-        assert_ne!(key(&w), WindowKey::new(&w, &voice));
+        assert_ne!(key(&w), WindowKey::new(&ns(), &w, &voice));
         assert_ne!(key(&w), key(&other_offset));
-        assert_eq!(key(&w), WindowKey::new(&w, &Arc::new(Filters::default())));
+        assert_eq!(
+            key(&w),
+            WindowKey::new(&ns(), &w, &Arc::new(Filters::default()))
+        );
     }
 
     fn record(local: &str, id: &str, w: &Window) -> Record {
@@ -1130,7 +1138,7 @@ mod tests {
             channels: vec!["voice".into()],
             ..Default::default()
         });
-        assert!(!key(&w).contains(&WindowKey::new(&inner, &voice)));
+        assert!(!key(&w).contains(&WindowKey::new(&ns(), &inner, &voice)));
         let shifted = Window {
             offset_seconds: 3600,
             ..inner

@@ -27,11 +27,13 @@ pub enum Dimension {
     SmartStatus,
     Direction,
     Disposition,
+    /// The gateway account the record came from (a summary over several accounts).
+    Account,
 }
 
 impl Dimension {
     /// Every dimension, in documentation order.
-    pub const ALL: [Dimension; 10] = [
+    pub const ALL: [Dimension; 11] = [
         Dimension::Day,
         Dimension::Hour,
         Dimension::Channel,
@@ -42,6 +44,7 @@ impl Dimension {
         Dimension::SmartStatus,
         Dimension::Direction,
         Dimension::Disposition,
+        Dimension::Account,
     ];
 
     /// The name used in `group_by`, in JSON keys and in CSV headers.
@@ -57,6 +60,7 @@ impl Dimension {
             Dimension::SmartStatus => "smartStatus",
             Dimension::Direction => "direction",
             Dimension::Disposition => "disposition",
+            Dimension::Account => "account",
         }
     }
 

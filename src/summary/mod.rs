@@ -49,6 +49,6 @@ mod output;
 #[cfg(test)]
 mod testing;
 
-pub use aggregate::{Group, Stats, Summary, summarise};
+pub use aggregate::{Group, Stats, Summary, summarise, summarise_accounts};
 pub use dimensions::{Dimension, KeyPart, MAX_GROUP_BY, Metric};
 pub use output::{CSV_MISSING, GroupsJson, csv_header, to_csv};

@@ -1,7 +1,7 @@
 //! The on-disk cache tier (`CACHE_DIR`): windows survive restarts, deploys and crashes.
 //!
-//! One [redb](https://docs.rs/redb) file, `windows.redb`, holds each window under the digest
-//! of its typed key ([`WindowKey::digest`]), encoded as the Redis tier encodes it (JSON,
+//! One [redb](https://docs.rs/redb) file, `windows-v2.redb`, holds each window under the digest
+//! of its typed key ([`WindowKey::digest`], which names the account), encoded as the Redis tier encodes it (JSON,
 //! lz4-compressed) with its wall-clock fetch time, so freshness survives a restart. redb is
 //! transactional and copy-on-write: a write a killed process did not commit is simply not
 //! there, so a half-written window is never served.
@@ -12,7 +12,7 @@
 //!   that fails (disk full, read-only) turns the tier off with a warning in the log and in
 //!   `/readyz`, and the gateway goes on in memory.
 //! * A file that cannot be opened as a store (corrupt, truncated, another format) is set
-//!   aside as `windows.redb.corrupt-<unix seconds>` and a new one is started.
+//!   aside as `windows-v2.redb.corrupt-<unix seconds>` and a new one is started.
 //!
 //! All file work runs on Tokio's blocking pool.
 
@@ -27,7 +27,7 @@ use std::{
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::cache::{
+use super::{
     Tier, WindowData, WindowKey,
     tier::{decode_stored, encode_stored},
 };
@@ -36,7 +36,11 @@ const WINDOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("windows");
 /// Per window: fetch time (Unix ms) and stored size, so that opening the store reads a few
 /// bytes per window, not every window.
 const META: TableDefinition<&[u8], (i64, u64)> = TableDefinition::new("meta");
-const FILE: &str = "windows.redb";
+const FILE: &str = "windows-v2.redb";
+/// The store of the version before keys named their account ([`super::Namespace`]): its
+/// windows cannot say whose data they are, so it is never read; [`DiskTier::open`] sets it
+/// aside (renamed, not deleted) for an operator to remove.
+const UNKEYED_FILE: &str = "windows.redb";
 
 /// Counters for `/metrics` and `/v1/cache`.
 #[derive(Debug, Default)]
@@ -168,6 +172,16 @@ impl DiskTier {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {}", dir.display(), e.kind()))?;
+        let unkeyed = dir.join(UNKEYED_FILE);
+        if unkeyed.exists() {
+            let aside = dir.join(format!(
+                "{UNKEYED_FILE}.unkeyed-{}",
+                jiff::Timestamp::now().as_second()
+            ));
+            tracing::warn!(path = %unkeyed.display(), aside = %aside.display(), "a cache store of the previous version (its keys do not name the account) was set aside and will not be read; delete it when no longer wanted");
+            std::fs::rename(&unkeyed, &aside)
+                .map_err(|e| format!("cannot set aside {}: {}", unkeyed.display(), e.kind()))?;
+        }
         let path = dir.join(FILE);
         let db = match create(&path) {
             Ok(db) => db,
@@ -423,7 +437,11 @@ mod tests {
     }
 
     fn key(w: &Window) -> WindowKey {
-        WindowKey::new(w, &Arc::new(Filters::default()))
+        WindowKey::new(&ns(), w, &Arc::new(Filters::default()))
+    }
+
+    fn ns() -> crate::cache::Namespace {
+        crate::cache::Namespace::new("http://127.0.0.1:1", "acct-a", "/p")
     }
 
     fn raws(d: &WindowData) -> Vec<String> {
@@ -462,7 +480,9 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(
-            names.iter().any(|n| n.starts_with("windows.redb.corrupt-")),
+            names
+                .iter()
+                .any(|n| n.starts_with("windows-v2.redb.corrupt-")),
             "{names:?}"
         );
         let w = window(0);
