@@ -10,16 +10,20 @@
 //! ```
 //!
 //! * [`api`] authenticates the caller by API key, parses the query into typed values and
-//!   turns every failure into problem+json through [`error::AppError`].
+//!   turns every failure into problem+json through [`error::AppError`]; it chooses the
+//!   request's [`account`] once (its client, budget, cache namespace and cursor key) and
+//!   passes it down.
 //! * [`plan`] splits the range into windows of at most 7 days on a grid that depends only on
 //!   the time zone, never crossing a DST change.
 //! * [`fetch`] fans out over windows and pages, splitting windows that hold more than the
 //!   vendor lets one query reach (the vendor's counts are hints, the pages the evidence),
 //!   within the shared [`budget`] (callers, then revalidations, then refresh-ahead) and the
 //!   request's own call allowance; [`upstream`] is the vendor client (JWT, body, statuses).
-//! * [`cache`] holds the typed keys and answers repeats: windows in memory, then the tiers
-//!   below it behind one trait ([`cache::Tier`]: get / put / lock-for-fetch) — [`disk`]
-//!   (`CACHE_DIR`) on this machine, Redis ([`cluster::RedisTier`]) between replicas; it
+//! * [`cache`] holds the typed keys — every one names whose data it is
+//!   ([`cache::Namespace`]: the account's base URL, account id, vendor endpoint) — and
+//!   answers repeats: windows in memory, then the tiers below it behind one trait
+//!   ([`cache::Tier`]: get / put / lock-for-fetch) — [`cache::disk`] (`CACHE_DIR`) on this
+//!   machine, [`cache::redis`] between replicas; it
 //!   coalesces identical misses, serves stale while it revalidates, refreshes polled
 //!   windows ahead, and keeps stored answers with the forms [`encoding`] compressed once.
 //! * [`outcome`] judges an answer from its windows' outcomes (complete, stale, hit or miss,
@@ -30,12 +34,14 @@
 //! * [`jobs`] runs long ranges asked with `Prefer: respond-async`; [`ratelimit_headers`] and
 //!   [`telemetry`] make the budget and the work visible (traces, request ids); [`tls`]
 //!   installs the crypto provider of the HTTPS clients.
-//! * [`cluster`] shares the cache and the budget between replicas through Redis, when
-//!   `REDIS_URL` is set.
+//! * [`cluster`] is the replica's Redis connection, when `REDIS_URL` is set: each account's
+//!   shared budget log (behind [`budget::SharedLog`]) and the heartbeats; the cache's Redis
+//!   tier uses the same connection.
 //!
-//! Modules depend downwards only (`tests/structure.rs` fails on a cycle): `api` → `jobs` →
-//! `fetch` → `cache` → `plan`/`merge`/`upstream`; `cluster` and `disk` implement the cache's
-//! tier trait; `outcome`, `render` and `summary` read what `fetch` and `merge` produce.
+//! Modules depend downwards only (`tests/structure.rs` fails on a cycle): `api` → `account`,
+//! `jobs` → `fetch` → `cache` → `plan`/`merge`/`upstream`; `cache` → `cluster` →
+//! `budget` (the budget knows only its trait); `outcome`, `render` and `summary` read what
+//! `fetch` and `merge` produce.
 //!
 //! Beside this crate, in the same workspace: `crates/sim` (`kore-sim`), the upstream
 //! simulator the tests, the benchmarks and `--demo` run against — in the binary only with
