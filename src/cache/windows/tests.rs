@@ -719,10 +719,18 @@ async fn a_window_of_one_namespace_is_never_a_hit_for_another() {
         .unwrap();
     assert_eq!(o.source, Source::Miss);
     let o = cache
-        .get_or_fetch(k_other.clone(), false, fetcher(w, Arc::clone(&count), false))
+        .get_or_fetch(
+            k_other.clone(),
+            false,
+            fetcher(w, Arc::clone(&count), false),
+        )
         .await
         .unwrap();
-    assert_eq!(o.source, Source::Miss, "another account's copy is not a hit");
+    assert_eq!(
+        o.source,
+        Source::Miss,
+        "another account's copy is not a hit"
+    );
     assert_eq!(count.load(Ordering::SeqCst), 2);
     for k in [key(&w), k_other] {
         let o = cache
