@@ -49,6 +49,24 @@ pub enum AppError {
     /// The shared upstream budget cannot serve the call within KORE_MAX_WAIT.
     #[error("upstream budget exhausted")]
     BudgetExhausted { retry_after: Duration },
+    /// The range needs more calls than the account's budget serves within KORE_MAX_WAIT:
+    /// said before any is spent.
+    #[error("the request needs about {calls} upstream calls, about {seconds} s of the budget")]
+    TooLongToWait {
+        /// Upstream calls the range is expected to need (at least, when not `informed`).
+        calls: u64,
+        /// Whether `calls` comes from the account's known volume (else it is a floor: one
+        /// first page per window not cached).
+        informed: bool,
+        /// Seconds the budget needs to serve them now.
+        seconds: u64,
+        /// KORE_MAX_WAIT, in seconds.
+        max_wait: u64,
+        /// Whether even an idle budget could serve them within KORE_MAX_WAIT (else only a
+        /// job, or a shorter range, gets the answer).
+        servable_later: bool,
+        retry_after: Duration,
+    },
     /// The upstream failed after retries.
     #[error("the request needs about {estimate} upstream calls, more than the {limit} allowed")]
     TooMuchWork {
@@ -92,6 +110,15 @@ pub struct Problem<'a> {
     /// The parameter at fault, for 400s.
     #[serde(skip_serializing_if = "Option::is_none")]
     param: Option<&'a str>,
+    /// For a range refused before any call: the upstream calls it is expected to need.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estimated_calls: Option<u64>,
+    /// For a range refused before any call: the seconds the budget needs to serve it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    estimated_seconds: Option<u64>,
+    /// For a range refused before any call: KORE_MAX_WAIT, the longest a request waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_wait_seconds: Option<u64>,
 }
 
 impl AppError {
@@ -106,9 +133,9 @@ impl AppError {
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::KeyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::BudgetExhausted { .. } | AppError::TooMuchWork { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AppError::BudgetExhausted { .. }
+            | AppError::TooMuchWork { .. }
+            | AppError::TooLongToWait { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Upstream(_) => StatusCode::BAD_GATEWAY,
             AppError::UpstreamTimeout | AppError::RequestTimeout => StatusCode::GATEWAY_TIMEOUT,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,6 +164,10 @@ impl AppError {
             AppError::TooMuchWork { .. } => (
                 "/problems/too-much-work",
                 "Request needs more upstream calls than allowed",
+            ),
+            AppError::TooLongToWait { .. } => (
+                "/problems/too-long-to-wait",
+                "Request cannot be served within KORE_MAX_WAIT",
             ),
             AppError::Upstream(_) => ("/problems/upstream-failed", "Upstream failed"),
             AppError::UpstreamTimeout => ("/problems/upstream-timeout", "Upstream timed out"),
@@ -210,6 +241,25 @@ impl IntoResponse for AppError {
                 ),
                 None,
             ),
+            AppError::TooLongToWait {
+                calls,
+                informed,
+                seconds,
+                max_wait,
+                servable_later,
+                retry_after,
+            } => (
+                format!(
+                    "this range needs {} {calls} upstream calls, which the account's budget serves in about {seconds} s, longer than the {max_wait} s a request may wait (KORE_MAX_WAIT); no call was made. Send `Prefer: respond-async` to run it as a job (202, then poll its Location), or ask for a shorter range{}",
+                    if *informed { "about" } else { "at least" },
+                    if *servable_later {
+                        format!(", or retry in {} s", retry_after_secs(*retry_after))
+                    } else {
+                        String::new()
+                    }
+                ),
+                None,
+            ),
             AppError::Upstream(_) => (
                 "the upstream API failed after retries; nothing partial was returned".into(),
                 None,
@@ -224,12 +274,24 @@ impl IntoResponse for AppError {
         if status.is_server_error() {
             tracing::warn!(error = %self, status = status.as_u16(), "request failed");
         }
+        let estimate = match &self {
+            AppError::TooLongToWait {
+                calls,
+                seconds,
+                max_wait,
+                ..
+            } => Some((*calls, *seconds, *max_wait)),
+            _ => None,
+        };
         let body = serde_json::to_vec(&Problem {
             kind,
             title,
             status: status.as_u16(),
             detail,
             param,
+            estimated_calls: estimate.map(|e| e.0),
+            estimated_seconds: estimate.map(|e| e.1),
+            max_wait_seconds: estimate.map(|e| e.2),
         })
         .unwrap_or_else(|_| b"{}".to_vec());
         let mut resp = (status, body).into_response();
@@ -237,7 +299,8 @@ impl IntoResponse for AppError {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let AppError::KeyRateLimited { retry_after }
         | AppError::BudgetExhausted { retry_after }
-        | AppError::TooMuchWork { retry_after, .. } = &self
+        | AppError::TooMuchWork { retry_after, .. }
+        | AppError::TooLongToWait { retry_after, .. } = &self
         {
             resp.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -359,7 +422,7 @@ pub mod problems {
                 AppError::BudgetExhausted {
                     retry_after: Duration::ZERO,
                 },
-                "Upstream budget exhausted, or the request needs more upstream calls than MAX_CALLS_PER_REQUEST (the detail names the estimate; what was fetched stays cached)",
+                "Upstream budget exhausted, the range needs more of the budget than KORE_MAX_WAIT allows (said before any call: `estimated_calls`, `estimated_seconds`, `max_wait_seconds`; `Prefer: respond-async` makes it a job), or the request needs more upstream calls than MAX_CALLS_PER_REQUEST (the detail names the estimate; what was fetched stays cached)",
                 true,
             )
         }

@@ -14,6 +14,19 @@
 //! bounds both the rate and the concurrency, fairly across callers. Transient failures are
 //! retried with exponential backoff and jitter, honouring `Retry-After`; a refused token is
 //! re-minted once; a bad request is not retried.
+//!
+//! How long a call may wait for its permit is the work's [`Patience`]: a request's waits all
+//! end `KORE_MAX_WAIT` after it started (its whole wait, not each call's); once a window's
+//! first page is in, the rest of it is paid-for work that goes on however long the budget
+//! takes, even if the request that started it has answered, so what it fetched is cached
+//! whole; a job waits as long as the budget needs; background revalidations wait up to
+//! `KORE_MAX_WAIT` per call. The [`Drain`] shortens them all at shutdown. Every first page
+//! also teaches the account's [`Volume`], from which [`RangeFetch::estimate`] tells what a
+//! range will cost before it is fetched.
+
+mod volume;
+
+pub use self::volume::Volume;
 
 use std::{
     sync::{
@@ -34,6 +47,7 @@ use crate::{
     cache::{
         Namespace, Purpose, Refetch, Source, WindowCache, WindowData, WindowKey, WindowOutcome,
     },
+    drain::{Drain, Patience},
     merge::{Record, cross_check, dedupe_and_sort},
     plan::Window,
     upstream::{Filters, MAX_PAGE, MAX_REACH, PAGE_LIMIT, Page, UpstreamClient, UpstreamError},
@@ -63,6 +77,22 @@ pub struct CallContext {
     pub allowance: Arc<Allowance>,
     /// Where its calls stand in the shared budget's queue.
     pub priority: Priority,
+    /// How long its calls may wait for budget.
+    pub patience: Patience,
+}
+
+impl CallContext {
+    /// The same work once a window's first page is in: a request's deadline no longer
+    /// applies — the rest of the window is paid-for work, finished however long the budget
+    /// takes (cut only by the drain), so that no call made for it is wasted and the retry
+    /// finds it cached.
+    fn paid_for(&self) -> CallContext {
+        let mut c = self.clone();
+        if matches!(c.patience, Patience::Request { .. }) {
+            c.patience = Patience::Unbounded;
+        }
+        c
+    }
 }
 
 /// One account's upstream client, budget and retry policy, shared by every fetch task.
@@ -76,6 +106,10 @@ pub struct Fetcher {
     account: Arc<str>,
     /// Unix seconds of the last successful upstream answer (0: none yet), for `/readyz`.
     last_ok: AtomicI64,
+    /// What the account's traffic looks like (records per second by filters).
+    volume: Volume,
+    /// The process's shutdown signal: it cuts every wait short.
+    drain: Drain,
 }
 
 impl Fetcher {
@@ -85,6 +119,7 @@ impl Fetcher {
         retries: u32,
         max_wait: Duration,
         account: Arc<str>,
+        drain: Drain,
     ) -> Self {
         Fetcher {
             client,
@@ -93,6 +128,34 @@ impl Fetcher {
             max_wait,
             account,
             last_ok: AtomicI64::new(0),
+            volume: Volume::default(),
+            drain,
+        }
+    }
+
+    /// KORE_MAX_WAIT: a request's whole wait for budget.
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// The account's learnt volume.
+    pub fn volume(&self) -> &Volume {
+        &self.volume
+    }
+
+    /// The shutdown signal this account's waits watch.
+    pub fn drain(&self) -> &Drain {
+        &self.drain
+    }
+
+    /// When asking again makes sense after a wait was cut short: soon during a drain (the
+    /// retry lands on another replica, or this one restarted), else when the budget's queue
+    /// should have drained.
+    fn retry_after(&self) -> Duration {
+        if self.drain.is_draining() {
+            Duration::from_secs(2)
+        } else {
+            self.budget.queue_drain_time()
         }
     }
 
@@ -120,24 +183,27 @@ impl Fetcher {
         &self.client
     }
 
-    /// Takes a budget permit for one call of `ctx`'s caller.
+    /// Takes a budget permit for one call of `ctx`'s caller, waiting no longer than its
+    /// patience allows (see [`Patience`]; the drain may cut it shorter).
     ///
     /// # Errors
-    /// [`UpstreamError::Budget`] when none is granted within KORE_MAX_WAIT.
+    /// [`UpstreamError::Budget`] when none is granted in time.
     pub async fn permit(
         &self,
         ctx: &CallContext,
     ) -> Result<crate::budget::CallPermit, UpstreamError> {
-        self.budget
-            .acquire_as(&ctx.caller, ctx.priority)
-            .await
-            .map_err(|e| {
-                metrics::counter!("gateway_budget_exhausted_total", "account" => self.account_label())
-                    .increment(1);
-                UpstreamError::Budget {
-                    retry_after: e.retry_after,
-                }
-            })
+        let granted = tokio::select! {
+            biased;
+            p = self.budget.acquire_until(&ctx.caller, ctx.priority, None) => p.ok(),
+            () = self.drain.expired(ctx.patience, self.max_wait) => None,
+        };
+        granted.ok_or_else(|| {
+            metrics::counter!("gateway_budget_exhausted_total", "account" => self.account_label())
+                .increment(1);
+            UpstreamError::Budget {
+                retry_after: self.retry_after(),
+            }
+        })
     }
 
     /// One page, with budget, retries and token re-minting.
@@ -172,7 +238,7 @@ impl Fetcher {
                 .await;
             drop(permit);
             calls.fetch_add(1, Ordering::Relaxed);
-            ctx.allowance.completed.fetch_add(1, Ordering::Relaxed);
+            ctx.allowance.complete_one();
             let outcome = match &result {
                 Ok(_) => "ok",
                 Err(e) => e.label(),
@@ -208,6 +274,16 @@ impl Fetcher {
                         });
                     }
                     let pause = backoff(attempt).max(hinted.unwrap_or(Duration::ZERO));
+                    if self
+                        .drain
+                        .deadline(ctx.patience, self.max_wait)
+                        .is_some_and(|d| tokio::time::Instant::now() + pause > d)
+                    {
+                        // The pause would outlast this work's patience.
+                        return Err(UpstreamError::Budget {
+                            retry_after: pause.max(self.retry_after()),
+                        });
+                    }
                     attempt += 1;
                     metrics::counter!("gateway_upstream_retries_total", "account" => self.account_label())
                         .increment(1);
@@ -236,6 +312,7 @@ impl Fetcher {
             request_id: crate::telemetry::new_request_id().into(),
             allowance: Arc::new(Allowance::unlimited()),
             priority: Priority::Caller,
+            patience: Patience::PerCall,
         };
         let calls = AtomicU32::new(0);
         self.call(&window, &Filters::default(), 0, &ctx, &calls)
@@ -252,21 +329,35 @@ impl Fetcher {
     /// the eleventh page says it overflows; a cut makes at most [`MAX_PARTS_PER_CUT`] parts,
     /// and a part of [`MIN_PART_SECONDS`] or less is never cut again. Any disagreement
     /// between count and pages is a warning (so `complete: false`), never another call.
+    ///
+    /// The first page of a whole window (not of a part: its window was counted) teaches the
+    /// account's [`Volume`]; the calls after it are paid-for work (see [`CallContext`]).
     async fn fetch_part(
         &self,
         window: Window,
         filters: &Filters,
         ctx: &CallContext,
         calls: &AtomicU32,
+        whole: bool,
     ) -> Result<Fetched, UpstreamError> {
         let limit = PAGE_LIMIT as usize;
         let first = self.call(&window, filters, 0, ctx, calls).await?;
+        let ctx = &ctx.paid_for();
         let reported = first.num_results;
         let hint = reported.unwrap_or(0);
         let cuttable = window.len_seconds() > MIN_PART_SECONDS;
         // Pages by index, as far as fetched.
         let mut pages: Vec<Option<Page>> = (0..=MAX_PAGE).map(|_| None).collect();
         let first_full = first.data.len() >= limit;
+        if whole {
+            // A short page is the exact count; a full one leaves the count as the hint.
+            let seen = if first_full {
+                hint.max(first.data.len() as u64)
+            } else {
+                first.data.len() as u64
+            };
+            self.volume.observe(filters, window.len_seconds(), seen);
+        }
         pages[0] = Some(first);
         // How many pages to ask for at once next: what the count promises when it is
         // believable, one otherwise (then doubling), so a wrong count costs few calls.
@@ -406,6 +497,9 @@ pub struct Allowance {
     /// How long the shared budget takes to serve `limit` calls: when a retry of a request
     /// that ran out can expect to go on (what it fetched stays cached).
     refill: Duration,
+    /// The request's allowance, when this is one window's share of it (a job keeps a ledger
+    /// per window): calls are taken from it, and counted in it too.
+    parent: Option<Arc<Allowance>>,
 }
 
 impl Allowance {
@@ -424,6 +518,16 @@ impl Allowance {
             announced: AtomicU64::new(0),
             credit: AtomicU64::new(0),
             refill,
+            parent: None,
+        }
+    }
+
+    /// One window's share of `parent`: its own ledger (calls completed and announced for
+    /// that window alone), calls taken from and counted in `parent` too.
+    pub fn child(parent: &Arc<Allowance>) -> Self {
+        Allowance {
+            parent: Some(Arc::clone(parent)),
+            ..Allowance::again(u32::MAX, parent.refill)
         }
     }
 
@@ -436,6 +540,7 @@ impl Allowance {
             announced: AtomicU64::new(0),
             credit: AtomicU64::new(0),
             refill: Duration::ZERO,
+            parent: None,
         }
     }
 
@@ -445,7 +550,15 @@ impl Allowance {
     }
 
     pub fn limit(&self) -> u32 {
-        self.limit
+        self.parent.as_ref().map_or(self.limit, |p| p.limit())
+    }
+
+    /// Counts one call completed (answered or failed), here and in the parent.
+    fn complete_one(&self) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.complete_one();
+        }
     }
 
     /// Upstream calls of this request that have completed (answered or failed).
@@ -484,15 +597,23 @@ impl Allowance {
             });
         self.announced.fetch_add(calls - covered, Ordering::Relaxed);
         self.credit.fetch_add(credit, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            // The parent's count is the sum of its windows' (their credits stay their own).
+            p.announced.fetch_add(calls - covered, Ordering::Relaxed);
+        }
     }
 
     /// Calls still allowed.
     pub fn left(&self) -> u32 {
-        self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
+        let own = self.limit.saturating_sub(self.used.load(Ordering::Relaxed));
+        self.parent.as_ref().map_or(own, |p| own.min(p.left()))
     }
 
     /// Takes one call, or says the request has spent its allowance.
     fn take(&self) -> Result<(), UpstreamError> {
+        if let Some(p) = &self.parent {
+            p.take()?;
+        }
         let before = self.used.fetch_add(1, Ordering::Relaxed);
         if before < self.limit {
             Ok(())
@@ -528,6 +649,20 @@ pub struct RangeFetch {
     ctx: CallContext,
     /// Skip fresh cached copies (admin `Cache-Control: no-cache`).
     refresh: bool,
+    /// Fetching the parts of a cut window (whose own first page already taught the volume).
+    part: bool,
+}
+
+/// What a range is expected to cost before any of it is fetched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RangeEstimate {
+    /// Windows not held fresh in any tier.
+    pub cold_windows: u32,
+    /// Upstream calls they are expected to need (at least one each).
+    pub calls: u64,
+    /// Whether the account's volume for these filters is known well enough (else `calls`
+    /// counts one first page per cold window: a floor, not an estimate).
+    pub informed: bool,
 }
 
 impl RangeFetch {
@@ -546,6 +681,8 @@ impl RangeFetch {
         allowance: Allowance,
         refresh: bool,
     ) -> Self {
+        // A request's whole wait for budget is bounded from the moment it starts.
+        let until = tokio::time::Instant::now() + fetcher.max_wait;
         RangeFetch {
             fetcher,
             cache,
@@ -556,20 +693,89 @@ impl RangeFetch {
                 request_id,
                 allowance: Arc::new(allowance),
                 priority: Priority::Caller,
+                patience: Patience::Request { until },
             },
             refresh,
+            part: false,
         }
     }
 
-    /// Every one of `windows` has a fresh copy in the cache.
+    /// This range as a job's: its calls wait as long as the budget needs (no request is
+    /// held open), until cancelled or drained.
+    pub fn for_job(mut self) -> Self {
+        self.ctx.patience = Patience::Unbounded;
+        self
+    }
+
+    /// This range spending through `allowance` (one window's share of the request's: see
+    /// [`Allowance::child`]).
+    pub fn with_allowance(&self, allowance: Arc<Allowance>) -> Self {
+        let mut this = self.clone();
+        this.ctx.allowance = allowance;
+        this
+    }
+
+    /// How long its calls may wait for budget.
+    pub fn patience(&self) -> Patience {
+        self.ctx.patience
+    }
+
+    /// The filters its windows are fetched with.
+    pub fn filters(&self) -> &Filters {
+        &self.filters
+    }
+
+    /// The namespace of its windows (whose data).
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// Every one of `windows` is held fresh in some tier (memory, disk or Redis; a copy
+    /// found below memory is brought up, so the answer that follows reads memory).
     pub async fn all_fresh(&self, windows: &[Window]) -> bool {
         for w in windows {
             let key = WindowKey::new(&self.ns, w, &self.filters);
-            if self.cache.get_fresh(&key).await.is_none() {
+            if !self.cache.fresh_anywhere(&key).await {
                 return false;
             }
         }
         true
+    }
+
+    /// Upstream calls `window` is expected to need if it is not cached: from the account's
+    /// volume for these filters, or `None` when nothing is known of it yet.
+    pub fn expected_calls(&self, window: &Window) -> Option<u64> {
+        let now = jiff::Timestamp::now().as_second();
+        self.fetcher
+            .volume
+            .expected_calls(&self.filters, window, now)
+    }
+
+    /// What `windows` are expected to cost: nothing for the ones held fresh in any tier, the
+    /// account's volume for the others once it is known well enough to refuse on (one first
+    /// page each until then: a floor). With `look` false the tiers are not asked (every
+    /// window counts as cold: the most it can cost).
+    pub async fn estimate(&self, windows: &[Window], look: bool) -> RangeEstimate {
+        let volume = &self.fetcher.volume;
+        let now = jiff::Timestamp::now().as_second();
+        let mut e = RangeEstimate {
+            informed: volume.per_second_confident(&self.filters).is_some(),
+            ..RangeEstimate::default()
+        };
+        for w in windows {
+            if look && !self.refresh {
+                let key = WindowKey::new(&self.ns, w, &self.filters);
+                if self.cache.fresh_anywhere(&key).await {
+                    continue;
+                }
+            }
+            e.cold_windows += 1;
+            e.calls += volume
+                .expected_calls_confident(&self.filters, w, now)
+                .unwrap_or(1)
+                .max(1);
+        }
+        e
     }
 
     /// The account's fetcher (its budget, for a job's ETA).
@@ -587,11 +793,29 @@ impl RangeFetch {
         &self.ctx.allowance
     }
 
-    /// One window through the cache.
+    /// One window through the cache. A request stops waiting for it at its deadline (the
+    /// fetch goes on in the cache's own task: a window whose first page is in is finished
+    /// and cached for the retry).
     ///
     /// # Errors
-    /// Upstream failure with no stale copy to stand in.
+    /// Upstream failure with no stale copy to stand in; [`UpstreamError::Budget`] when a
+    /// request's deadline passed first.
     pub async fn window(&self, window: Window) -> Result<WindowOutcome, UpstreamError> {
+        match self.ctx.patience {
+            Patience::Request { .. } => {
+                tokio::select! {
+                    biased;
+                    o = self.window_through_cache(window) => o,
+                    () = self.fetcher.drain.expired(self.ctx.patience, self.fetcher.max_wait) => {
+                        Err(UpstreamError::Budget { retry_after: self.fetcher.retry_after() })
+                    }
+                }
+            }
+            Patience::PerCall | Patience::Unbounded => self.window_through_cache(window).await,
+        }
+    }
+
+    async fn window_through_cache(&self, window: Window) -> Result<WindowOutcome, UpstreamError> {
         let key = WindowKey::new(&self.ns, &window, &self.filters);
         let this = self.clone();
         let refetch: Refetch =
@@ -639,6 +863,7 @@ impl RangeFetch {
             request_id: Arc::clone(&self.ctx.request_id),
             allowance: Arc::new(Allowance::again(limit, self.ctx.allowance.refill())),
             priority,
+            patience: Patience::PerCall,
         };
         this.refresh = true;
         this
@@ -658,13 +883,20 @@ impl RangeFetch {
             let calls = AtomicU32::new(0);
             let fetched = self
                 .fetcher
-                .fetch_part(window, &self.filters, &self.ctx, &calls)
+                .fetch_part(window, &self.filters, &self.ctx, &calls, !self.part)
                 .await?;
             let mut calls = calls.load(Ordering::Relaxed);
             let (mut records, warnings) = match fetched {
                 Fetched::Part(p) => (p.records, p.warnings),
                 Fetched::Cut(parts) => {
-                    let outcomes = try_join_all(parts.into_iter().map(|p| self.window(p))).await?;
+                    // The window's first page is in: its parts are paid-for work.
+                    let parts_fetch = RangeFetch {
+                        ctx: self.ctx.paid_for(),
+                        part: true,
+                        ..self.clone()
+                    };
+                    let outcomes =
+                        try_join_all(parts.into_iter().map(|p| parts_fetch.window(p))).await?;
                     let mut records = Vec::new();
                     let mut warnings = Vec::new();
                     for o in outcomes {

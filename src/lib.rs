@@ -56,6 +56,7 @@ pub mod budget;
 pub mod cache;
 pub mod cluster;
 pub mod config;
+pub mod drain;
 pub mod encoding;
 pub mod error;
 pub mod fetch;
@@ -108,6 +109,8 @@ pub struct App {
     pub redis: Option<Arc<cache::redis::RedisTier>>,
     /// `Prefer: respond-async` jobs.
     pub jobs: jobs::Jobs,
+    /// The shutdown signal (SHUTDOWN_GRACE): every wait for budget and every job watch it.
+    pub drain: drain::Drain,
     /// Response-cache keys of data query strings already parsed.
     pub query_keys: api::query::KeyMemo,
     /// `RateLimit-Policy` values (fixed by the configuration).
@@ -159,6 +162,8 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         Some(url) => Some(Cluster::new(url, settings.replicas)?),
         None => None,
     };
+    // One shutdown signal for every wait of every account, and for the jobs.
+    let drain = drain::Drain::default();
     let mut built: Vec<Arc<Account>> = Vec::with_capacity(settings.accounts.len());
     for (index, a) in settings.accounts.iter().enumerate() {
         let client =
@@ -185,6 +190,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
             a.upstream.retries,
             settings.budget.max_wait,
             Arc::clone(&a.name),
+            drain.clone(),
         ));
         let cursor_key = {
             use secrecy::ExposeSecret;
@@ -240,7 +246,24 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         key_limiter.as_ref().map(KeyLimiter::rate),
         accounts.all().iter().map(|a| a.rate),
     );
-    let settings_job_ttl = settings.job_ttl;
+    let jobs = jobs::Jobs::new(jobs::JobsConfig {
+        ttl: settings.job_ttl,
+        store: jobs::store_for(
+            cluster.as_ref(),
+            settings.disk.as_ref().map(|d| d.dir.as_path()),
+            accounts
+                .all()
+                .iter()
+                .map(|a| a.ns.label().to_owned())
+                .collect(),
+            settings.job_ttl,
+        ),
+        accounts: accounts.all().to_vec(),
+        windows: Arc::clone(&windows),
+        max_calls_per_request: settings.budget.max_calls_per_request,
+        drain: drain.clone(),
+    });
+    jobs.spawn_background();
     Ok(AppState(Arc::new(App {
         settings,
         accounts,
@@ -254,7 +277,8 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         cluster,
         disk,
         redis,
-        jobs: jobs::Jobs::new(settings_job_ttl),
+        jobs,
+        drain,
         query_keys: api::query::KeyMemo::default(),
         ratelimit_policy,
     })))

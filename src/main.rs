@@ -1,4 +1,5 @@
-//! The binary: read the configuration, start logging, build the app, serve until SIGTERM.
+//! The binary: read the configuration, start logging, build the app, serve until SIGTERM,
+//! then drain within SHUTDOWN_GRACE.
 
 use std::process::ExitCode;
 
@@ -81,6 +82,9 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     };
+    // Whatever is still running (a blocking write, a cut-off connection) gets a moment,
+    // not the power to hold the process past its grace.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(300));
     if let Some(t) = &telemetry {
         t.flush();
     }
@@ -147,6 +151,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         None => Vec::new(),
     };
     let listen = settings.listen;
+    let grace = settings.shutdown_grace;
     let state = kore_gateway::build(settings)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -157,13 +162,70 @@ async fn run(cli: Cli) -> Result<(), String> {
         demo::print_banner(local, demo, &demo_keys, &state);
     }
     tracing::info!(%local, "kore-gateway listening");
-    axum::serve(listener, kore_gateway::app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let serve = axum::serve(listener, kore_gateway::app(state.clone()))
+        .with_graceful_shutdown(stopped(stopping.clone()))
+        .into_future();
+    tokio::pin!(serve);
+    tokio::select! {
+        r = &mut serve => return r.map_err(|e| e.to_string()),
+        () = stopped(stopping) => {}
+    }
+    drain(&state, grace, serve).await
 }
 
-/// Resolves on SIGINT or SIGTERM; in-flight requests then finish before the process exits.
+/// The drain after SIGTERM, bounded by `grace`: no new connection is accepted; requests
+/// waiting for budget are answered 503 (`Retry-After`) by half the grace, calls in flight
+/// complete, streams whose status went out go on; jobs stop waiting at once and are recorded
+/// resumable (CACHE_DIR or Redis: another replica, or this one restarted, goes on). Whatever
+/// still runs when the grace is nearly over is cut off, and the process exits within it.
+async fn drain(
+    state: &kore_gateway::AppState,
+    grace: std::time::Duration,
+    serve: std::pin::Pin<&mut impl std::future::Future<Output = std::io::Result<()>>>,
+) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    // Kept for the last steps: recording the jobs still running, the runtime's teardown.
+    let margin = (grace / 10).min(std::time::Duration::from_secs(2));
+    tracing::info!(
+        grace_seconds = grace.as_secs_f64(),
+        jobs = state.jobs.active(),
+        "shutting down: draining requests and jobs"
+    );
+    state.drain.start(grace);
+    let settled = async {
+        let (served, ()) = tokio::join!(serve, state.jobs.settled());
+        served
+    };
+    let outcome = tokio::time::timeout_at(started + grace.saturating_sub(margin), settled).await;
+    let left = state.jobs.active();
+    let _ = tokio::time::timeout(margin / 2, state.jobs.release_all()).await;
+    match outcome {
+        Ok(served) => {
+            tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                "drained; exiting"
+            );
+            served.map_err(|e| e.to_string())
+        }
+        Err(_) => {
+            tracing::warn!(
+                jobs_released = left,
+                "SHUTDOWN_GRACE is over: connections still open are closed, jobs left resumable"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -183,7 +245,6 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = term => {},
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 /// `--demo` and `--simulator`: the built-in upstream simulator (crates/sim).

@@ -393,3 +393,181 @@ async fn jobs_are_bounded_per_key_and_forgotten_after_job_ttl() {
     }
     h.finish();
 }
+
+/// Issue 21 point 10: the ETA a 202 gives for a cold 92-day job, against how long it really
+/// takes — first with nothing known of the account's volume (a fresh gateway: the job
+/// probes its first window), then for another quarter once the first taught the volume.
+#[tokio::test]
+async fn the_first_eta_of_a_cold_quarter_is_honest() {
+    let h = Harness::start(scaled(10)).await;
+    for (what, path) in [
+        (
+            "nothing known",
+            "/v1/interactions?from=2024-01-01&to=2024-04-01&limit=10000",
+        ),
+        (
+            "volume known",
+            "/v1/interactions?from=2024-05-01&to=2024-07-31&limit=10000",
+        ),
+    ] {
+        let asked = Instant::now();
+        let resp = prefer_async(&h, path, KEY).await;
+        let answered = asked.elapsed();
+        assert_eq!(resp.status(), 202);
+        // The probe (first pages) is brief: the 202 still comes at once.
+        assert!(answered < Duration::from_secs(3), "202 took {answered:?}");
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let first: Value = resp.json().await.unwrap();
+        let eta = first["eta_seconds"].as_u64().expect("eta");
+        let done = follow(&h, &location, KEY, Duration::from_secs(180)).await;
+        assert_eq!(done["state"], "done", "{done}");
+        let real = asked.elapsed().as_secs_f64();
+        let error = (eta as f64 - real).abs() / real;
+        println!(
+            "first ETA ({what}): {eta} s at the 202 (answered in {answered:?}), really {real:.1} s ({} calls): error {:.0} %",
+            progress(&done, "calls_done"),
+            error * 100.0
+        );
+        assert!(error <= 0.30, "{what}: ETA {eta} s, really {real:.1} s");
+    }
+    h.finish();
+}
+
+/// Waits until the simulator has seen no new call for a second (work going on in the
+/// background has ended).
+async fn quiet(h: &Harness) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = h.calls();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = h.calls();
+        if now == last {
+            return;
+        }
+        assert!(Instant::now() < deadline, "calls never stopped");
+        last = now;
+    }
+}
+
+/// Pages the simulator was asked for more than once (window bounds, offset, page).
+fn pages_asked_twice(h: &Harness) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    h.sim
+        .calls()
+        .iter()
+        .filter(|c| c.status == 200)
+        .filter(|c| !seen.insert((c.start_utc, c.end_utc, c.offset_minutes, c.page)))
+        .count()
+}
+
+/// Issue 21 point 1: KORE_MAX_WAIT bounds a request's whole wait for budget. A range the
+/// account's budget cannot serve within it is told so before it spends; one that starts (too
+/// little was known to tell) and runs out of time ends within the wait plus one call, and
+/// what it fetched stays cached.
+#[tokio::test]
+async fn a_range_the_budget_cannot_serve_in_time_is_told_so_before_it_spends() {
+    // Ten calls a second and a 2 s wait: about 30 calls fit; a cold quarter needs ~200.
+    let max_wait = Duration::from_secs(2);
+    let h = Harness::start(Opts {
+        max_wait,
+        ..scaled(10)
+    })
+    .await;
+
+    // Nothing known of the volume yet: what is certain (one first page per window) fits, so
+    // the request starts — and runs out of time.
+    let started = Instant::now();
+    let resp = h
+        .get("/v1/interactions?from=2024-01-01&to=2024-04-01&limit=10000")
+        .await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/budget-exhausted", "{problem}");
+    // The promise is a time bound: the wait plus one call (10 ms here), with room to spare.
+    println!(
+        "a cold quarter that ran out of time answered 503 after {took:?} (KORE_MAX_WAIT {max_wait:?})"
+    );
+    assert!(took < max_wait + Duration::from_secs(1), "{took:?}");
+    // What it fetched stays cached: every window whose first page was in is finished in the
+    // background, so the retry asks for nothing twice.
+    quiet(&h).await;
+    let spent = h.calls();
+    let retry = prefer_async(
+        &h,
+        "/v1/interactions?from=2024-01-01&to=2024-04-01&limit=10000",
+        KEY,
+    )
+    .await;
+    if retry.status() == 202 {
+        let location = retry.headers()["location"].to_str().unwrap().to_owned();
+        let done = follow(&h, &location, KEY, Duration::from_secs(120)).await;
+        assert_eq!(done["state"], "done", "{done}");
+    } else {
+        assert_eq!(retry.status(), 200);
+    }
+    assert_eq!(
+        pages_asked_twice(&h),
+        0,
+        "a page fetched before was asked again"
+    );
+    println!(
+        "the overrun request's calls: {spent}; its retry's: {}",
+        h.calls() - spent
+    );
+
+    // Now the account's volume is known: another cold quarter is refused at once, before a
+    // single call, with the estimate and the way out.
+    let before = h.calls();
+    let started = Instant::now();
+    let resp = h
+        .get("/v1/interactions?from=2024-05-01&to=2024-07-31&limit=10000")
+        .await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 503);
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/too-long-to-wait", "{problem}");
+    let calls = problem["estimated_calls"]
+        .as_u64()
+        .expect("estimated_calls");
+    let seconds = problem["estimated_seconds"]
+        .as_u64()
+        .expect("estimated_seconds");
+    assert!(calls >= 100, "a cold quarter is ~200 calls: {problem}");
+    assert!(seconds > max_wait.as_secs(), "{problem}");
+    assert_eq!(problem["max_wait_seconds"], max_wait.as_secs());
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("Prefer: respond-async"), "{detail}");
+    assert_eq!(h.calls(), before, "refused before any call");
+    println!("refused at once ({took:?}): {detail}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // The way out works: the same range as a job.
+    let job = prefer_async(
+        &h,
+        "/v1/interactions?from=2024-05-01&to=2024-07-31&limit=10000",
+        KEY,
+    )
+    .await;
+    assert_eq!(job.status(), 202);
+    let location = job.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(
+        h.http
+            .delete(format!("{}{location}", h.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    h.finish();
+}

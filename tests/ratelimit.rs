@@ -110,13 +110,15 @@ async fn the_upstream_budget_counts_down_with_calls_and_comes_back() {
     }
     assert_eq!(h.calls(), 3);
     assert_eq!(left, [3, 2, 1], "one call each");
-    // A range needing more calls than are left waits past KORE_MAX_WAIT: 503, with the fields.
+    // A range needing more calls than are left within KORE_MAX_WAIT: 503, with the fields,
+    // said before it spends (SPEC §6, 2026-12-04): the call left is still there.
     let refused = h
         .get("/v1/interactions?from=2024-07-01&to=2024-07-31&limit=1")
         .await;
     assert_eq!(refused.status(), 503);
+    assert_eq!(h.calls(), 3, "refused before any call");
     let (r, t) = state_of(&refused, "upstream");
-    assert_eq!(r, 0, "the window is spent");
+    assert_eq!(r, 1, "the call left was not spent");
     assert!((1..=3).contains(&t), "t={t}");
     // After one period without calls the whole budget is back.
     tokio::time::sleep(period + Duration::from_millis(300)).await;

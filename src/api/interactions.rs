@@ -134,6 +134,8 @@ pub async fn get_interactions(
     {
         return Ok(accepted);
     }
+    // A range the budget cannot serve within KORE_MAX_WAIT is told so before it spends.
+    crate::api::jobs::check_wait(&r.caller, &windows, &range).await?;
     // Boxed: the miss's futures are large, and unboxed they would make every hit's future
     // (moved and copied on each poll's way) as large.
     let mut resp = match q.format {

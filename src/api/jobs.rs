@@ -1,9 +1,16 @@
-//! Asynchronous requests (RFC 7240 `Prefer: respond-async`) and the job resource.
+//! Long requests: asynchronous ones (RFC 7240 `Prefer: respond-async`), the job resource,
+//! and synchronous ones the budget cannot serve in time.
 //!
-//! A range route asked with `Prefer: respond-async` whose windows are not all fresh in the
-//! cache answers `202 Accepted` at once, with `Location: /v1/jobs/{id}`, `Retry-After` and
-//! the job; a warm range answers 200 as usual (a preference is only a preference). The
-//! job itself lives in [`crate::jobs`].
+//! A range route asked with `Prefer: respond-async` whose windows are not all fresh in some
+//! tier (memory, disk, Redis) answers `202 Accepted` at once, with `Location:
+//! /v1/jobs/{id}`, `Retry-After` and the job; a warm range answers 200 as usual (a
+//! preference is only a preference). The job itself lives in [`crate::jobs`].
+//!
+//! A synchronous range is first costed ([`check_wait`]): when the account's budget cannot
+//! serve the calls it is expected to need within `KORE_MAX_WAIT`, it is answered 503 at once,
+//! before any call, with the estimate and the way out (`Prefer: respond-async`). The 503 does
+//! not start a job by itself: the budget is shared by every team, and work nobody asked for
+//! (a client that gave up, a script that retries blindly) would be spent from it.
 
 use axum::{
     Extension, Json,
@@ -16,10 +23,11 @@ use utoipa::ToSchema;
 
 use crate::{
     AppState,
+    account::Account,
     api::auth::Caller,
     error::{AppError, PROBLEM_JSON, Problem, problems},
     fetch::RangeFetch,
-    jobs::JobView,
+    jobs::{JobView, NewJob},
     plan::Window,
 };
 
@@ -48,7 +56,7 @@ pub fn wants_async(headers: &HeaderMap) -> bool {
 #[allow(clippy::too_many_arguments)]
 pub async fn respond_async(
     state: &AppState,
-    account: &crate::account::Account,
+    account: &std::sync::Arc<Account>,
     caller: &Caller,
     headers: &HeaderMap,
     path: &str,
@@ -70,21 +78,23 @@ pub async fn respond_async(
         account.ns.label(),
         if range.refresh() { "refresh " } else { "" }
     );
-    let job = state
+    let started = state
         .jobs
-        .start(
-            std::sync::Arc::clone(&caller.name),
+        .start(NewJob {
+            owner: std::sync::Arc::clone(&caller.name),
             identity,
             result,
-            windows.to_vec(),
-            range.clone(),
-        )
+            windows: windows.to_vec(),
+            range: range.clone(),
+            account: std::sync::Arc::clone(account),
+        })
+        .await
         .map_err(|t| AppError::TooManyJobs { limit: t.limit })?;
-    let view = state.jobs.view(&job, job.budget());
+    let view = started.view;
     let retry_after = view.eta_seconds.unwrap_or(1).clamp(1, 30);
     let mut resp = (StatusCode::ACCEPTED, Json(view)).into_response();
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/jobs/{}", started.id)) {
         h.insert(header::LOCATION, v);
     }
     h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
@@ -97,9 +107,71 @@ pub async fn respond_async(
     Ok(Some(resp))
 }
 
-/// Every window of the range is fresh in the cache (an admin's refresh never is).
+/// Every window of the range is fresh in some tier (an admin's refresh never is).
 async fn is_warm(windows: &[Window], range: &RangeFetch) -> bool {
     !range.refresh() && range.all_fresh(windows).await
+}
+
+/// Refuses, before any call, a synchronous range the account's budget cannot serve within
+/// `KORE_MAX_WAIT`: the calls it is expected to need (nothing for windows held fresh in any
+/// tier; the account's volume for the others) played through the budget's schedule, with the
+/// other callers waiting served round robin meanwhile. While too little is known of the
+/// volume for these filters, only what is certain counts (one first page per cold window):
+/// such a request starts, and if it then runs out of time its deadline ends it (503 within
+/// `KORE_MAX_WAIT`, what it fetched cached) — and by then the volume is known.
+///
+/// # Errors
+/// 503 [`AppError::TooLongToWait`] with the estimate and `Retry-After`.
+pub async fn check_wait(
+    caller: &Caller,
+    windows: &[Window],
+    range: &RangeFetch,
+) -> Result<(), AppError> {
+    let fetcher = range.fetcher();
+    let budget = fetcher.budget();
+    let max_wait = fetcher.max_wait();
+    let serve = |calls: u64| {
+        crate::jobs::serve_time(
+            budget,
+            &caller.name,
+            calls,
+            std::collections::HashMap::new(),
+        )
+    };
+    // Cheap first: every window counted cold, no tier asked.
+    let worst = range.estimate(windows, false).await;
+    if worst.informed && serve(worst.calls) <= max_wait {
+        return Ok(());
+    }
+    if !worst.informed && serve(worst.calls) <= max_wait {
+        // Even all cold, what is certain fits.
+        return Ok(());
+    }
+    let e = range.estimate(windows, true).await;
+    let needed = serve(e.calls);
+    if needed <= max_wait {
+        return Ok(());
+    }
+    let idle = budget.time_to_serve_idle(e.calls);
+    let servable_later = idle <= max_wait;
+    let seconds = crate::jobs::eta_seconds(needed);
+    metrics::counter!("gateway_requests_refused_before_spending_total").increment(1);
+    Err(AppError::TooLongToWait {
+        informed: e.informed,
+        calls: e.calls,
+        seconds,
+        max_wait: crate::jobs::eta_seconds(max_wait),
+        servable_later,
+        // Later, the others' calls will have been served; a range no idle budget serves in
+        // time is worth asking again only as a job (by then one would be done).
+        retry_after: if servable_later {
+            needed
+                .saturating_sub(max_wait)
+                .max(std::time::Duration::from_secs(1))
+        } else {
+            needed
+        },
+    })
 }
 
 /// The jobs an API key can see.
@@ -108,9 +180,10 @@ pub struct JobList {
     pub jobs: Vec<JobView>,
 }
 
-/// The jobs of this key, oldest first.
+/// The jobs of this key, oldest first, on every replica.
 ///
 /// An admin key sees every key's jobs. Ended jobs are listed until JOB_TTL after they end.
+/// With REDIS_URL, every replica lists every replica's jobs.
 #[utoipa::path(get, path = "/v1/jobs", tag = "jobs",
     responses((status = 200, description = "Jobs this key can see", body = JobList),
               problems::Unauthorized),
@@ -119,12 +192,7 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let jobs = state
-        .jobs
-        .list(&caller.name, caller.admin)
-        .iter()
-        .map(|j| state.jobs.view(j, j.budget()))
-        .collect();
+    let jobs = state.jobs.list_views(&caller.name, caller.admin).await;
     no_store(Json(JobList { jobs }).into_response())
 }
 
@@ -144,11 +212,11 @@ pub async fn get_job(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
-    let job = state
+    let view = state
         .jobs
         .get(&id, &caller.name, caller.admin)
+        .await
         .ok_or(AppError::NoSuchJob)?;
-    let view = state.jobs.view(&job, job.budget());
     let pending = view.result.is_none() && view.error.is_none();
     let retry = view.eta_seconds.map(|e| e.clamp(1, 30));
     let mut resp = no_store(Json(view).into_response());
@@ -174,7 +242,7 @@ pub async fn delete_job(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    if state.jobs.cancel(&id, &caller.name, caller.admin) {
+    if state.jobs.cancel(&id, &caller.name, caller.admin).await {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(AppError::NoSuchJob)

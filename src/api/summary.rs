@@ -218,6 +218,11 @@ pub async fn get_summary(
     if let Some(resp) = accepted {
         return Ok(resp);
     }
+    // A range the budget cannot serve within KORE_MAX_WAIT is told so before it spends
+    // (each account's budget serves its own part).
+    for range in &ranges {
+        crate::api::jobs::check_wait(&r.caller, &windows, range).await?;
+    }
     // Every account at once: each waits only for its own budget.
     let per_account =
         futures_util::future::try_join_all(ranges.iter().map(|r| r.all(&windows))).await?;

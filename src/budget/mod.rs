@@ -322,6 +322,21 @@ impl Budget {
         caller: &Arc<str>,
         priority: Priority,
     ) -> Result<CallPermit, BudgetExhausted> {
+        let until = Instant::now() + self.shared.max_wait;
+        self.acquire_until(caller, priority, Some(until)).await
+    }
+
+    /// [`Budget::acquire_as`], waiting until `deadline` (`None`: as long as it takes — the
+    /// caller bounds the wait itself, as a request's whole wait or a job's drain does).
+    ///
+    /// # Errors
+    /// [`BudgetExhausted`] when no slot is granted by the deadline.
+    pub async fn acquire_until(
+        &self,
+        caller: &Arc<str>,
+        priority: Priority,
+        deadline: Option<Instant>,
+    ) -> Result<CallPermit, BudgetExhausted> {
         let started = Instant::now();
         let rx = {
             let mut q = lock(&self.shared.queues);
@@ -359,7 +374,11 @@ impl Budget {
             rx
         };
         self.shared.wake.notify_one();
-        match tokio::time::timeout(self.shared.max_wait, rx).await {
+        let granted = match deadline {
+            Some(d) => tokio::time::timeout_at(d, rx).await,
+            None => Ok(rx.await),
+        };
+        match granted {
             Ok(Ok(permit)) => {
                 metrics::histogram!("gateway_budget_wait_by_priority_seconds", "priority" => priority.label(), "account" => self.shared.account.to_string())
                     .record(started.elapsed().as_secs_f64());
@@ -374,6 +393,11 @@ impl Budget {
                 retry_after: self.estimate_wait(),
             }),
         }
+    }
+
+    /// Roughly how long the current queue takes to drain (a `Retry-After`).
+    pub fn queue_drain_time(&self) -> Duration {
+        self.estimate_wait()
     }
 
     /// Roughly how long the current queue takes to drain.
@@ -461,18 +485,34 @@ impl Budget {
     /// This is the schedule the dispatcher follows, so an ETA built on it is not a guess
     /// about the rate but a reading of it.
     pub fn time_to_serve(&self, calls: u64) -> Duration {
+        self.schedule(calls, false)
+    }
+
+    /// [`Budget::time_to_serve`] from an idle budget (nothing in its log, nothing in
+    /// flight): the least time `calls` can ever take — whether waiting can help at all.
+    pub fn time_to_serve_idle(&self, calls: u64) -> Duration {
+        self.schedule(calls, true)
+    }
+
+    fn schedule(&self, calls: u64, idle: bool) -> Duration {
         if calls == 0 {
             return Duration::ZERO;
         }
         let now = Instant::now();
         let call = self.mean_call();
         let span = self.shared.span;
-        let mut slots: BinaryHeap<Reverse<Instant>> = {
+        let mut slots: BinaryHeap<Reverse<Instant>> = if idle {
+            BinaryHeap::new()
+        } else {
             let mut q = lock(&self.shared.queues);
             q.log.prune(now, span);
             q.log.times.iter().map(|t| Reverse(*t + span)).collect()
         };
-        let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
+        let in_flight = if idle {
+            0
+        } else {
+            self.shared.in_flight.load(Ordering::Relaxed)
+        };
         for _ in 0..in_flight {
             slots.push(Reverse(now + call + span));
         }

@@ -206,6 +206,12 @@ pub struct Cli {
     /// How long a finished `Prefer: respond-async` job is kept (then GET /v1/jobs/{id} is 404).
     #[arg(long, env = "JOB_TTL", default_value = "1h", value_parser = parse_duration)]
     pub job_ttl: Duration,
+
+    /// After SIGTERM, the longest the process takes to exit: requests waiting for budget are
+    /// answered 503 by half of it, jobs are left resumable, and what still runs at its end is
+    /// cut off.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 /// Fully validated settings the application runs on.
@@ -236,6 +242,8 @@ pub struct Settings {
     pub csv_formula_escape: bool,
     /// JOB_TTL: how long an ended job is kept.
     pub job_ttl: Duration,
+    /// SHUTDOWN_GRACE: the bound on the drain after SIGTERM.
+    pub shutdown_grace: Duration,
 }
 
 /// GATEWAY_KEY_ACCOUNTS, parsed: key name → the account names it may read.
@@ -680,6 +688,7 @@ impl Cli {
                 }),
             csv_formula_escape: self.csv_formula_escape,
             job_ttl: self.job_ttl,
+            shutdown_grace: self.shutdown_grace,
         })
     }
 }

@@ -168,6 +168,7 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
             }),
         csv_formula_escape: o.csv_formula_escape,
         job_ttl: o.job_ttl,
+        shutdown_grace: Duration::from_secs(25),
     }
 }
 

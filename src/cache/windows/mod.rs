@@ -151,6 +151,33 @@ impl WindowCache {
         self.store.get(key).await.filter(|d| d.is_fresh())
     }
 
+    /// Whether `key` is held fresh in some tier: memory (itself or a window containing
+    /// it), the local tier, or the tier replicas share. A copy found below memory is
+    /// brought up into memory (and a shared one into the local tier too), so the answer
+    /// that usually follows reads memory and asks no tier again.
+    pub async fn fresh_anywhere(&self, key: &WindowKey) -> bool {
+        if self.cached(key).await.is_some_and(|d| d.is_fresh())
+            || self.contained(key).await.is_some()
+        {
+            return true;
+        }
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        // The shared tier answers only fresh copies.
+        let Some(mut d) = shared.get(key).await else {
+            return false;
+        };
+        d.shared = true;
+        let d = Arc::new(d);
+        if let Some(local) = &self.local {
+            local.put(key, &d).await;
+        }
+        self.store.insert(key.clone(), d).await;
+        index(&self.spans, key);
+        true
+    }
+
     /// The copy in memory, or else the local tier's (which then fills memory).
     async fn cached(&self, key: &WindowKey) -> Option<Arc<WindowData>> {
         if let Some(d) = self.store.get(key).await {
