@@ -211,6 +211,15 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     if built.is_empty() {
         return Err("no account configured".into());
     }
+    if let Some(d) = &settings.disk {
+        // The calls the previous process made in the last period still count.
+        let carried = budget::carry::load(&d.dir);
+        for a in &built {
+            if let Some(calls) = carried.get(a.ns.label()) {
+                a.fetcher.budget().seed_calls(calls);
+            }
+        }
+    }
     if let Some(c) = &cluster {
         c.spawn_heartbeat();
     }
@@ -282,6 +291,22 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         query_keys: api::query::KeyMemo::default(),
         ratelimit_policy,
     })))
+}
+
+impl App {
+    /// At the end of a shutdown: what the next process needs to go on — each account's
+    /// calls of the last period (CACHE_DIR), so a quick restart keeps the vendor's limit.
+    pub fn hand_over(&self) {
+        let Some(d) = &self.settings.disk else { return };
+        let budgets = self
+            .accounts
+            .all()
+            .iter()
+            .map(|a| (a.ns.label(), a.fetcher.budget()));
+        if let Err(e) = budget::carry::save(&d.dir, budgets) {
+            tracing::warn!(error = %e, "cannot write the budget's recent calls for the next start");
+        }
+    }
 }
 
 /// The whole HTTP service.

@@ -175,8 +175,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         .into_future();
     tokio::pin!(serve);
     tokio::select! {
-        r = &mut serve => return r.map_err(|e| e.to_string()),
+        // The signal first: the server stops at the same signal, and must not be taken for
+        // a server that ended by itself (that would skip the drain).
+        biased;
         () = stopped(stopping) => {}
+        r = &mut serve => return r.map_err(|e| e.to_string()),
     }
     drain(&state, grace, serve).await
 }
@@ -207,6 +210,7 @@ async fn drain(
     let outcome = tokio::time::timeout_at(started + grace.saturating_sub(margin), settled).await;
     let left = state.jobs.active();
     let _ = tokio::time::timeout(margin / 2, state.jobs.release_all()).await;
+    state.hand_over();
     match outcome {
         Ok(served) => {
             tracing::info!(

@@ -33,6 +33,7 @@ use tokio::{
     time::Instant,
 };
 
+pub mod carry;
 mod keys;
 mod shared;
 

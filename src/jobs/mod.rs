@@ -680,10 +680,11 @@ impl Inner {
                 metrics::counter!("gateway_jobs_finished_total", "state" => "suspended")
                     .increment(1);
                 let eta = self.eta(job, job.budget());
-                lock(&self.by_id).remove(&job.id);
                 if let Some(store) = &self.store {
                     store.release(&job.record(Some(eta))).await;
                 }
+                // Only now: a shutdown waits for this record to be written.
+                lock(&self.by_id).remove(&job.id);
             }
         }
     }
