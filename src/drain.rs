@@ -136,6 +136,30 @@ impl Drain {
     }
 }
 
+/// The stop of one piece of work (a cancelled job, or one another replica took over): the
+/// waits of its windows that have not spent a call yet end at once. (Paid-for work — the
+/// rest of a window whose first page is in — does not watch it: it finishes and is cached.)
+#[derive(Debug, Clone)]
+pub struct Stop(std::sync::Arc<watch::Sender<bool>>);
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop(std::sync::Arc::new(watch::channel(false).0))
+    }
+}
+
+impl Stop {
+    pub fn fire(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves once fired.
+    pub async fn fired(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,7 +47,7 @@ use crate::{
     cache::{
         Namespace, Purpose, Refetch, Source, WindowCache, WindowData, WindowKey, WindowOutcome,
     },
-    drain::{Drain, Patience},
+    drain::{Drain, Patience, Stop},
     merge::{Record, cross_check, dedupe_and_sort},
     plan::Window,
     upstream::{Filters, MAX_PAGE, MAX_REACH, PAGE_LIMIT, Page, UpstreamClient, UpstreamError},
@@ -79,6 +79,8 @@ pub struct CallContext {
     pub priority: Priority,
     /// How long its calls may wait for budget.
     pub patience: Patience,
+    /// A job's stop (cancelled, or taken over elsewhere): its waits end.
+    pub stop: Option<Stop>,
 }
 
 impl CallContext {
@@ -91,6 +93,7 @@ impl CallContext {
         if matches!(c.patience, Patience::Request { .. }) {
             c.patience = Patience::Unbounded;
         }
+        c.stop = None;
         c
     }
 }
@@ -192,10 +195,17 @@ impl Fetcher {
         &self,
         ctx: &CallContext,
     ) -> Result<crate::budget::CallPermit, UpstreamError> {
+        let stopped = async {
+            match &ctx.stop {
+                Some(s) => s.fired().await,
+                None => std::future::pending().await,
+            }
+        };
         let granted = tokio::select! {
             biased;
             p = self.budget.acquire_until(&ctx.caller, ctx.priority, None) => p.ok(),
             () = self.drain.expired(ctx.patience, self.max_wait) => None,
+            () = stopped => None,
         };
         granted.ok_or_else(|| {
             metrics::counter!("gateway_budget_exhausted_total", "account" => self.account_label())
@@ -313,6 +323,7 @@ impl Fetcher {
             allowance: Arc::new(Allowance::unlimited()),
             priority: Priority::Caller,
             patience: Patience::PerCall,
+            stop: None,
         };
         let calls = AtomicU32::new(0);
         self.call(&window, &Filters::default(), 0, &ctx, &calls)
@@ -694,6 +705,7 @@ impl RangeFetch {
                 allowance: Arc::new(allowance),
                 priority: Priority::Caller,
                 patience: Patience::Request { until },
+                stop: None,
             },
             refresh,
             part: false,
@@ -701,9 +713,10 @@ impl RangeFetch {
     }
 
     /// This range as a job's: its calls wait as long as the budget needs (no request is
-    /// held open), until cancelled or drained.
-    pub fn for_job(mut self) -> Self {
+    /// held open), until `stop` fires (cancelled) or the drain.
+    pub fn for_job(mut self, stop: Stop) -> Self {
         self.ctx.patience = Patience::Unbounded;
+        self.ctx.stop = Some(stop);
         self
     }
 
@@ -864,6 +877,7 @@ impl RangeFetch {
             allowance: Arc::new(Allowance::again(limit, self.ctx.allowance.refill())),
             priority,
             patience: Patience::PerCall,
+            stop: None,
         };
         this.refresh = true;
         this

@@ -4,104 +4,11 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::*;
 use kore_sim::{SimConfig, Simulator};
 use serde_json::Value;
-
-/// The gateway binary in front of `sim_addr`, with `envs` added. Returns the process and
-/// its base URL (read from its `listening` log line); its output is drained for the whole
-/// run and kept in `log`.
-fn gateway(
-    sim: &Simulator,
-    sim_addr: std::net::SocketAddr,
-    envs: &[(&str, &str)],
-) -> (Child, String, Arc<Mutex<Vec<String>>>) {
-    let cfg = sim.config();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kore-gateway"));
-    cmd.env_clear()
-        .env("GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("KORE_BASE_URL", format!("http://{sim_addr}"))
-        .env("KORE_ACCOUNT_ID", &cfg.account_id)
-        .env("KORE_CLIENT_ID", &cfg.client_id)
-        .env("KORE_CLIENT_SECRET", &cfg.client_secret)
-        .env(
-            "GATEWAY_API_KEYS",
-            format!("team-a:{KEY},admin-ops:{ADMIN_KEY}"),
-        )
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("the gateway starts");
-    let stdout = child.stdout.take().expect("stdout piped");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    {
-        let log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "kore-gateway listening"
-                    && let Some(local) = v["local"].as_str()
-                {
-                    let _ = tx.send(format!("http://{local}"));
-                }
-                log.lock().unwrap().push(line);
-            }
-        });
-    }
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(base) => (child, base, log),
-        Err(_) => {
-            let _ = child.kill();
-            panic!(
-                "the gateway did not say where it listens: {:?}",
-                log.lock().unwrap()
-            );
-        }
-    }
-}
-
-fn client() -> reqwest::Client {
-    kore_gateway::tls::install_crypto_provider();
-    reqwest::Client::new()
-}
-
-/// SIGTERM to the process we started (by its pid).
-fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-/// Waits for the process to exit; returns how long it took, failing after `within`.
-fn exited_within(child: &mut Child, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "exit status {status}");
-            return started.elapsed();
-        }
-        if started.elapsed() > within {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("still running {within:?} after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn scratch(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!(
@@ -158,7 +65,7 @@ async fn a_job_survives_sigterm_and_a_restart_and_ends_with_the_truth() {
         ("SHUTDOWN_GRACE", "10s"),
     ];
     let http = client();
-    let (mut first, base, _log) = gateway(&sim, sim_addr, &envs);
+    let (mut first, base, _log) = spawn_gateway(&sim, sim_addr, &envs);
     let path = "/v1/interactions?from=2024-06-03&to=2024-07-28&limit=10000";
     let (status, accepted) = get(&http, &format!("{base}{path}"), true).await;
     assert_eq!(status, 202, "{accepted}");
@@ -193,7 +100,7 @@ async fn a_job_survives_sigterm_and_a_restart_and_ends_with_the_truth() {
     assert!(done.iter().any(|d| !d), "not all done: {rec}");
 
     // Restarted on the same CACHE_DIR: the same Location answers, and the job ends.
-    let (mut second, base, _log) = gateway(&sim, sim_addr, &envs);
+    let (mut second, base, _log) = spawn_gateway(&sim, sim_addr, &envs);
     let (status, v) = get(&http, &format!("{base}{location}"), false).await;
     assert_eq!(status, 200, "the job is found after the restart: {v}");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -272,7 +179,7 @@ async fn sigterm_with_a_job_and_an_export_running_exits_within_shutdown_grace() 
         ("KORE_MAX_WAIT", "600s"),
     ];
     let http = client();
-    let (mut gw, base, _log) = gateway(&sim, sim_addr, &envs);
+    let (mut gw, base, _log) = spawn_gateway(&sim, sim_addr, &envs);
     let (status, accepted) = get(
         &http,
         &format!("{base}/v1/interactions?from=2024-03-04&to=2024-05-26&limit=10000"),

@@ -7,7 +7,9 @@
 //!
 //! **Coalescing across replicas**: `SET … NX PX` on a `lock:` key per window; the holder
 //! fetches, writes the window, then deletes the lock (only if still its own); the others
-//! poll for the window meanwhile.
+//! poll for the window meanwhile. The lock is a lease the holder renews while it fetches, so
+//! a replica that dies mid-fetch frees its windows within [`LOCK_TTL`] (a job it ran is
+//! taken over about as fast), while a long fetch keeps its lock.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -23,8 +25,8 @@ use super::{
 };
 use crate::cluster::{Cluster, PREFIX};
 
-/// Lifetime of a window lock (a holder that dies frees it by expiry).
-const LOCK_TTL: Duration = Duration::from_secs(60);
+/// Lifetime of a window lock without renewal (a holder that dies frees it by expiry).
+pub const LOCK_TTL: Duration = Duration::from_secs(10);
 /// How often waiters look for the holder's result.
 const POLL: Duration = Duration::from_millis(50);
 /// Keys asked of one `SCAN` step (and so at most about this many per `UNLINK`) when purging.
@@ -33,6 +35,12 @@ const PURGE_BATCH: u32 = 500;
 /// Deletes a lock only if it is still ours.
 const UNLOCK_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Extends a lock only if it is still ours.
+const RENEW_LUA: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 ";
 
@@ -61,6 +69,7 @@ pub struct RedisTier {
     cluster: Arc<Cluster>,
     grace: Duration,
     unlock: Script,
+    renew: Script,
 }
 
 impl RedisTier {
@@ -69,6 +78,7 @@ impl RedisTier {
             cluster,
             grace,
             unlock: Script::new(UNLOCK_LUA),
+            renew: Script::new(RENEW_LUA),
         }
     }
     /// The Redis key of a window: its bounds for people reading Redis, and the digest of
@@ -276,5 +286,24 @@ impl Tier for RedisTier {
 
     async fn unlock(&self, key: &WindowKey) {
         self.unlock_window(key).await;
+    }
+
+    async fn renew(&self, key: &WindowKey) {
+        let k = Self::window_key(key, "lock");
+        let mut conn = self.cluster.conn();
+        let _: Option<i64> = self
+            .cluster
+            .run(
+                self.renew
+                    .key(&k)
+                    .arg(self.cluster.replica())
+                    .arg(LOCK_TTL.as_millis() as u64)
+                    .invoke_async(&mut conn),
+            )
+            .await;
+    }
+
+    fn renew_every(&self) -> Option<Duration> {
+        Some(LOCK_TTL / 3)
     }
 }

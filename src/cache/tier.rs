@@ -48,6 +48,15 @@ pub trait Tier: Send + Sync + std::fmt::Debug {
 
     /// Frees a [`FetchLock::Held`] claim.
     async fn unlock(&self, _key: &WindowKey) {}
+
+    /// Extends a [`FetchLock::Held`] claim whose fetch is still under way.
+    async fn renew(&self, _key: &WindowKey) {}
+
+    /// How often a held claim must be renewed while its fetch runs (`None`: it never
+    /// expires by itself).
+    fn renew_every(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// A tier in this process's memory: the stand-in for disk or Redis in tests.

@@ -49,7 +49,7 @@ use crate::{
     account::Account,
     budget::Budget,
     cache::WindowCache,
-    drain::Drain,
+    drain::{Drain, Stop},
     fetch::{Allowance, RangeFetch},
     plan::Window,
 };
@@ -173,6 +173,8 @@ pub struct Job {
     abort: Mutex<Option<AbortHandle>>,
     /// A window finished or the job ended (the 202's probe wait).
     changed: Notify,
+    /// Fired when it is cancelled or taken over: its windows not yet paid for stop waiting.
+    stop: Stop,
     /// Held while its record is written, so a late progress save never overwrites the
     /// record of its end, or brings back a cancelled job.
     writing: tokio::sync::Mutex<()>,
@@ -496,7 +498,21 @@ impl Jobs {
             map.get(id).cloned()
         };
         if let Some(job) = local {
-            return (admin || &*job.owner == caller).then(|| self.view(&job, job.budget()));
+            if !(admin || &*job.owner == caller) {
+                return None;
+            }
+            // Cancelled on another replica: gone here too, at once (its runner would notice
+            // at its next save).
+            if job.is_active()
+                && let Some(store) = &self.inner.store
+                && store.is_gone(&job.record(None)).await
+            {
+                let _writing = job.writing.lock().await;
+                lock(&self.inner.by_id).remove(id);
+                self.inner.stop(&job, "cancelled");
+                return None;
+            }
+            return Some(self.view(&job, job.budget()));
         }
         let rec = self.inner.store.as_ref()?.get(id).await?;
         (admin || rec.owner == caller).then(|| rec.view(now_ms()))
@@ -689,8 +705,10 @@ impl Inner {
         }
     }
 
-    /// Stops a job's task (cancelled, or taken over elsewhere).
+    /// Stops a job's task (cancelled, or taken over elsewhere): its windows not yet paid
+    /// for stop waiting; the ones under way finish in their own tasks and stay cached.
     fn stop(&self, job: &Job, why: &'static str) {
+        job.stop.fire();
         if let Some(h) = lock(&job.abort).take() {
             h.abort();
         }
@@ -786,8 +804,7 @@ impl Inner {
             crate::telemetry::new_request_id().into(),
             account.allowance(self.max_calls_per_request),
             rec.refresh,
-        )
-        .for_job();
+        );
         let job = Arc::new(Job::from_parts(
             Arc::from(rec.id.as_str()),
             NewJob {
@@ -855,7 +872,8 @@ impl Job {
         estimate: u64,
         created_ms: i64,
     ) -> Self {
-        let range = new.range.for_job();
+        let stop = Stop::default();
+        let range = new.range.for_job(stop.clone());
         let ledger = Arc::clone(range.allowance());
         let slots = new
             .windows
@@ -882,6 +900,7 @@ impl Job {
             end: Mutex::new(None),
             abort: Mutex::new(None),
             changed: Notify::new(),
+            stop,
             writing: tokio::sync::Mutex::new(()),
         }
     }

@@ -315,6 +315,19 @@ impl Store for RedisStore {
         n.unwrap_or(0) > 0
     }
 
+    async fn is_gone(&self, rec: &JobRecord) -> bool {
+        let mut conn = self.cluster.conn();
+        let n: Option<i64> = self
+            .cluster
+            .run(
+                redis::cmd("EXISTS")
+                    .arg(Self::job_key(rec))
+                    .query_async(&mut conn),
+            )
+            .await;
+        n == Some(0)
+    }
+
     async fn orphans(&self) -> Vec<JobRecord> {
         let mut out = Vec::new();
         for label in &self.labels {

@@ -59,6 +59,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn release(&self, rec: &JobRecord);
     /// Forgets job `id` (cancelled); whoever runs it stops at its next save.
     async fn remove(&self, rec: &JobRecord) -> bool;
+    /// Whether the record is certainly gone (cancelled from another process); `false` when
+    /// it is there or the store cannot tell.
+    async fn is_gone(&self, rec: &JobRecord) -> bool;
     /// Active jobs nobody holds, each now claimed by this process.
     async fn orphans(&self) -> Vec<JobRecord>;
 }
@@ -297,6 +300,14 @@ impl Store for Files {
                 let _ = std::fs::remove_file(s.lock_file(&id));
                 existed
             })
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn is_gone(&self, rec: &JobRecord) -> bool {
+        let id = rec.id.clone();
+        self.0
+            .blocking(move |s| !s.json(&id).exists())
             .await
             .unwrap_or(false)
     }

@@ -431,3 +431,104 @@ pub fn spawn_demo(envs: &[(&str, &str)]) -> (std::process::Child, String) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The real binary, for what only a process shows (signals, restarts, a replica killed).
+
+/// The gateway binary in front of the simulator at `sim_addr`, configured by KORE_* and
+/// the test keys, with `envs` added (nothing else from this environment). Returns the
+/// process, its base URL (from its `listening` log line) and its log lines, drained for the
+/// whole run.
+pub fn spawn_gateway(
+    sim: &Simulator,
+    sim_addr: std::net::SocketAddr,
+    envs: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let cfg = sim.config();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kore-gateway"));
+    cmd.env_clear()
+        .env("GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("KORE_BASE_URL", format!("http://{sim_addr}"))
+        .env("KORE_ACCOUNT_ID", &cfg.account_id)
+        .env("KORE_CLIENT_ID", &cfg.client_id)
+        .env("KORE_CLIENT_SECRET", &cfg.client_secret)
+        .env(
+            "GATEWAY_API_KEYS",
+            format!("team-a:{KEY},admin-ops:{ADMIN_KEY}"),
+        )
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the gateway starts");
+    let stdout = child.stdout.take().expect("stdout piped");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let log = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "kore-gateway listening"
+                    && let Some(local) = v["local"].as_str()
+                {
+                    let _ = tx.send(format!("http://{local}"));
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(base) => (child, base, log),
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "the gateway did not say where it listens: {:?}",
+                log.lock().unwrap()
+            );
+        }
+    }
+}
+
+/// An HTTP client for a gateway process (the TLS crypto provider installed first).
+pub fn client() -> reqwest::Client {
+    kore_gateway::tls::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// SIGTERM to the process we started (by its pid).
+pub fn terminate(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Waits for the process to exit; returns how long it took, failing after `within`.
+pub fn exited_within(child: &mut std::process::Child, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "exit status {status}");
+            return started.elapsed();
+        }
+        if started.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running {within:?} after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -131,7 +131,26 @@ impl Leader {
                 FetchLock::Unlocked => {}
             }
         }
-        let result = fetch.await;
+        let result = match (&self.shared, locked) {
+            (Some(t), true) => {
+                // The lock is a lease: kept while the fetch runs, lost if this process dies.
+                let renew = async {
+                    let Some(every) = t.renew_every() else {
+                        return std::future::pending().await;
+                    };
+                    loop {
+                        tokio::time::sleep(every).await;
+                        t.renew(&self.key).await;
+                    }
+                };
+                tokio::select! {
+                    r = fetch => r,
+                    // Never: renewing goes on until the fetch ends.
+                    () = renew => Err(UpstreamError::Unexpected("lock renewal ended".into())),
+                }
+            }
+            _ => fetch.await,
+        };
         let out = match result {
             Ok(mut data) => {
                 data.fresh_for = freshness(
