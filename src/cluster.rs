@@ -6,8 +6,9 @@
 //! * **Key layout**: everything of one vendor account lives under
 //!   `kore-gateway:<account id>:<upstream digest>:` (the label of its cache namespace, so
 //!   two gateways on one Redis share exactly what belongs to the same upstream account):
-//!   `budget` (its log), `replicas` (the heartbeats of the replicas serving it), and the
-//!   cache tier's `w:` windows and `lock:` fetch locks.
+//!   `budget` (its log), `replicas` (the heartbeats of the replicas serving it), the
+//!   cache tier's `w:` windows and `lock:` fetch locks, and the jobs (`job:<id>`,
+//!   `job:<id>:lease`, `job-for:<digest>`, `jobs`: see [`crate::jobs::redis`]).
 //! * **Budget**: the same sliding-window log as the local budget (`budget`), kept in one
 //!   sorted set per account and changed only by Lua scripts, so the check and the insert
 //!   are atomic across replicas. Redis's own `TIME` is the clock. A call in flight holds a

@@ -338,7 +338,15 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "gateway_jobs_finished_total",
-        "Jobs that ended, by state (done, failed, cancelled)"
+        "Jobs that stopped running here, by state (done, failed, cancelled; suspended: left resumable at shutdown; taken_over: another process runs it)"
+    );
+    describe_counter!(
+        "gateway_jobs_resumed_total",
+        "Jobs resumed here after their process stopped or died (CACHE_DIR or Redis)"
+    );
+    describe_counter!(
+        "gateway_requests_refused_before_spending_total",
+        "Requests answered 503 before any upstream call: the budget could not serve them within KORE_MAX_WAIT"
     );
     describe_histogram!(
         "gateway_budget_wait_by_priority_seconds",

@@ -16,7 +16,7 @@
 
 use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering, time::Duration};
 
-use super::{Job, Progress, SlotState};
+use super::{Job, Progress, job::SlotState};
 use crate::budget::Budget;
 
 impl Job {

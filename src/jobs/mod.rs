@@ -6,8 +6,8 @@
 //! original URL, answered from that cache at no upstream cost. One concern a file:
 //! * here, [`Jobs`]: starting (identical requests of a key share one job), finding, listing
 //!   and cancelling jobs, and keeping the records of the jobs this process runs up to date;
-//! * `run`: the task (windows a few at a time, the first alone while it probes the
-//!   account's volume; a drain leaves it resumable);
+//! * `job`: one job this process runs (its windows, each with its own ledger of calls);
+//! * `run`: the task (windows a few at a time; a drain leaves it resumable);
 //! * `eta`: progress and ETA, window by window, from the account's known volume;
 //! * `record`: what is kept of a job outside this process, and how any replica shows it;
 //! * `store`: where records live — a folder in `CACHE_DIR` (jobs outlive a restart), or
@@ -19,6 +19,7 @@
 //! are bounded per key and forgotten `JOB_TTL` after they end.
 
 mod eta;
+mod job;
 pub mod record;
 pub mod redis;
 mod run;
@@ -28,29 +29,26 @@ mod tests;
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex, atomic::Ordering},
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::{sync::Notify, task::AbortHandle, time::Instant};
+use tokio::time::Instant;
 use utoipa::ToSchema;
 
-pub use self::eta::{eta_seconds, serve_time};
+pub use self::{
+    eta::{eta_seconds, serve_time},
+    job::Job,
+};
 use self::{
-    record::{JobRecord, RECORD_VERSION, StoredFilters, now_ms, stored_window, valid_id},
+    job::{End, Slot, SlotState},
+    record::{JobRecord, now_ms, valid_id},
     run::Stopped,
     store::{Created, Saved, Store},
 };
 use crate::{
-    account::Account,
-    budget::Budget,
-    cache::WindowCache,
-    drain::{Drain, Stop},
-    fetch::{Allowance, RangeFetch},
+    account::Account, budget::Budget, cache::WindowCache, drain::Drain, fetch::RangeFetch,
     plan::Window,
 };
 
@@ -84,13 +82,6 @@ pub enum JobState {
     Failed,
 }
 
-/// How a job ended.
-#[derive(Debug, Clone)]
-enum End {
-    Done,
-    Failed(serde_json::Value),
-}
-
 /// Counts of a job's work; they never go down.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct Progress {
@@ -116,169 +107,6 @@ pub struct JobView {
     /// When failed: the problem (RFC 9457) the request would have answered.
     #[schema(value_type = Option<Object>)]
     pub error: Option<serde_json::Value>,
-}
-
-/// Where one window of a job stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum SlotState {
-    Waiting = 0,
-    Started = 1,
-    Done = 2,
-}
-
-/// One window of a job: its state, and its own ledger of calls.
-#[derive(Debug)]
-struct Slot {
-    state: AtomicU8,
-    /// Held fresh in a tier when the job began, or done without a call: it costs nothing.
-    cached: AtomicBool,
-    ledger: Arc<Allowance>,
-}
-
-impl Slot {
-    fn state(&self) -> SlotState {
-        match self.state.load(Ordering::Relaxed) {
-            0 => SlotState::Waiting,
-            1 => SlotState::Started,
-            _ => SlotState::Done,
-        }
-    }
-}
-
-/// A job this process runs (or ran, until it is forgotten).
-pub struct Job {
-    pub id: Arc<str>,
-    /// The API key name that made it.
-    pub owner: Arc<str>,
-    /// The URL that answers the range once the job is done.
-    pub result: String,
-    /// What identical requests share: the account, and the owner's request URL.
-    identity: String,
-    /// The account it reads, whose budget its calls wait for (and its ETA reads).
-    account: Arc<Account>,
-    /// Its windows through the cache, as a job (no deadline), on the request's allowance.
-    range: RangeFetch,
-    windows: Vec<Window>,
-    slots: Vec<Slot>,
-    /// The request's allowance: every window's calls are counted in it.
-    ledger: Arc<Allowance>,
-    /// Calls made by earlier runs of a resumed job.
-    base_calls: u64,
-    created_ms: i64,
-    /// The largest estimate reported so far (estimates never go down).
-    estimate: AtomicU64,
-    /// When and how it ended (monotonic, wall-clock ms, how).
-    end: Mutex<Option<(Instant, i64, End)>>,
-    abort: Mutex<Option<AbortHandle>>,
-    /// A window finished or the job ended (the 202's probe wait).
-    changed: Notify,
-    /// Fired when it is cancelled or taken over: its windows not yet paid for stop waiting.
-    stop: Stop,
-    /// Held while its record is written, so a late progress save never overwrites the
-    /// record of its end, or brings back a cancelled job.
-    writing: tokio::sync::Mutex<()>,
-}
-
-impl std::fmt::Debug for Job {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Job")
-            .field("id", &self.id)
-            .field("owner", &self.owner)
-            .field("account", &self.account.name)
-            .field("state", &self.state())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Job {
-    /// The budget of the account it reads.
-    pub fn budget(&self) -> &Budget {
-        self.account.fetcher.budget()
-    }
-
-    fn ended(&self) -> Option<(Instant, i64, End)> {
-        lock(&self.end).clone()
-    }
-
-    fn is_active(&self) -> bool {
-        lock(&self.end).is_none()
-    }
-
-    fn windows_done(&self) -> u32 {
-        self.slots
-            .iter()
-            .filter(|s| s.state() == SlotState::Done)
-            .count() as u32
-    }
-
-    fn state(&self) -> JobState {
-        match self.ended() {
-            Some((_, _, End::Done)) => JobState::Done,
-            Some((_, _, End::Failed(_))) => JobState::Failed,
-            None if self.calls_done() > 0 || self.windows_done() > 0 => JobState::Running,
-            None => JobState::Queued,
-        }
-    }
-
-    /// What is kept of it outside this process, with `eta_seconds` as just computed.
-    fn record(&self, eta_seconds: Option<u64>) -> JobRecord {
-        let progress = self.progress();
-        let ended = self.ended();
-        JobRecord {
-            v: RECORD_VERSION,
-            id: self.id.to_string(),
-            owner: self.owner.to_string(),
-            account: self.account.ns.label().to_owned(),
-            identity: self.identity.clone(),
-            result: self.result.clone(),
-            refresh: self.range.refresh(),
-            filters: StoredFilters::from(self.range.filters()),
-            windows: self.windows.iter().map(stored_window).collect(),
-            done: self
-                .slots
-                .iter()
-                .map(|s| s.state() == SlotState::Done)
-                .collect(),
-            created_ms: self.created_ms,
-            state: self.state(),
-            calls_done: progress.calls_done,
-            calls_estimated: progress.calls_estimated,
-            eta_seconds,
-            updated_ms: now_ms(),
-            ended_ms: ended.as_ref().map(|(_, ms, _)| *ms),
-            error: match ended {
-                Some((_, _, End::Failed(p))) => Some(p),
-                _ => None,
-            },
-        }
-    }
-
-    /// Waits until every window it has started has its first page in or is done (or it
-    /// ended): the probe of a first ETA, when nothing was known of the account's volume.
-    /// Several windows, not one: a single window may hold a campaign day and be many times
-    /// the others.
-    async fn probed(&self) {
-        let mut observed = self.range.fetcher().volume().watch();
-        loop {
-            let changed = self.changed.notified();
-            let opened = {
-                let mut started = self
-                    .slots
-                    .iter()
-                    .filter(|s| s.state() == SlotState::Started)
-                    .peekable();
-                started.peek().is_some() && started.all(|s| s.ledger.completed() > 0)
-            };
-            if opened || !self.is_active() || self.windows_done() as usize == self.slots.len() {
-                return;
-            }
-            tokio::select! {
-                () = changed => {}
-                r = observed.changed() => if r.is_err() { return },
-            }
-        }
-    }
 }
 
 /// Refusals of [`Jobs::start`].
@@ -857,59 +685,6 @@ impl Inner {
             }
         }
     }
-}
-
-impl Job {
-    /// A new job for `new`, with a new id.
-    fn fresh(new: NewJob) -> Self {
-        Job::from_parts(new_job_id().into(), new, 0, 0, now_ms())
-    }
-
-    fn from_parts(
-        id: Arc<str>,
-        new: NewJob,
-        base_calls: u64,
-        estimate: u64,
-        created_ms: i64,
-    ) -> Self {
-        let stop = Stop::default();
-        let range = new.range.for_job(stop.clone());
-        let ledger = Arc::clone(range.allowance());
-        let slots = new
-            .windows
-            .iter()
-            .map(|_| Slot {
-                state: AtomicU8::new(SlotState::Waiting as u8),
-                cached: AtomicBool::new(false),
-                ledger: Arc::new(Allowance::child(&ledger)),
-            })
-            .collect();
-        Job {
-            id,
-            owner: new.owner,
-            result: new.result,
-            identity: new.identity,
-            account: new.account,
-            range,
-            windows: new.windows,
-            slots,
-            ledger,
-            base_calls,
-            created_ms,
-            estimate: AtomicU64::new(estimate),
-            end: Mutex::new(None),
-            abort: Mutex::new(None),
-            changed: Notify::new(),
-            stop,
-            writing: tokio::sync::Mutex::new(()),
-        }
-    }
-}
-
-/// 128 bits of OS randomness as hex: not guessable from any other id, and not a secret
-/// either (jobs are owner-checked).
-fn new_job_id() -> String {
-    crate::cache::hex(&crate::telemetry::random_bytes::<16>())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -12,7 +12,10 @@ use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 
-use super::{End, Job, SlotState, WINDOWS_IN_FLIGHT};
+use super::{
+    Job, WINDOWS_IN_FLIGHT,
+    job::{End, SlotState},
+};
 use crate::upstream::UpstreamError;
 
 /// Times a window refused by someone else's deadline is asked again before the job fails.
