@@ -138,13 +138,15 @@ pub async fn check_wait(
             std::collections::HashMap::new(),
         )
     };
-    // Cheap first: every window counted cold, no tier asked.
+    // Cheap first: every window counted cold, no tier asked; what the current period still
+    // has room for is served at once (no schedule to play).
     let worst = range.estimate(windows, false).await;
-    if worst.informed && serve(worst.calls) <= max_wait {
+    if worst.calls <= u64::from(budget.remaining().0) {
         return Ok(());
     }
-    if !worst.informed && serve(worst.calls) <= max_wait {
-        // Even all cold, what is certain fits.
+    // Even counted all cold (or, while too little is known, counting what is certain), it
+    // fits within the wait.
+    if serve(worst.calls) <= max_wait {
         return Ok(());
     }
     let e = range.estimate(windows, true).await;

@@ -611,8 +611,8 @@ impl Inner {
         }
     }
 
-    /// A job from its record, running here again: windows done are run as cache hits (what
-    /// was fetched is not fetched again), its counts go on from where they were.
+    /// A job from its record, running here again: windows done are not run again (they are
+    /// cached: its result reads them), its counts go on from where they were.
     fn resume(self: &Arc<Self>, rec: &JobRecord) -> Result<(), String> {
         let account = self
             .accounts

@@ -30,7 +30,7 @@ pub struct JobRecord {
     pub filters: StoredFilters,
     /// `[start, end, offset seconds]` of every window, in order.
     pub windows: Vec<[i64; 3]>,
-    /// Which windows are done (cached); a resumed job still runs them, as cache hits.
+    /// Which windows are done (cached): a resumed job does not run them again.
     pub done: Vec<bool>,
     pub created_ms: i64,
     pub state: JobState,
