@@ -80,7 +80,7 @@ use crate::{
     account::{Account, Accounts},
     api::auth::KeyRing,
     budget::{Budget, KeyLimiter},
-    cache::{CacheCounters, Namespace, ResponseCache, Tier, WindowCache, disk::DiskTier},
+    cache::{CacheCounters, Namespace, ResponseCache, Tier, WindowCache, disk::DiskSlot},
     cluster::Cluster,
     config::{BudgetSettings, Settings},
     fetch::Fetcher,
@@ -102,8 +102,9 @@ pub struct App {
     pub health: api::ops::Health,
     /// What replicas share through Redis, when REDIS_URL is set.
     pub cluster: Option<Arc<Cluster>>,
-    /// The disk tier below the window cache, when CACHE_DIR is set and it opened.
-    pub disk: Option<Arc<DiskTier>>,
+    /// The disk tier below the window cache, when CACHE_DIR is set (open, or waiting for
+    /// another process to let the store go).
+    pub disk: Option<Arc<DiskSlot>>,
     /// The Redis tier between replicas, when REDIS_URL is set.
     pub redis: Option<Arc<cache::redis::RedisTier>>,
     /// `Prefer: respond-async` jobs.
@@ -213,13 +214,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     let disk = settings
         .disk
         .as_ref()
-        .and_then(|d| match DiskTier::open(&d.dir, d.max_bytes) {
-            Ok(t) => Some(Arc::new(t)),
-            Err(e) => {
-                tracing::warn!(error = %e, "the disk cache tier is unavailable; running in memory");
-                None
-            }
-        });
+        .map(|d| DiskSlot::open(d.dir.clone(), d.max_bytes));
     let redis = cluster.as_ref().map(|c| {
         Arc::new(cache::redis::RedisTier::new(
             Arc::clone(c),

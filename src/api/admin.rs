@@ -64,7 +64,7 @@ pub async fn cache_purge(State(state): State<AppState>) -> Json<CachePurge> {
     let (windows, _) = state.windows.usage().await;
     let (responses, _) = state.responses.usage();
     state.windows.purge();
-    let disk = match &state.disk {
+    let disk = match state.disk.as_ref().and_then(|d| d.tier()) {
         Some(d) => Some(d.purge().await),
         None => None,
     };
