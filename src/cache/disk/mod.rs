@@ -604,7 +604,10 @@ mod tests {
         std::os::unix::fs::symlink("/dev/full", d.join(FILE)).unwrap();
         match DiskTier::open(&d, 1 << 20) {
             // Refused at start: the gateway runs in memory (lib::build logs it).
-            Err(e) => assert!(!e.is_empty()),
+            Err(e) => assert!(
+                matches!(e, OpenError::Failed(ref m) if !m.is_empty()),
+                "{e}"
+            ),
             Ok(tier) => {
                 let w = window(0);
                 tier.put(&key(&w), &data(w, 2)).await;
