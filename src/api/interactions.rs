@@ -21,8 +21,11 @@ use crate::{
     account::Account,
     api::{
         DataRequest,
-        query::{Format, InteractionsParams, InteractionsQuery, RangeQuery, parse_interactions},
-        range_fetch, stamp_cache_headers, stored,
+        query::{
+            AccountParam, Format, InteractionsQuery, JsonFormatParam, PageParams, PreferParam,
+            RangeParams, RangeQuery, parse_interactions,
+        },
+        range_fetch, stamp_cache_headers, stored, with_path_format,
     },
     cache::{KeyEncoder, Rendered, WindowOutcome, hex},
     error::{AppError, problems},
@@ -34,31 +37,25 @@ use crate::{
     spool::Spool,
 };
 
-/// Interaction records for a date range, merged from every upstream window.
+/// Interaction records for a date range, merged from every upstream window, as JSON pages.
 ///
-/// Any range up to MAX_RANGE_DAYS, every record, as JSON pages (cursor), NDJSON or CSV. With
-/// `Prefer: respond-async`, a range not already cached answers 202 with a job instead.
+/// Any range up to MAX_RANGE_DAYS, every record, one page per call (follow
+/// `meta.next_cursor`). The whole range as NDJSON or CSV is `/v1/interactions.ndjson` and
+/// `/v1/interactions.csv` (this path also answers them for `format=ndjson|csv` or `Accept`).
+/// With `Prefer: respond-async`, a range not already cached answers 202 with a job instead.
 #[utoipa::path(
     get,
     path = "/v1/interactions",
     tag = "interactions",
-    params(InteractionsParams,
-        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 at once with a job to poll, instead of holding the connection while the budget serves it; a cached range answers 200 as usual.")),
+    params(RangeParams, AccountParam, PageParams, JsonFormatParam, PreferParam),
     responses(
-        (status = 200, description = "Records of the range, oldest first: one page as JSON, or the whole range as NDJSON (one record per line, unchanged) or CSV (formula-looking text cells defused unless CSV_FORMULA_ESCAPE=false), by `format` or `Accept`. NDJSON and CSV say in their headers, before the first byte, whether the answer is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy, with the reasons in `X-Warning` headers (what `meta` says in JSON).",
-            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String, description = "JSON only"), ("X-Request-Id" = String),
+        (status = 200, description = "One page of the range's records, oldest first, with `meta` saying whether the range is whole (`complete`), fresh (`stale`) and where the next page starts (`next_cursor`).",
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String), ("X-Request-Id" = String),
                 ("Cache-Status" = String, description = "RFC 9211: `kore-gateway; hit; ttl=N` (negative once stale) or `kore-gateway; fwd=miss; stored` (`collapsed`, `fwd=request`), with a `detail` when partial or stale"),
                 ("Age" = u64, description = "Seconds since the oldest data in the answer was fetched"),
-                ("X-Complete" = String, description = "NDJSON/CSV only: `true` when every window's count checked out, else `false`"),
-                ("X-Stale" = String, description = "NDJSON/CSV only: `true` when a window is an expired copy"),
-                ("X-Warning" = String, description = "NDJSON/CSV only: one header per reason the answer is not whole or fresh"),
                 ("RateLimit-Policy" = String, description = "The key's limit (`\"key\"`, when GATEWAY_KEY_RATE_LIMIT is set) and the shared upstream budget (`\"upstream\"`), draft-ietf-httpapi-ratelimit-headers: `\"upstream\";q=60;w=60`"),
                 ("RateLimit" = String, description = "What is left of each policy now and the seconds until a unit comes back: `\"upstream\";r=42;t=17`")),
-            content(
-                (render::InteractionsResponse = "application/json"),
-                (String = "application/x-ndjson", example = json!("{\"sessionId\":\"66f4f3aa205c5afb97d3xxxx\",\"channel\":\"voice\",\"sessionStartTime\":\"2024-09-26T11:09:54\"}\n")),
-                (String = "text/csv", example = json!("sessionId,conversationId,channel,sessionStartTime\n66f4f3aa205c5afb97d3xxxx,,voice,2024-09-26T11:09:54\n")),
-            )),
+            body = render::InteractionsResponse, content_type = "application/json"),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
@@ -153,6 +150,62 @@ pub async fn get_interactions(
 fn tag(resp: &mut Response, account: usize) {
     resp.extensions_mut()
         .insert(crate::ratelimit_headers::AccountUsed(account));
+}
+
+/// Interaction records for a date range, the whole range as NDJSON.
+///
+/// One record per line, exactly as the upstream sent it, oldest first; the same records as
+/// the JSON pages of `/v1/interactions` with the same parameters (it is that route with
+/// `format=ndjson`). With `Prefer: respond-async`, a range not already cached answers 202
+/// with a job instead.
+#[utoipa::path(
+    get,
+    path = "/v1/interactions.ndjson",
+    tag = "interactions",
+    params(RangeParams, AccountParam, PreferParam),
+    responses(
+        answers::Ndjson,
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
+                ("Preference-Applied" = String, description = "`respond-async`"))),
+        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn get_interactions_ndjson(
+    state: State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, AppError> {
+    get_interactions(state, with_path_format(req, Format::Ndjson)?).await
+}
+
+/// Interaction records for a date range, the whole range as CSV.
+///
+/// One row per record, oldest first, nested fields flattened to dotted columns; the same
+/// records as `/v1/interactions` with the same parameters (it is that route with
+/// `format=csv`). With `Prefer: respond-async`, a range not already cached answers 202 with
+/// a job instead.
+#[utoipa::path(
+    get,
+    path = "/v1/interactions.csv",
+    tag = "interactions",
+    params(RangeParams, AccountParam, PreferParam),
+    responses(
+        answers::Csv,
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
+                ("Preference-Applied" = String, description = "`respond-async`"))),
+        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn get_interactions_csv(
+    state: State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, AppError> {
+    get_interactions(state, with_path_format(req, Format::Csv)?).await
 }
 
 /// A stored answer of this route, counted as a response hit.
@@ -588,5 +641,133 @@ fn render_window(
     match format {
         Format::Csv => render::csv_rows(fresh, csv_formula_escape),
         _ => render::ndjson_lines(fresh),
+    }
+}
+
+/// The 200 answers of the export operations as the OpenAPI document tells them: one
+/// representation each, with the headers that say, before the first byte, whether the
+/// export is whole and fresh.
+pub mod answers {
+    use std::collections::BTreeMap;
+
+    use utoipa::{
+        IntoResponses, PartialSchema,
+        openapi::{
+            ContentBuilder, Header, HeaderBuilder, KnownFormat, ObjectBuilder, RefOr,
+            ResponseBuilder, SchemaFormat, Type, response::Response,
+        },
+    };
+
+    /// `/v1/interactions.ndjson`.
+    pub struct Ndjson;
+
+    impl IntoResponses for Ndjson {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            ok(export(
+                "The whole range, one record per line exactly as the upstream sent it, oldest \
+first. The gateway sends `application/x-ndjson`; `application/octet-stream` is listed too \
+because generators that know no NDJSON (openapi-python-client) then hand the body over as \
+bytes rather than dropping it.",
+                &[
+                    (
+                        "application/x-ndjson",
+                        Some(
+                            "{\"sessionId\":\"66f4f3aa205c5afb97d3xxxx\",\"channel\":\"voice\",\"sessionStartTime\":\"2024-09-26T11:09:54\"}\n",
+                        ),
+                    ),
+                    ("application/octet-stream", None),
+                ],
+            ))
+        }
+    }
+
+    /// `/v1/interactions.csv`.
+    pub struct Csv;
+
+    impl IntoResponses for Csv {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            ok(export(
+                "The whole range, one row per record, oldest first; nested fields are dotted \
+columns, and text cells a spreadsheet would run as a formula are defused unless \
+CSV_FORMULA_ESCAPE=false. Sent as an attachment.",
+                &[(
+                    "text/csv",
+                    Some(
+                        "sessionId,conversationId,channel,sessionStartTime\n66f4f3aa205c5afb97d3xxxx,,voice,2024-09-26T11:09:54\n",
+                    ),
+                )],
+            )
+            .header(
+                "Content-Disposition",
+                header("`attachment; filename=\"interactions-<from>-<to>.csv\"`"),
+            ))
+        }
+    }
+
+    /// A text header with its description.
+    fn header(description: &str) -> Header {
+        HeaderBuilder::new()
+            .schema(String::schema())
+            .description(Some(description))
+            .build()
+    }
+
+    /// A 200 of an export: `description`, the media types with their examples, and the
+    /// headers every export carries.
+    fn export(description: &str, media: &[(&str, Option<&str>)]) -> ResponseBuilder {
+        let mut response = ResponseBuilder::new()
+            .description(description)
+            .header("X-Cache", header("HIT, MISS or PARTIAL"))
+            .header("X-Request-Id", header("This request's id, taken from the request or made"))
+            .header(
+                "X-Complete",
+                header("`true` when every window's count checked out, else `false`"),
+            )
+            .header("X-Stale", header("`true` when a window is an expired copy"))
+            .header(
+                "X-Warning",
+                header("One header per reason the answer is not whole or fresh"),
+            )
+            .header(
+                "Cache-Status",
+                header("RFC 9211, as on `/v1/interactions`"),
+            )
+            .header(
+                "Age",
+                HeaderBuilder::new()
+                    .schema(u64::schema())
+                    .description(Some(
+                        "Seconds since the oldest data in the answer was fetched",
+                    ))
+                    .build(),
+            )
+            .header(
+                "RateLimit-Policy",
+                header("The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
+            )
+            .header(
+                "RateLimit",
+                header("What is left of each policy now, and the seconds until a unit comes back"),
+            );
+        for (media_type, example) in media {
+            // Bytes as they come: a string, binary where no example shows its text.
+            let mut schema = ObjectBuilder::new().schema_type(Type::String);
+            if example.is_none() {
+                schema = schema.format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)));
+            }
+            response = response.content(
+                *media_type,
+                ContentBuilder::new()
+                    .schema(Some(schema))
+                    .example(example.map(serde_json::Value::from))
+                    .build(),
+            );
+        }
+        response
+    }
+
+    /// The responses map of one 200.
+    fn ok(response: ResponseBuilder) -> BTreeMap<String, RefOr<Response>> {
+        BTreeMap::from([("200".to_owned(), response.build().into())])
     }
 }

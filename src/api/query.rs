@@ -102,19 +102,21 @@ pub struct InteractionsQuery {
     pub format: Format,
 }
 
-/// Query parameters of `GET /v1/interactions`, as the OpenAPI document describes them; the
-/// query is read by [`parse_interactions`], which holds the rules.
+/// The range and filter parameters of every data operation (`/v1/interactions` in each
+/// representation and the summary), as the OpenAPI document describes them; the query is
+/// read by [`parse_range`], which holds the rules.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub struct InteractionsParams {
+pub struct RangeParams {
     /// Start, local to `tz`: `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]`.
     #[param(example = "2024-09-26")]
     from: String,
     /// End, inclusive, local to `tz`; a coarser value means the end of its unit (a date alone is 23:59:59, `HH:MM` is `HH:MM:59`).
     #[param(example = "2024-09-26")]
     to: String,
-    /// IANA time zone (`Asia/Kolkata`) or fixed offset (`+05:30`, `-04:00`, `Z`). Default `UTC`.
+    /// IANA time zone (`Asia/Kolkata`) or fixed offset (`+05:30`, `-04:00`, `Z`). Default
+    /// `UTC`. A summary's `day` and `hour` buckets are in it.
     #[param(example = "Asia/Kolkata")]
     tz: Option<String>,
     /// Channels, comma-separated (the parameter may also repeat).
@@ -124,13 +126,30 @@ pub struct InteractionsParams {
     /// Bot ids, comma-separated.
     bots: Option<String>,
     /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`, comma-separated (the
-    /// parameter may also repeat). Default: all four.
+    /// parameter may also repeat). Default: all four (a summary's `direction` falls back to
+    /// `customerinfo.Direction`).
     #[param(style = Form, explode = false, min_items = 1, inline)]
     fields: Option<Vec<SelectedField>>,
+}
+
+/// The `account` of the `/v1/interactions` operations, as the OpenAPI document describes it
+/// (the summary takes several: its own `account` in `SummaryParams`).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AccountParam {
     /// The vendor account to read (a name of the gateway's accounts, `[a-z0-9-]{1,32}`);
     /// default: the gateway's default account.
     #[param(pattern = "^[a-z0-9-]{1,32}$", example = "default")]
     account: Option<String>,
+}
+
+/// Paging of `GET /v1/interactions` as JSON, as the OpenAPI document describes it (read by
+/// [`parse_interactions`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageParams {
     /// Records in this response (JSON), 1..10000, default 1000.
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
@@ -138,9 +157,45 @@ pub struct InteractionsParams {
     /// record of that page, so records that appear or vanish meanwhile never make a page
     /// skip or repeat one. Signed and bound to the query: a cursor of another query is a 400.
     cursor: Option<String>,
-    /// `json` (default), `ndjson` or `csv`; `Accept` works too. ndjson and csv stream the whole range.
-    #[param(pattern = "^(json|ndjson|csv)$")]
-    format: Option<String>,
+}
+
+/// The representation of a JSON operation.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonFormat {
+    Json,
+}
+
+/// `format` of the JSON operations, as the OpenAPI document describes it.
+///
+/// One operation per representation: a generated client parses an operation's answer by
+/// the media types its document lists, so an operation that could answer JSON, NDJSON or
+/// CSV gets every answer parsed as JSON (openapi-python-client does). NDJSON and CSV are
+/// therefore operations of their own (`/v1/interactions.ndjson`, `/v1/interactions.csv`,
+/// `/v1/interactions/summary.csv`), and the JSON operations document `format=json` only;
+/// the server still takes `format=ndjson|csv` and `Accept` on them (SPEC §3).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct JsonFormatParam {
+    /// `json` (the default). The other representations are operations of their own —
+    /// `/v1/interactions.ndjson`, `/v1/interactions.csv`, `/v1/interactions/summary.csv` — so
+    /// a generated client parses each answer right; `format=ndjson|csv` and `Accept` still
+    /// select them here for scripts that use them.
+    #[param(inline)]
+    format: Option<JsonFormat>,
+}
+
+/// `Prefer: respond-async` on the data operations, as the OpenAPI document describes it.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct PreferParam {
+    /// `respond-async` (RFC 7240): a range not already cached answers 202 at once with a job
+    /// to poll, instead of holding the connection while the budget serves it; a cached range
+    /// answers 200 as usual.
+    #[param(rename = "Prefer")]
+    prefer: Option<String>,
 }
 
 /// Raw `(name, value)` pairs of a query string.

@@ -25,10 +25,10 @@ use crate::{
         DataRequest,
         interactions::plan_windows,
         query::{
-            Format, Params, RANGE_PARAMS, RangeQuery, SelectedField, format_from_accept, pairs,
-            parse_range,
+            Format, JsonFormatParam, Params, PreferParam, RANGE_PARAMS, RangeParams, RangeQuery,
+            format_from_accept, pairs, parse_range,
         },
-        range_fetch, stored,
+        range_fetch, stored, with_path_format,
     },
     cache::{KeyEncoder, Rendered, hex},
     error::{AppError, PROBLEM_JSON, Problem, problems},
@@ -93,29 +93,26 @@ pub fn parse_summary(
 /// This route, as the query-key memo tells routes apart.
 const ROUTE: &str = "/v1/interactions/summary";
 
-/// Counts and duration statistics of a date range, grouped.
+/// Counts and duration statistics of a date range, grouped, as JSON.
 ///
-/// From the same cached windows as `/v1/interactions`; `Prefer: respond-async` works as there.
+/// From the same cached windows as `/v1/interactions`; `Prefer: respond-async` works as
+/// there. The same summary as CSV is `/v1/interactions/summary.csv` (this path also answers
+/// it for `format=csv` or `Accept: text/csv`).
 #[utoipa::path(
     get,
     path = "/v1/interactions/summary",
     tag = "interactions",
-    params(SummaryParams,
-        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 with a job to poll; a cached range answers 200 as usual.")),
+    params(RangeParams, SummaryParams, JsonFormatParam, PreferParam),
     responses(
         (status = 200, description = "One entry per group, sorted by key (time by instant, missing values last)",
             headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String),
                 ("RateLimit-Policy" = String, description = "The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
                 ("RateLimit" = String, description = "What is left of each policy now, and the seconds until a unit comes back")),
-            content(
-                (Body = "application/json"),
-                (String = "text/csv", example = json!("day,channel,count,interactionDuration.count,interactionDuration.sum,interactionDuration.mean,interactionDuration.p50,interactionDuration.p90,interactionDuration.max\n2024-09-26,voice,12,7,3907,558.1428571428571,540,1023,1107\n2024-09-26,(none),1,0,0,,,,\n")),
-            )),
+            body = Body, content_type = "application/json"),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
             headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
         problems::BadParam, problems::Unauthorized, problems::RateLimited,
-        (status = 502, description = "Upstream failed after retries (or, for CSV, part of the range could not be cross-checked)", body = Problem, content_type = PROBLEM_JSON),
-        problems::BudgetExhausted, problems::UpstreamTimeout,
+        problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -350,6 +347,39 @@ pub async fn get_summary(
     Ok(resp)
 }
 
+/// Counts and duration statistics of a date range, grouped, as CSV.
+///
+/// One row per group: the `group_by` columns, then each metric's columns. The same summary
+/// as `/v1/interactions/summary` with the same parameters (it is that route with
+/// `format=csv`); refused with a 502 rather than passed off as whole when part of the range
+/// could not be cross-checked, since CSV has no `meta` to say so.
+#[utoipa::path(
+    get,
+    path = "/v1/interactions/summary.csv",
+    tag = "interactions",
+    params(RangeParams, SummaryParams, PreferParam),
+    responses(
+        (status = 200, description = "One row per group, sorted by key (time by instant, missing values last); sent as an attachment",
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String),
+                ("Content-Disposition" = String, description = "`attachment; filename=\"summary-<from>-<to>.csv\"`"),
+                ("RateLimit-Policy" = String, description = "The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
+                ("RateLimit" = String, description = "What is left of each policy now, and the seconds until a unit comes back")),
+            content((String = "text/csv", example = json!("day,channel,count,interactionDuration.count,interactionDuration.sum,interactionDuration.mean,interactionDuration.p50,interactionDuration.p90,interactionDuration.max\n2024-09-26,voice,12,7,3907,558.1428571428571,540,1023,1107\n2024-09-26,(none),1,0,0,,,,\n")))),
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
+            headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
+        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        (status = 502, description = "Upstream failed after retries, or part of the range could not be cross-checked", body = Problem, content_type = PROBLEM_JSON),
+        problems::BudgetExhausted, problems::UpstreamTimeout,
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn get_summary_csv(
+    state: State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, AppError> {
+    get_summary(state, with_path_format(req, Format::Csv)?).await
+}
+
 /// `GET /v1/interactions/summary` answer (JSON).
 #[derive(Serialize, ToSchema)]
 #[schema(as = SummaryResponse, example = json!({
@@ -404,50 +434,26 @@ struct Meta<'s> {
 // ---------------------------------------------------------------------------------------
 // OpenAPI: the parameters, read by hand in `parse_summary`, documented next to the handler.
 
-/// Query parameters of `GET /v1/interactions/summary`.
+/// The accounts, grouping and metrics of a summary, as the OpenAPI document describes them
+/// (the range parameters are [`RangeParams`]).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct SummaryParams {
-    /// Start, local to `tz`: `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]`.
-    #[param(example = "2024-09-26")]
-    from: String,
-    /// End, inclusive, local to `tz`; a coarser value means the end of its unit.
-    #[param(example = "2024-09-26")]
-    to: String,
-    /// IANA time zone or fixed offset; `day` and `hour` buckets are in it. Default `UTC`.
-    #[param(example = "America/New_York")]
-    tz: Option<String>,
-    /// Channels, comma-separated (the parameter may also repeat).
-    channels: Option<String>,
-    /// Queue ids, comma-separated.
-    queues: Option<String>,
-    /// Bot ids, comma-separated.
-    bots: Option<String>,
-    /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`. Default: all four
-    /// (`direction` falls back to `customerinfo.Direction`; the default also shares the
-    /// cache with `/v1/interactions`).
-    #[param(style = Form, explode = false, min_items = 1, inline)]
-    fields: Option<Vec<SelectedField>>,
     /// The vendor accounts to summarise, comma-separated (names of the gateway's accounts);
     /// several are counted together, or apart with `group_by=account`. Default: the
     /// gateway's default account.
     #[param(example = "default")]
     account: Option<String>,
-    /// Up to three of `day`, `hour`, `channel`, `queue`, `bot`, `agent`, `finalStatus`,
-    /// `smartStatus`, `direction`, `disposition`, `account`, comma-separated, each once. None:
-    /// one group for the whole range. `hour` buckets carry their offset, so a 25-hour day has
-    /// 25; `queue`, `agent` and `disposition` may put one record in several groups.
-    #[param(example = "day,channel")]
-    group_by: Option<String>,
-    /// Any of `count`, `interactionDuration`, `firstResponseDuration`,
-    /// `afterCallWorkDuration`, `queueWait`, comma-separated. Default `count`. Durations are
-    /// per agent segment, in seconds: count, sum, mean, p50, p90 (nearest rank), max.
-    #[param(example = "count,interactionDuration")]
-    metrics: Option<String>,
-    /// `json` (default) or `csv`; `Accept: text/csv` works too.
-    #[param(pattern = "^(json|csv)$")]
-    format: Option<String>,
+    /// Up to three dimensions, comma-separated, each once. None: one group for the whole
+    /// range. `hour` buckets carry their offset, so a 25-hour day has 25; `queue`, `agent`
+    /// and `disposition` may put one record in several groups.
+    #[param(style = Form, explode = false, max_items = 3, inline, example = json!(["day", "channel"]))]
+    group_by: Option<Vec<Dimension>>,
+    /// Metrics, comma-separated, each once. Default `count`. Durations are per agent
+    /// segment, in seconds: count, sum, mean, p50, p90 (nearest rank), max.
+    #[param(style = Form, explode = false, inline, example = json!(["count", "interactionDuration"]))]
+    metrics: Option<Vec<Metric>>,
 }
 
 #[cfg(test)]
