@@ -60,7 +60,7 @@ use crate::{
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
-        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -168,7 +168,7 @@ fn tag(resp: &mut Response, account: usize) {
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
-        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -196,7 +196,7 @@ pub async fn get_interactions_ndjson(
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
-        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
