@@ -367,6 +367,7 @@ async fn json(
             fresh_until(&outcomes),
         );
         r.fetched_unix_ms = oldest_fetch(&outcomes);
+        r.epoch = oldest_epoch(&outcomes);
         state.responses.insert(key, Arc::new(r));
         body.slice(..head_len)
     } else {
@@ -394,6 +395,12 @@ fn fresh_until(outcomes: &[WindowOutcome]) -> Instant {
         .map(|o| o.data.fresh_until())
         .min()
         .unwrap_or_else(Instant::now)
+}
+
+/// The oldest purge epoch of these windows (a stored answer is no younger than its
+/// oldest window).
+pub fn oldest_epoch(outcomes: &[WindowOutcome]) -> u64 {
+    outcomes.iter().map(|o| o.data.epoch).min().unwrap_or(0)
 }
 
 /// Wall-clock fetch time of the oldest of these windows (Unix ms).
@@ -557,6 +564,7 @@ async fn streamed(
             );
             r.disposition = disposition.clone();
             r.fetched_unix_ms = fetched_unix_ms;
+            r.epoch = oldest_epoch(&outcomes);
             state.responses.insert(key, Arc::new(r));
             Body::from(whole)
         }

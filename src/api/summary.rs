@@ -312,6 +312,7 @@ pub async fn get_summary(
             fresh_until,
         );
         r.disposition = disposition.clone();
+        r.epoch = crate::api::interactions::oldest_epoch(&outcomes);
         r.fetched_unix_ms = outcomes
             .iter()
             .map(|o| o.data.fetched_unix_ms)
