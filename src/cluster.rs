@@ -30,7 +30,7 @@ use redis::{Script, aio::ConnectionManager};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use crate::budget::{SharedLog, Transitions};
+use crate::budget::{SharedCounter, SharedLog, Transitions};
 
 /// The prefix of every key the gateway writes to Redis.
 pub const PREFIX: &str = "kore-gateway:";
@@ -73,6 +73,7 @@ pub struct Cluster {
     acquire: Script,
     release: Script,
     heartbeat: Script,
+    count: Script,
     pub stats: ClusterStats,
 }
 
@@ -100,6 +101,26 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = tonumber(oldest[2]) + period - now
 if wait < 1 then wait = 1 end
 return wait
+";
+
+/// A sliding-window log of events: prune, count, admit (returning what is left and when the
+/// oldest leaves) or say how long to wait (ms).
+const COUNT_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+local n = redis.call('ZCARD', KEYS[1])
+if n < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], period)
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {1, limit - n - 1, tonumber(oldest[2]) + period - now}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = tonumber(oldest[2]) + period - now
+if wait < 1 then wait = 1 end
+return {0, 0, wait}
 ";
 
 /// A call completed: its entry now counts from the completion time.
@@ -145,6 +166,7 @@ impl Cluster {
             changed: Mutex::new(Transitions::default()),
             acquire: Script::new(ACQUIRE_LUA),
             release: Script::new(RELEASE_LUA),
+            count: Script::new(COUNT_LUA),
             heartbeat: Script::new(HEARTBEAT_LUA),
             expected_replicas: expected_replicas.max(1),
             failures: AtomicU32::new(0),
@@ -393,5 +415,41 @@ impl SharedLog for AccountLog {
 
     fn transitions(&self) -> Transitions {
         self.cluster.transitions()
+    }
+}
+
+/// The API keys' request limit shared by every replica (`GATEWAY_KEY_RATE_LIMIT`): one
+/// sliding log per key name under `kore-gateway:keys:<name>`.
+#[async_trait::async_trait]
+impl SharedCounter for Cluster {
+    async fn admit(
+        &self,
+        name: &str,
+        limit: u32,
+        period: Duration,
+    ) -> Option<Result<(u32, Duration), Duration>> {
+        let k = format!("{PREFIX}keys:{name}");
+        let member = format!("{}:{:016x}", self.replica, fastrand::u64(..));
+        let mut conn = self.conn.clone();
+        let (admitted, left, ms): (i64, i64, i64) = self
+            .run(
+                self.count
+                    .key(&k)
+                    .arg(limit)
+                    .arg(period.as_millis() as u64)
+                    .arg(&member)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let ms = Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(0));
+        Some(if admitted == 1 {
+            Ok((u32::try_from(left.max(0)).unwrap_or(0), ms))
+        } else {
+            Err(ms)
+        })
+    }
+
+    fn replicas(&self) -> u32 {
+        Cluster::replicas(self)
     }
 }

@@ -238,7 +238,13 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     }
     let responses = ResponseCache::new(&settings.cache).with_epoch(epoch);
     let keys = KeyRing::new(&settings.api_keys, settings.allow_anonymous);
-    let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
+    let key_limiter = settings.key_rate_limit.map(|rate| {
+        let limiter = KeyLimiter::new(rate);
+        match &cluster {
+            Some(c) => limiter.with_shared(Arc::clone(c) as Arc<dyn budget::SharedCounter>),
+            None => limiter,
+        }
+    });
     let ratelimit_policy = ratelimit_headers::PolicyValues::new(
         key_limiter.as_ref().map(KeyLimiter::rate),
         accounts.all().iter().map(|a| a.rate),

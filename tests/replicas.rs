@@ -89,12 +89,24 @@ async fn replica(
     redis_port: Option<u16>,
     rate: Rate,
 ) -> (AppState, String) {
+    replica_with(sim, sim_addr, redis_port, rate, |_| {}).await
+}
+
+/// [`replica`] with its settings changed by `tweak` first.
+async fn replica_with(
+    sim: &Simulator,
+    sim_addr: std::net::SocketAddr,
+    redis_port: Option<u16>,
+    rate: Rate,
+    tweak: impl FnOnce(&mut kore_gateway::config::Settings),
+) -> (AppState, String) {
     let opts = Opts {
         rate,
         concurrency: 8,
         ..Opts::default()
     };
     let mut settings = settings_for(sim, sim_addr, &opts);
+    tweak(&mut settings);
     settings.redis_url = redis_port.map(|p| SecretString::from(format!("redis://127.0.0.1:{p}/")));
     settings.replicas = 3;
     let state = kore_gateway::build(settings).unwrap();
@@ -533,6 +545,83 @@ async fn a_purge_on_one_replica_reaches_the_others() {
             0,
             &all_fields(),
         ),
+    );
+    assert!(sim.violations().is_empty());
+}
+
+/// One key limit across replicas (issue #22): with `GATEWAY_KEY_RATE_LIMIT=5/min` and two
+/// replicas behind a round robin, a key gets 5 answers in the minute, not 10; the 6th is a
+/// 429 with `Retry-After`. With Redis gone, each replica keeps to its share (5 ÷ the 3
+/// replicas expected = 1 each), never the whole limit each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_gets_its_limit_once_across_replicas() {
+    let Some(mut redis) = redis_or_skip() else {
+        return;
+    };
+    let rate = Rate {
+        calls: 1000,
+        period: Duration::from_secs(1),
+    };
+    let (sim, sim_addr) = Simulator::spawn(SimConfig::demo()).await.unwrap();
+    let limit = |s: &mut kore_gateway::config::Settings| {
+        s.key_rate_limit = Some(Rate {
+            calls: 5,
+            period: Duration::from_secs(60),
+        });
+    };
+    let (_a, base_a) = replica_with(&sim, sim_addr, Some(redis.port), rate, limit).await;
+    let (_b, base_b) = replica_with(&sim, sim_addr, Some(redis.port), rate, limit).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let ask = |base: String, key: &'static str| {
+        let http = http.clone();
+        async move {
+            http.get(format!(
+                "{base}/v1/interactions?from=2024-09-26&to=2024-09-26&limit=1"
+            ))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+        }
+    };
+    let bases = [base_a.clone(), base_b.clone()];
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let resp = ask(bases[i % 2].clone(), KEY).await;
+        statuses.push(resp.status().as_u16());
+        if i == 5 {
+            let retry: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&retry), "Retry-After {retry}");
+            let p: Value = resp.json().await.unwrap();
+            assert_eq!(p["status"], 429);
+        }
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429],
+        "round robin over A and B"
+    );
+    // Another key has its own limit.
+    assert_eq!(ask(base_b.clone(), KEY_B).await.status(), 200);
+
+    // Redis gone: each replica its share of the limit, so the pair never exceeds it.
+    redis.kill();
+    let mut admitted = 0;
+    for i in 0..10 {
+        if ask(bases[i % 2].clone(), ADMIN_KEY).await.status() == 200 {
+            admitted += 1;
+        }
+    }
+    assert!(
+        (1..=5).contains(&admitted),
+        "{admitted} of 10 admitted with Redis down (limit 5 across the replicas)"
     );
     assert!(sim.violations().is_empty());
 }

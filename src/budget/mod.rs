@@ -38,7 +38,7 @@ mod shared;
 
 pub use self::{
     keys::KeyLimiter,
-    shared::{SharedLog, Transitions},
+    shared::{SharedCounter, SharedLog, Transitions},
 };
 
 use crate::config::{BudgetSettings, Rate};

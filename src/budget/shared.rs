@@ -39,3 +39,22 @@ pub trait SharedLog: Send + Sync + std::fmt::Debug {
     /// When the log was last lost and regained.
     fn transitions(&self) -> Transitions;
 }
+
+/// A sliding-window counter every replica writes to (Redis): one limit shared by all.
+#[async_trait::async_trait]
+pub trait SharedCounter: Send + Sync + std::fmt::Debug {
+    /// Counts one event of `name` if fewer than `limit` were counted within the last
+    /// `period`. `Some(Ok((left, reset)))`: counted, `left` more may follow now and the
+    /// oldest counted leaves the window in `reset`; `Some(Err(wait))`: over the limit for
+    /// about `wait`; `None`: unreachable.
+    async fn admit(
+        &self,
+        name: &str,
+        limit: u32,
+        period: Duration,
+    ) -> Option<Result<(u32, Duration), Duration>>;
+
+    /// Replicas sharing the counter (at least the number expected): while it is
+    /// unreachable each keeps to its share.
+    fn replicas(&self) -> u32;
+}
