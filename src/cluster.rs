@@ -86,11 +86,28 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Sliding-window log with leases: prune, count, admit or say how long to wait (ms).
+/// Sliding-window log with leases: prune, count, admit or say how long to wait (ms). The
+/// priority order across replicas: a replica asking at priority p (0 callers, 1
+/// revalidations, 2 refresh-ahead) announces itself in `urgent:p` for a second; a call of
+/// priority p is refused (wait 50 ms) while another replica is announced at a more urgent
+/// priority. KEYS: the log, `urgent:0`, `urgent:1`; ARGV: limit, period, lease, member,
+/// priority, replica.
 const ACQUIRE_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, period, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local priority, replica = tonumber(ARGV[5]), ARGV[6]
+if priority < 2 then
+  redis.call('ZADD', KEYS[2 + priority], now + 1000, replica)
+  redis.call('PEXPIRE', KEYS[2 + priority], 2000)
+end
+for p = 0, priority - 1 do
+  local k = KEYS[2 + p]
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  local others = redis.call('ZCARD', k)
+  if redis.call('ZSCORE', k, replica) then others = others - 1 end
+  if others > 0 then return 50 end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
 if redis.call('ZCARD', KEYS[1]) < limit then
   redis.call('ZADD', KEYS[1], now + lease, ARGV[4])
@@ -220,6 +237,7 @@ impl Cluster {
         Arc::new(AccountLog {
             cluster: Arc::clone(self),
             budget: Self::key(label, "budget"),
+            urgent: [Self::key(label, "urgent:0"), Self::key(label, "urgent:1")],
         })
     }
 
@@ -284,21 +302,26 @@ impl Cluster {
     /// `None`: Redis unavailable.
     async fn acquire_slot(
         &self,
-        k: &str,
-        calls: u32,
+        log: &AccountLog,
+        limit: u32,
         period: Duration,
         lease: Duration,
+        priority: u8,
     ) -> Option<Result<String, Duration>> {
         let member = format!("{}:{:016x}", self.replica, fastrand::u64(..));
         let mut conn = self.conn.clone();
         let wait: i64 = self
             .run(
                 self.acquire
-                    .key(k)
-                    .arg(calls)
+                    .key(&log.budget)
+                    .key(&log.urgent[0])
+                    .key(&log.urgent[1])
+                    .arg(limit)
                     .arg(period.as_millis() as u64)
                     .arg(lease.as_millis() as u64)
                     .arg(&member)
+                    .arg(priority)
+                    .arg(&self.replica)
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -386,18 +409,22 @@ struct AccountLog {
     cluster: Arc<Cluster>,
     /// `kore-gateway:<label>:budget`.
     budget: String,
+    /// `kore-gateway:<label>:urgent:0` and `:1`: the replicas with callers (revalidations)
+    /// waiting, each announced for a second.
+    urgent: [String; 2],
 }
 
 #[async_trait::async_trait]
 impl SharedLog for AccountLog {
     async fn acquire(
         &self,
-        calls: u32,
+        limit: u32,
         period: Duration,
         lease: Duration,
+        priority: crate::budget::Priority,
     ) -> Option<Result<String, Duration>> {
         self.cluster
-            .acquire_slot(&self.budget, calls, period, lease)
+            .acquire_slot(self, limit, period, lease, priority as u8)
             .await
     }
 

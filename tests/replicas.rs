@@ -625,3 +625,126 @@ async fn a_key_gets_its_limit_once_across_replicas() {
     );
     assert!(sim.violations().is_empty());
 }
+
+/// The budget's priorities hold on the shared budget (issue #22): with one replica's
+/// refresh-ahead queue full and another replica's callers arriving, no refresh-ahead call
+/// is granted (beyond one already on its way) while those callers wait; and refresh-ahead
+/// never takes more than three quarters of any period across the replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priorities_and_refresh_headroom_hold_across_replicas() {
+    use kore_gateway::{
+        budget::{Budget, Priority},
+        cluster::Cluster,
+        config::BudgetSettings,
+    };
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let url = SecretString::from(format!("redis://127.0.0.1:{}/", redis.port));
+    let settings = BudgetSettings {
+        rate: Rate {
+            calls: 4,
+            period: Duration::from_secs(1),
+        },
+        max_wait: Duration::from_secs(60),
+        concurrency: 100,
+        max_calls_per_request: 1000,
+    };
+    let label = "acct-priorities:000000000000";
+    let budget = || {
+        let c = Cluster::new(&url, 2).unwrap();
+        let b = Arc::new(Budget::new(
+            &settings,
+            "t".into(),
+            Some(c.account_log(label)),
+            Duration::from_secs(10),
+        ));
+        (c, b)
+    };
+    let ((ca, a), (cb, b)) = (budget(), budget());
+    // Steady state: both replicas reached Redis more than a period ago (for one period after
+    // Redis is first reached a replica also keeps to its local share, and asks Redis less).
+    ca.heartbeat().await;
+    cb.heartbeat().await;
+    assert!(ca.is_up() && cb.is_up());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let log = Arc::new(std::sync::Mutex::new(Vec::<(Priority, Instant)>::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (a, log) = (Arc::clone(&a), Arc::clone(&log));
+        tasks.push(tokio::spawn(async move {
+            let who: Arc<str> = "refresh_ahead".into();
+            let p = a.acquire_as(&who, Priority::RefreshAhead).await.unwrap();
+            log.lock()
+                .unwrap()
+                .push((Priority::RefreshAhead, Instant::now()));
+            drop(p);
+        }));
+    }
+    until("refresh-ahead has begun on replica A", || {
+        log.lock().unwrap().len() >= 2
+    })
+    .await;
+    let arrived = Instant::now();
+    for _ in 0..6 {
+        let (b, log) = (Arc::clone(&b), Arc::clone(&log));
+        tasks.push(tokio::spawn(async move {
+            let who: Arc<str> = "team-a".into();
+            let p = b.acquire(&who).await.unwrap();
+            log.lock().unwrap().push((Priority::Caller, Instant::now()));
+            drop(p);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    let last_caller = log
+        .iter()
+        .filter(|(p, _)| *p == Priority::Caller)
+        .map(|(_, t)| *t)
+        .max()
+        .unwrap();
+    // One refresh-ahead slot may already have been on its way when the callers arrived.
+    let overtaking = log
+        .iter()
+        .filter(|(p, t)| {
+            *p == Priority::RefreshAhead
+                && *t > arrived + Duration::from_millis(200)
+                && *t < last_caller
+        })
+        .count();
+    assert!(
+        overtaking <= 1,
+        "{overtaking} refresh-ahead calls granted on A while B's callers waited: {log:?}"
+    );
+    let times = |only: Option<Priority>| {
+        let mut v: Vec<Instant> = log
+            .iter()
+            .filter(|(p, _)| only.is_none_or(|o| *p == o))
+            .map(|(_, t)| *t)
+            .collect();
+        v.sort();
+        v
+    };
+    let most_in_a_period = |v: &[Instant]| {
+        v.iter()
+            .enumerate()
+            .map(|(i, t)| {
+                v[i..]
+                    .iter()
+                    .take_while(|u| u.duration_since(*t) < Duration::from_millis(990))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(
+        most_in_a_period(&times(None)) <= 4,
+        "the shared budget held"
+    );
+    assert!(
+        most_in_a_period(&times(Some(Priority::RefreshAhead))) <= 3,
+        "refresh-ahead kept a quarter of the period free across the replicas"
+    );
+}
