@@ -20,7 +20,10 @@ use crate::{
     AppState,
     api::{
         DataRequest,
-        query::{Format, InteractionsParams, InteractionsQuery, RangeQuery, parse_interactions},
+        query::{
+            CsvEscape, Format, INTERACTIONS_FORMATS, InteractionsParams, InteractionsQuery,
+            RangeQuery, parse_interactions,
+        },
         range_fetch, stamp_cache_headers, stored,
     },
     cache::{KeyEncoder, Rendered, WindowOutcome, hex},
@@ -44,7 +47,7 @@ use crate::{
     params(InteractionsParams,
         ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 at once with a job to poll, instead of holding the connection while the budget serves it; a cached range answers 200 as usual.")),
     responses(
-        (status = 200, description = "Records of the range, oldest first: one page as JSON, or the whole range as NDJSON (one record per line, unchanged) or CSV (formula-looking text cells defused unless CSV_FORMULA_ESCAPE=false), by `format` or `Accept`. NDJSON and CSV say in their headers, before the first byte, whether the answer is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy, with the reasons in `X-Warning` headers (what `meta` says in JSON).",
+        (status = 200, description = "Records of the range, oldest first, kept by the record filters (`agent`, `direction`, `finalStatus`, `smartStatus`, `disposition`): one page as JSON, or the whole range as NDJSON (one record per line, unchanged) or CSV (formula-looking text cells defused unless `csv_escape=none` or CSV_FORMULA_ESCAPE=false), by `format` or `Accept`. NDJSON and CSV say in their headers, before the first byte, whether the answer is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy, with the reasons in `X-Warning` headers (what `meta` says in JSON).",
             headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String, description = "JSON only"), ("X-Request-Id" = String),
                 ("Cache-Status" = String, description = "RFC 9211: `kore-gateway; hit; ttl=N` (negative once stale) or `kore-gateway; fwd=miss; stored` (`collapsed`, `fwd=request`), with a `detail` when partial or stale"),
                 ("Age" = u64, description = "Seconds since the oldest data in the answer was fetched"),
@@ -62,7 +65,7 @@ use crate::{
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
-        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::NotAcceptable, problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -72,26 +75,29 @@ pub async fn get_interactions(
     req: axum::extract::Request,
 ) -> Result<Response, AppError> {
     let r = DataRequest::new(req)?;
-    let (headers, raw, accept_format, refresh) =
-        (&r.headers, r.query(), r.accept_format, r.refresh);
+    let (headers, raw, refresh) = (&r.headers, r.query(), r.refresh);
+    // What `Accept` chooses among this route's formats (`None`: nothing it accepts, which
+    // only a `format` parameter can make a 200).
+    let accepted = r.accept.choose(&INTERACTIONS_FORMATS);
     // A query string answered before maps to its response-cache key without being parsed
     // again: what a stored hit needs is the key, and the key is a pure function of the query
     // string and `Accept` (only queries that parsed are remembered).
     if !refresh
-        && let Some((key, format)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && let Some((key, format)) = state.query_keys.get(ROUTE, raw, accepted)
         && let Some(hit) = state.responses.get(&key)
     {
         return Ok(reply_stored(&state, &key, &hit, headers, format).await);
     }
-    let q = parse_interactions(raw, r.accept(), state.settings.max_range_days)?;
+    let q = parse_interactions(raw, r.accept, state.settings.max_range_days)?;
+    let escape = CsvEscape::resolve(q.csv_escape, state.settings.csv_formula_escape);
     // A stored answer needs no plan, no fetch context: look it up first.
     let (key, after) = match q.format {
         Format::Json => json_key(&state, &q)?,
-        Format::Ndjson | Format::Csv => (export_key(&q), None),
+        Format::Ndjson | Format::Csv => (export_key(&q, escape), None),
     };
     state
         .query_keys
-        .remember(ROUTE, raw, accept_format, &key, q.format);
+        .remember(ROUTE, raw, accepted, &key, q.format);
     if !refresh && let Some(hit) = state.responses.get(&key) {
         return Ok(reply_stored(&state, &key, &hit, headers, q.format).await);
     }
@@ -122,7 +128,9 @@ pub async fn get_interactions(
     // (moved and copied on each poll's way) as large.
     match q.format {
         Format::Json => Box::pin(json(&state, &q, &windows, &range, headers, key, after)).await,
-        Format::Ndjson | Format::Csv => Box::pin(streamed(&state, &q, windows, range, key)).await,
+        Format::Ndjson | Format::Csv => {
+            Box::pin(streamed(&state, &q, escape, windows, range, key)).await
+        }
     }
 }
 
@@ -193,12 +201,16 @@ fn json_key(
     Ok((hex(&e.finish()), after))
 }
 
-/// The response-cache key of a whole CSV or NDJSON export.
-fn export_key(q: &InteractionsQuery) -> String {
+/// The response-cache key of a whole CSV or NDJSON export: the query's digest, the format
+/// and, for CSV, how its cells are escaped (two escapings never share a stored answer).
+fn export_key(q: &InteractionsQuery, escape: CsvEscape) -> String {
     let mut e = KeyEncoder::default();
     e.text("export");
     e.bytes(&q.range.key("interactions").digest());
     e.text(q.format.as_str());
+    if q.format == Format::Csv {
+        e.text(escape.as_str());
+    }
     hex(&e.finish())
 }
 
@@ -224,7 +236,12 @@ async fn json(
 ) -> Result<Response, AppError> {
     let binding = q.range.key("interactions").digest();
     let outcomes = range.all(windows).await?;
-    let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+    let mut records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+    // The record filters: the windows (and their cache) hold every record, the answer, its
+    // total and its cursors only those kept.
+    if !q.range.select.is_empty() {
+        records.retain(|r| q.range.select.matches(r));
+    }
     let total = records.len();
     // Resume after the last record the previous page returned, wherever it now stands:
     // records that appeared or vanished since never shift the rest.
@@ -408,12 +425,12 @@ impl http_body::Body for HeadTail {
 async fn streamed(
     state: &AppState,
     q: &InteractionsQuery,
+    escape: CsvEscape,
     windows: Vec<Window>,
     range: RangeFetch,
     key: String,
 ) -> Result<Response, AppError> {
     let format = q.format;
-    let csv_formula_escape = state.settings.csv_formula_escape;
     let ahead = windows_ahead(state.settings.budget.concurrency);
     let memory_cap = state.responses.max_entry_bytes().max(MIN_SPOOL_MEMORY);
     let dir = state
@@ -432,7 +449,13 @@ async fn streamed(
     while let Some(o) = resolved.next().await {
         let o = o?;
         spool
-            .push(render_window(&o, format, csv_formula_escape, &mut seen))
+            .push(render_window(
+                &o,
+                format,
+                escape,
+                &q.range.select,
+                &mut seen,
+            ))
             .await;
         outcomes.push(WindowOutcome {
             data: Arc::new(o.data.without_records()),
@@ -543,18 +566,60 @@ fn ascii_header_text(text: &str) -> String {
         .collect()
 }
 
+/// The records of one window not already sent by an earlier one and kept by the record
+/// filters, as NDJSON lines or CSV rows.
 fn render_window(
     o: &WindowOutcome,
     format: Format,
-    csv_formula_escape: bool,
+    escape: CsvEscape,
+    select: &crate::summary::RecordFilter,
     seen: &mut HashSet<(Arc<str>, Option<Arc<str>>)>,
 ) -> Bytes {
-    let fresh = o.data.records.iter().filter(|r| match &r.session_id {
-        Some(s) => seen.insert((s.clone(), r.conversation_id.clone())),
-        None => true,
-    });
+    let fresh = o
+        .data
+        .records
+        .iter()
+        .filter(|r| match &r.session_id {
+            Some(s) => seen.insert((s.clone(), r.conversation_id.clone())),
+            None => true,
+        })
+        .filter(|r| select.matches(r));
     match format {
-        Format::Csv => render::csv_rows(fresh, csv_formula_escape),
+        Format::Csv => render::csv_rows(fresh, escape.formula()),
         _ => render::ndjson_lines(fresh),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::accept::Acceptable;
+
+    fn q(query: &str) -> InteractionsQuery {
+        parse_interactions(Some(query), Acceptable::default(), 92).unwrap()
+    }
+
+    #[test]
+    fn csv_escapings_never_share_a_stored_export() {
+        let csv = q("from=2024-09-01&to=2024-09-02&format=csv");
+        assert_ne!(
+            export_key(&csv, CsvEscape::Formula),
+            export_key(&csv, CsvEscape::None)
+        );
+        let nd = q("from=2024-09-01&to=2024-09-02&format=ndjson");
+        assert_eq!(
+            export_key(&nd, CsvEscape::Formula),
+            export_key(&nd, CsvEscape::None),
+            "NDJSON has no cells to escape"
+        );
+        assert_ne!(
+            export_key(&csv, CsvEscape::Formula),
+            export_key(&nd, CsvEscape::Formula)
+        );
+        let filtered = q("from=2024-09-01&to=2024-09-02&format=csv&agent=u-1");
+        assert_ne!(
+            export_key(&csv, CsvEscape::Formula),
+            export_key(&filtered, CsvEscape::Formula)
+        );
     }
 }

@@ -23,10 +23,11 @@ use crate::{
     AppState,
     api::{
         DataRequest,
+        accept::Acceptable,
         interactions::plan_windows,
         query::{
-            Format, Params, RANGE_PARAMS, RangeQuery, SelectedField, format_from_accept, pairs,
-            parse_range,
+            CsvEscape, Format, Params, RANGE_PARAMS, RangeQuery, SelectedField, negotiated, pairs,
+            parse_csv_escape, parse_range,
         },
         range_fetch, stored,
     },
@@ -45,20 +46,27 @@ pub struct SummaryQuery {
     pub metrics: Vec<Metric>,
     /// JSON or CSV only: a summary is one small document, never a stream.
     pub format: Format,
+    /// `csv_escape` as given (the default is the gateway's: [`CsvEscape::resolve`]).
+    pub csv_escape: Option<CsvEscape>,
 }
 
-/// Parses the whole summary query: the range parameters of `/v1/interactions`, plus
-/// `group_by`, `metrics` and `format`.
+/// The formats a summary offers, in the server's order: it is one document, so no NDJSON.
+pub const SUMMARY_FORMATS: [Format; 2] = [Format::Json, Format::Csv];
+
+/// Parses the whole summary query: the range parameters of `/v1/interactions` (record
+/// filters included), plus `group_by`, `metrics`, `format` and `csv_escape`; `accept` is
+/// what the request's `Accept` accepts.
 ///
 /// # Errors
-/// 400 naming the parameter at fault.
+/// 400 naming the parameter at fault; 406 when there is no `format` and `Accept` accepts
+/// neither JSON nor CSV.
 pub fn parse_summary(
     raw: Option<&str>,
-    accept: Option<&str>,
+    accept: Acceptable,
     max_range_days: u32,
 ) -> Result<SummaryQuery, AppError> {
     let mut allowed: Vec<&'static str> = RANGE_PARAMS.to_vec();
-    allowed.extend(["group_by", "metrics", "format"]);
+    allowed.extend(["group_by", "metrics", "format", "csv_escape"]);
     let p = Params::new(pairs(raw), &allowed)?;
     let range = parse_range(&p, max_range_days)?;
     let group_by =
@@ -76,22 +84,37 @@ pub fn parse_summary(
                 ));
             }
         },
-        // NDJSON makes no sense for one document: anything but CSV is JSON.
-        None => match format_from_accept(accept) {
-            Format::Csv => Format::Csv,
-            _ => Format::Json,
-        },
+        None => negotiated(accept, &SUMMARY_FORMATS)?,
     };
+    let csv_escape = parse_csv_escape(&p)?;
     Ok(SummaryQuery {
         range,
         group_by,
         metrics,
         format,
+        csv_escape,
     })
 }
 
 /// This route, as the query-key memo tells routes apart.
 const ROUTE: &str = "/v1/interactions/summary";
+
+/// The stored answer's key: the range's digest (record filters included), then each
+/// dimension, metric and the format, length-prefixed, and for CSV how cells are escaped (two
+/// escapings never share a stored answer).
+fn summary_key(q: &SummaryQuery, escape: CsvEscape) -> String {
+    let mut e = KeyEncoder::default();
+    e.bytes(&q.range.key("summary").digest());
+    let dims: Vec<String> = q.group_by.iter().map(|d| format!("{d:?}")).collect();
+    let metrics: Vec<String> = q.metrics.iter().map(|m| format!("{m:?}")).collect();
+    e.list(&dims);
+    e.list(&metrics);
+    e.text(q.format.as_str());
+    if q.format == Format::Csv {
+        e.text(escape.as_str());
+    }
+    hex(&e.finish())
+}
 
 /// Counts and duration statistics of a date range, grouped.
 ///
@@ -113,7 +136,7 @@ const ROUTE: &str = "/v1/interactions/summary";
             )),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
             headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
-        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::NotAcceptable, problems::RateLimited,
         (status = 502, description = "Upstream failed after retries (or, for CSV, part of the range could not be cross-checked)", body = Problem, content_type = PROBLEM_JSON),
         problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
@@ -124,33 +147,23 @@ pub async fn get_summary(
     req: axum::extract::Request,
 ) -> Result<Response, AppError> {
     let r = DataRequest::new(req)?;
-    let (headers, raw, accept_format, refresh) =
-        (&r.headers, r.query(), r.accept_format, r.refresh);
+    let (headers, raw, refresh) = (&r.headers, r.query(), r.refresh);
+    let accepted = r.accept.choose(&SUMMARY_FORMATS);
     // A query string that parsed before: its key without parsing again (see KeyMemo).
     if !refresh
-        && let Some((key, _)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && let Some((key, _)) = state.query_keys.get(ROUTE, raw, accepted)
         && let Some(hit) = state.responses.get(&key)
     {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
         return Ok(stored::reply(&state, &key, &hit, headers).await);
     }
-    let q = parse_summary(raw, r.accept(), state.settings.max_range_days)?;
+    let q = parse_summary(raw, r.accept, state.settings.max_range_days)?;
+    let escape = CsvEscape::resolve(q.csv_escape, state.settings.csv_formula_escape);
     // A warm summary is stored bytes: no merge, no aggregation, no serialisation.
-    // The stored answer's key: the range's digest, then each dimension, metric and the
-    // format, length-prefixed.
-    let key = {
-        let mut e = KeyEncoder::default();
-        e.bytes(&q.range.key("summary").digest());
-        let dims: Vec<String> = q.group_by.iter().map(|d| format!("{d:?}")).collect();
-        let metrics: Vec<String> = q.metrics.iter().map(|m| format!("{m:?}")).collect();
-        e.list(&dims);
-        e.list(&metrics);
-        e.text(q.format.as_str());
-        hex(&e.finish())
-    };
+    let key = summary_key(&q, escape);
     state
         .query_keys
-        .remember(ROUTE, raw, accept_format, &key, Format::Json);
+        .remember(ROUTE, raw, accepted, &key, Format::Json);
     if !refresh && let Some(hit) = state.responses.get(&key) {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
         return Ok(stored::reply(&state, &key, &hit, headers).await);
@@ -181,7 +194,10 @@ pub async fn get_summary(
         return Ok(accepted);
     }
     let outcomes = range.all(&windows).await?;
-    let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+    let mut records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+    if !q.range.select.is_empty() {
+        records.retain(|r| q.range.select.matches(r));
+    }
     let summary = summarise(&records, &q.range.tz, &q.group_by, &q.metrics);
     let verdict = assess(&outcomes);
     let Assessment {
@@ -201,7 +217,7 @@ pub async fn get_summary(
             if !complete {
                 return Err(AppError::Upstream(warnings.join("; ")));
             }
-            let body = Bytes::from(to_csv(&summary, state.settings.csv_formula_escape));
+            let body = Bytes::from(to_csv(&summary, escape.formula()));
             ("text/csv; charset=utf-8", body.clone(), body)
         }
         _ => {
@@ -373,6 +389,23 @@ pub struct SummaryParams {
     /// cache with `/v1/interactions`).
     #[param(style = Form, explode = false, min_items = 1, inline)]
     fields: Option<Vec<SelectedField>>,
+    /// Only records with a segment answered by one of these agents: agent ids (exact) or
+    /// e-mails (any ASCII case), comma-separated. The record filters mean what the groups
+    /// of the same names mean, and cost no upstream call.
+    #[param(example = "u-0b7f0d22-4311-5555-9ed6-861c9231xxxx")]
+    agent: Option<String>,
+    /// Only records of these directions, comma-separated, exact.
+    #[param(example = "Inbound")]
+    direction: Option<String>,
+    /// Only records of these `finalStatus` values, comma-separated, exact.
+    #[param(example = "CLOSED", rename = "finalStatus")]
+    final_status: Option<String>,
+    /// Only records of these `smartStatus` values, comma-separated, exact.
+    #[param(example = "RESOLVED", rename = "smartStatus")]
+    smart_status: Option<String>,
+    /// Only records with one of these disposition codes, comma-separated, exact.
+    #[param(example = "SALE")]
+    disposition: Option<String>,
     /// Up to three of `day`, `hour`, `channel`, `queue`, `bot`, `agent`, `finalStatus`,
     /// `smartStatus`, `direction`, `disposition`, comma-separated, each once. None: one
     /// group for the whole range. `hour` buckets carry their offset, so a 25-hour day has 25;
@@ -384,9 +417,14 @@ pub struct SummaryParams {
     /// per agent segment, in seconds: count, sum, mean, p50, p90 (nearest rank), max.
     #[param(example = "count,interactionDuration")]
     metrics: Option<String>,
-    /// `json` (default) or `csv`; `Accept: text/csv` works too.
+    /// `json` (default) or `csv`; without it, `Accept` chooses (RFC 9110: q-values, ties to
+    /// json; 406 when it accepts neither).
     #[param(pattern = "^(json|csv)$")]
     format: Option<String>,
+    /// CSV only: `formula` (default) defuses text cells a spreadsheet would run as a
+    /// formula; `none` writes them as they are.
+    #[param(pattern = "^(formula|none)$")]
+    csv_escape: Option<String>,
 }
 
 #[cfg(test)]
@@ -394,7 +432,7 @@ mod tests {
     use super::*;
 
     fn q(s: &str) -> Result<SummaryQuery, AppError> {
-        parse_summary(Some(s), None, 92)
+        parse_summary(Some(s), Acceptable::default(), 92)
     }
 
     fn param_of(e: AppError) -> &'static str {
@@ -417,16 +455,46 @@ mod tests {
         let d = q("from=2024-09-01&to=2024-09-02").unwrap();
         assert!(d.group_by.is_empty());
         assert_eq!(d.metrics, [Metric::Count]);
-        let csv =
-            parse_summary(Some("from=2024-09-01&to=2024-09-02"), Some("text/csv"), 92).unwrap();
-        assert_eq!(csv.format, Format::Csv);
-        let nd = parse_summary(
-            Some("from=2024-09-01&to=2024-09-02"),
-            Some("application/x-ndjson"),
-            92,
-        )
-        .unwrap();
-        assert_eq!(nd.format, Format::Json);
+        let with = |accept: &str| {
+            parse_summary(
+                Some("from=2024-09-01&to=2024-09-02"),
+                Acceptable::parse([accept]),
+                92,
+            )
+            .map(|s| s.format)
+        };
+        assert_eq!(with("text/csv").unwrap(), Format::Csv);
+        assert_eq!(
+            with("application/x-ndjson, */*;q=0.1").unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            with("application/json;q=0.5, text/csv").unwrap(),
+            Format::Csv
+        );
+        assert!(
+            matches!(
+                with("application/x-ndjson"),
+                Err(AppError::NotAcceptable { .. })
+            ),
+            "a summary is never NDJSON"
+        );
+    }
+
+    #[test]
+    fn csv_escapings_never_share_a_stored_summary() {
+        let key = |query: &str, escape| summary_key(&q(query).unwrap(), escape);
+        let csv = "from=2024-09-01&to=2024-09-02&format=csv&group_by=disposition";
+        assert_ne!(key(csv, CsvEscape::Formula), key(csv, CsvEscape::None));
+        let json = "from=2024-09-01&to=2024-09-02&group_by=disposition";
+        assert_eq!(key(json, CsvEscape::Formula), key(json, CsvEscape::None));
+        assert_ne!(key(csv, CsvEscape::Formula), key(json, CsvEscape::Formula));
+        // Record filters select what is summarised: part of the key.
+        let filtered = "from=2024-09-01&to=2024-09-02&group_by=disposition&direction=Inbound";
+        assert_ne!(
+            key(json, CsvEscape::Formula),
+            key(filtered, CsvEscape::Formula)
+        );
     }
 
     #[test]
@@ -453,6 +521,8 @@ mod tests {
                 "format",
             ),
             ("from=2024-09-01&to=2024-09-02&limit=10", "query"),
+            ("from=2024-09-01&to=2024-09-02&csv_escape=raw", "csv_escape"),
+            ("from=2024-09-01&to=2024-12-02", "to"),
             ("to=2024-09-02&group_by=day", "from"),
             ("from=2024-09-03&to=2024-09-02", "from"),
         ];
