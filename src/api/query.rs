@@ -180,24 +180,23 @@ pub struct InteractionsParams {
     /// parameter may also repeat). Default: all four.
     #[param(style = Form, explode = false, min_items = 1, inline)]
     fields: Option<Vec<SelectedField>>,
+    // The record filters carry no example: Swagger UI's "Try it out" fills examples in,
+    // and an example value would filter the demo's records away.
     /// Only records with a segment answered by one of these agents: agent ids
     /// (`respondingAgent.agentId`, exact) or e-mails (`respondingAgent.email`, any ASCII
     /// case), comma-separated (the parameter may also repeat). Like the other record
     /// filters it is applied by the gateway to the cached records: it costs no upstream call.
-    #[param(example = "u-0b7f0d22-4311-5555-9ed6-861c9231xxxx")]
     agent: Option<String>,
     /// Only records of these directions (`Direction`, else `customerinfo.Direction`, as the
     /// summary groups them), comma-separated, exact.
-    #[param(example = "Inbound")]
     direction: Option<String>,
     /// Only records of these `finalStatus` values, comma-separated, exact.
-    #[param(example = "CLOSED", rename = "finalStatus")]
+    #[param(rename = "finalStatus")]
     final_status: Option<String>,
     /// Only records of these `smartStatus` values, comma-separated, exact.
-    #[param(example = "RESOLVED", rename = "smartStatus")]
+    #[param(rename = "smartStatus")]
     smart_status: Option<String>,
     /// Only records with one of these codes among their `dispositions`, comma-separated, exact.
-    #[param(example = "SALE")]
     disposition: Option<String>,
     /// Records in this response (JSON), 1..10000, default 1000.
     #[param(minimum = 1, maximum = 10000)]

@@ -392,19 +392,16 @@ pub struct SummaryParams {
     /// Only records with a segment answered by one of these agents: agent ids (exact) or
     /// e-mails (any ASCII case), comma-separated. The record filters mean what the groups
     /// of the same names mean, and cost no upstream call.
-    #[param(example = "u-0b7f0d22-4311-5555-9ed6-861c9231xxxx")]
     agent: Option<String>,
     /// Only records of these directions, comma-separated, exact.
-    #[param(example = "Inbound")]
     direction: Option<String>,
     /// Only records of these `finalStatus` values, comma-separated, exact.
-    #[param(example = "CLOSED", rename = "finalStatus")]
+    #[param(rename = "finalStatus")]
     final_status: Option<String>,
     /// Only records of these `smartStatus` values, comma-separated, exact.
-    #[param(example = "RESOLVED", rename = "smartStatus")]
+    #[param(rename = "smartStatus")]
     smart_status: Option<String>,
     /// Only records with one of these disposition codes, comma-separated, exact.
-    #[param(example = "SALE")]
     disposition: Option<String>,
     /// Up to three of `day`, `hour`, `channel`, `queue`, `bot`, `agent`, `finalStatus`,
     /// `smartStatus`, `direction`, `disposition`, comma-separated, each once. None: one
