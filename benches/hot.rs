@@ -135,7 +135,7 @@ fn bench_render(c: &mut Criterion) {
         g.bench_function(format!("miss: json_head + etag, {n} records"), |b| {
             b.iter(|| {
                 let head = json_head(black_box(page), &meta(RECORDS, n, &warnings));
-                let tag = etag(&head);
+                let tag = etag(&[7; 32], &head);
                 (head, tag)
             })
         });

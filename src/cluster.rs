@@ -1,17 +1,18 @@
-//! What replicas share through Redis (optional, `REDIS_URL`): the L2 window cache, the
-//! upstream budget, and a short per-window lock so one replica fetches a cold window while
-//! the others wait for its result.
+//! The replica's connection to Redis (optional, `REDIS_URL`), shared by every account: the
+//! upstream budget of each account, the replica heartbeat, and the guarded operation every
+//! Redis user goes through ([`Cluster::run`]). The windows replicas share are the cache's
+//! Redis tier (`cache::redis`), on this same connection.
 //!
-//! * **L2 cache**: a window's records, lz4-compressed, under a key derived from the same
-//!   [`WindowKey`] as the L1 (moka) cache, carrying its fetch time and freshness so every
-//!   replica applies the same TTL policy; Redis expires it after freshness + stale grace.
-//! * **Budget**: the same sliding-window log as the local budget (`budget.rs`), kept in one
-//!   sorted set and changed only by Lua scripts, so the check and the insert are atomic
-//!   across replicas. Redis's own `TIME` is the clock. A call in flight holds a lease
-//!   entry (scored in the future, so it counts until it completes, or until the lease ends
-//!   if its replica died); its completion rewrites the score to the completion time.
-//! * **Coalescing**: `SET … NX PX` on a lock key per window; the holder fetches, writes L2,
-//!   then deletes the lock (only if still its own); others poll L2 meanwhile.
+//! * **Key layout**: everything of one vendor account lives under
+//!   `kore-gateway:<account id>:<upstream digest>:` (the label of its cache namespace, so
+//!   two gateways on one Redis share exactly what belongs to the same upstream account):
+//!   `budget` (its log), `replicas` (the heartbeats of the replicas serving it), and the
+//!   cache tier's `w:` windows and `lock:` fetch locks.
+//! * **Budget**: the same sliding-window log as the local budget (`budget`), kept in one
+//!   sorted set per account and changed only by Lua scripts, so the check and the insert
+//!   are atomic across replicas. Redis's own `TIME` is the clock. A call in flight holds a
+//!   lease entry (scored in the future, so it counts until it completes, or until the lease
+//!   ends if its replica died); its completion rewrites the score to the completion time.
 //!
 //! Redis being down or slow never fails a request: every operation has a short timeout, a
 //! failure opens a brief circuit (no Redis calls for a moment), and callers fall back to
@@ -29,10 +30,10 @@ use redis::{Script, aio::ConnectionManager};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use crate::cache::{
-    FetchLock, Tier, WindowData, WindowKey,
-    tier::{decode_stored, encode_stored},
-};
+use crate::budget::{SharedLog, Transitions};
+
+/// The prefix of every key the gateway writes to Redis.
+pub const PREFIX: &str = "kore-gateway:";
 
 /// How long one Redis operation may take before it counts as a failure.
 const OP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -40,24 +41,6 @@ const OP_TIMEOUT: Duration = Duration::from_secs(1);
 const LOST_AFTER: u32 = 3;
 /// After a failure, Redis is left alone this long (requests go local meanwhile).
 const BREAKER: Duration = Duration::from_secs(1);
-/// Lifetime of a window lock (a holder that dies frees it by expiry).
-const LOCK_TTL: Duration = Duration::from_secs(60);
-/// How often waiters look for the holder's result.
-const POLL: Duration = Duration::from_millis(50);
-/// Keys asked of one `SCAN` step (and so at most about this many per `UNLINK`) when purging.
-const PURGE_BATCH: u32 = 500;
-
-/// `text` matched literally inside a Redis glob pattern.
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// Counters for `/metrics` and `/readyz`.
 #[derive(Debug, Default)]
@@ -73,8 +56,9 @@ pub struct ClusterStats {
 /// The Redis side of a replica.
 pub struct Cluster {
     conn: ConnectionManager,
-    prefix: String,
     replica: String,
+    /// The account labels this replica serves (heartbeats go to each).
+    accounts: Mutex<Vec<String>>,
     broken_until: Mutex<Option<Instant>>,
     /// When Redis was last lost and last regained (for the budget's hand-over periods).
     changed: Mutex<Transitions>,
@@ -84,7 +68,6 @@ pub struct Cluster {
     failures: AtomicU32,
     acquire: Script,
     release: Script,
-    unlock: Script,
     heartbeat: Script,
     pub stats: ClusterStats,
 }
@@ -93,17 +76,9 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may carry a password: never shown.
         f.debug_struct("Cluster")
-            .field("prefix", &self.prefix)
             .field("replica", &self.replica)
             .finish_non_exhaustive()
     }
-}
-
-/// When the shared state was last lost and regained.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Transitions {
-    pub lost_at: Option<Instant>,
-    pub regained_at: Option<Instant>,
 }
 
 /// Sliding-window log with leases: prune, count, admit or say how long to wait (ms).
@@ -131,12 +106,6 @@ redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1])
 return 1
 ";
 
-/// Deletes a lock only if it is still ours.
-const UNLOCK_LUA: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
-
 /// Marks this replica alive and counts the live ones.
 const HEARTBEAT_LUA: &str = r"
 local t = redis.call('TIME')
@@ -147,22 +116,13 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
 return redis.call('ZCARD', KEYS[1])
 ";
 
-/// L2 bytes back into a window, if still fresh.
-fn decode(bytes: &[u8]) -> Option<WindowData> {
-    decode_stored(bytes).filter(WindowData::is_fresh)
-}
-
 impl Cluster {
     /// Prepares the (lazy) connection; nothing is contacted yet, so a Redis that is down at
     /// start-up does not stop the gateway.
     ///
     /// # Errors
     /// A URL the client cannot parse (the message never repeats the URL).
-    pub fn new(
-        url: &SecretString,
-        account_id: &str,
-        expected_replicas: u32,
-    ) -> Result<Arc<Self>, String> {
+    pub fn new(url: &SecretString, expected_replicas: u32) -> Result<Arc<Self>, String> {
         let client = redis::Client::open(url.expose_secret())
             .map_err(|_| "REDIS_URL is not a valid Redis URL".to_owned())?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -175,13 +135,12 @@ impl Cluster {
         let replica = format!("{:016x}", fastrand::u64(..));
         Ok(Arc::new(Cluster {
             conn,
-            prefix: format!("kore-gateway:{account_id}:"),
             replica,
+            accounts: Mutex::new(Vec::new()),
             broken_until: Mutex::new(None),
             changed: Mutex::new(Transitions::default()),
             acquire: Script::new(ACQUIRE_LUA),
             release: Script::new(RELEASE_LUA),
-            unlock: Script::new(UNLOCK_LUA),
             heartbeat: Script::new(HEARTBEAT_LUA),
             expected_replicas: expected_replicas.max(1),
             failures: AtomicU32::new(0),
@@ -210,9 +169,37 @@ impl Cluster {
             .max(self.expected_replicas)
     }
 
+    /// This replica's id (the value of the locks it holds).
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// A handle on the connection (cheap: it multiplexes).
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// The key of `name` under the account labelled `label`.
+    pub fn key(label: &str, name: &str) -> String {
+        format!("{PREFIX}{label}:{name}")
+    }
+
+    /// The shared budget log of the account labelled `label` (the label of its cache
+    /// namespace), and this replica's heartbeats for it.
+    pub fn account_log(self: &Arc<Self>, label: &str) -> Arc<dyn SharedLog> {
+        let mut accounts = self.accounts.lock().unwrap_or_else(|p| p.into_inner());
+        if !accounts.iter().any(|a| a == label) {
+            accounts.push(label.to_owned());
+        }
+        Arc::new(AccountLog {
+            cluster: Arc::clone(self),
+            budget: Self::key(label, "budget"),
+        })
+    }
+
     /// Runs one Redis operation with the timeout and the circuit breaker; `None` when Redis
     /// is unavailable (the caller then goes local).
-    async fn run<T, F>(&self, op: F) -> Option<T>
+    pub async fn run<T, F>(&self, op: F) -> Option<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
@@ -266,180 +253,22 @@ impl Cluster {
         }
     }
 
-    /// The Redis key of a window: its bounds for people reading Redis, and the digest of
-    /// the whole typed key (bounds, offset, every filter list) for uniqueness.
-    fn window_key(&self, key: &WindowKey, kind: &str) -> String {
-        format!(
-            "{}{kind}:{}:{}:{}:{}",
-            self.prefix,
-            key.start,
-            key.end,
-            key.offset_seconds,
-            crate::cache::hex(&key.digest())
-        )
-    }
-
-    /// Deletes every window this account's replicas stored in Redis (the L2 tier): `SCAN`
-    /// for the window keys under the cluster prefix and `UNLINK` each batch (never `KEYS`,
-    /// which blocks Redis for the whole keyspace). Locks and the budget log are left alone.
-    /// Returns how many keys went, and whether the scan finished (false when Redis failed
-    /// part-way; what was unlinked by then stays unlinked).
-    pub async fn purge_windows(&self) -> (u64, bool) {
-        let pattern = format!("{}w:*", glob_escape(&self.prefix));
-        let mut cursor: u64 = 0;
-        let mut unlinked: u64 = 0;
-        loop {
-            let mut conn = self.conn.clone();
-            let page: Option<(u64, Vec<String>)> = self
-                .run(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(PURGE_BATCH)
-                        .query_async(&mut conn),
-                )
-                .await;
-            let Some((next, keys)) = page else {
-                return (unlinked, false);
-            };
-            if !keys.is_empty() {
-                let n: Option<u64> = self
-                    .run(redis::cmd("UNLINK").arg(&keys).query_async(&mut conn))
-                    .await;
-                match n {
-                    Some(n) => unlinked += n,
-                    None => return (unlinked, false),
-                }
-            }
-            if next == 0 {
-                return (unlinked, true);
-            }
-            cursor = next;
-        }
-    }
-
-    /// The fresh L2 copy of a window, if any.
-    pub async fn get_window(&self, key: &WindowKey) -> Option<WindowData> {
-        let k = self.window_key(key, "w");
-        let mut conn = self.conn.clone();
-        let bytes: Option<Vec<u8>> = self
-            .run(redis::cmd("GET").arg(&k).query_async(&mut conn))
-            .await?;
-        let bytes = bytes?;
-        // Decompressing and reading thousands of records is CPU work: off the async threads.
-        let data = tokio::task::spawn_blocking(move || decode(&bytes))
-            .await
-            .ok()??;
-        self.stats.l2_hits.fetch_add(1, Ordering::Relaxed);
-        Some(data)
-    }
-
-    /// Stores a window for every replica, for its freshness plus the stale grace.
-    pub async fn put_window(&self, key: &WindowKey, data: &Arc<WindowData>, grace: Duration) {
-        let ttl_ms = (data.fresh_for + grace).as_millis().max(1) as u64;
-        let fetched_at_ms =
-            jiff::Timestamp::now().as_millisecond() - data.fetched_at.elapsed().as_millis() as i64;
-        let owned = Arc::clone(data);
-        let Ok(Some(packed)) =
-            tokio::task::spawn_blocking(move || encode_stored(&owned, fetched_at_ms)).await
-        else {
-            return;
-        };
-        let k = self.window_key(key, "w");
-        // Waiting replicas depend on this write: one retry before giving up on it.
-        for _ in 0..2 {
-            let mut conn = self.conn.clone();
-            let done: Option<()> = self
-                .run(
-                    redis::cmd("SET")
-                        .arg(&k)
-                        .arg(&packed)
-                        .arg("PX")
-                        .arg(ttl_ms)
-                        .query_async(&mut conn),
-                )
-                .await;
-            if done.is_some() {
-                self.stats.l2_writes.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-    }
-
-    /// Tries to become the one replica fetching this window. `Some(true)`: ours;
-    /// `Some(false)`: another replica holds it; `None`: Redis unavailable.
-    pub async fn try_lock(&self, key: &WindowKey) -> Option<bool> {
-        let k = self.window_key(key, "lock");
-        let mut conn = self.conn.clone();
-        let set: Option<Option<String>> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(&k)
-                    .arg(&self.replica)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(LOCK_TTL.as_millis() as u64)
-                    .query_async(&mut conn),
-            )
-            .await;
-        set.map(|r| r.is_some())
-    }
-
-    /// Frees our lock on a window.
-    pub async fn unlock(&self, key: &WindowKey) {
-        let k = self.window_key(key, "lock");
-        let mut conn = self.conn.clone();
-        let _: Option<i64> = self
-            .run(
-                self.unlock
-                    .key(&k)
-                    .arg(&self.replica)
-                    .invoke_async(&mut conn),
-            )
-            .await;
-    }
-
-    /// Waits for the lock holder's result; `None` when the lock went away without one (the
-    /// holder failed or died) or Redis became unavailable — the caller then fetches itself.
-    pub async fn wait_for_window(&self, key: &WindowKey, deadline: Duration) -> Option<WindowData> {
-        self.stats.lock_waits.fetch_add(1, Ordering::Relaxed);
-        let lock = self.window_key(key, "lock");
-        let until = Instant::now() + deadline;
-        while Instant::now() < until {
-            tokio::time::sleep(POLL).await;
-            if let Some(d) = self.get_window(key).await {
-                return Some(d);
-            }
-            let mut conn = self.conn.clone();
-            let held: i64 = self
-                .run(redis::cmd("EXISTS").arg(&lock).query_async(&mut conn))
-                .await?;
-            if held == 0 {
-                // Freed: either the result is there now, or the holder gave up.
-                return self.get_window(key).await;
-            }
-        }
-        None
-    }
-
     /// Takes a slot of the shared budget. `Some(Ok(member))`: granted (release it with
     /// [`Cluster::release_slot`] when the call completes); `Some(Err(wait))`: full;
     /// `None`: Redis unavailable.
-    pub async fn acquire_slot(
+    async fn acquire_slot(
         &self,
+        k: &str,
         calls: u32,
         period: Duration,
         lease: Duration,
     ) -> Option<Result<String, Duration>> {
         let member = format!("{}:{:016x}", self.replica, fastrand::u64(..));
-        let k = format!("{}budget", self.prefix);
         let mut conn = self.conn.clone();
         let wait: i64 = self
             .run(
                 self.acquire
-                    .key(&k)
+                    .key(k)
                     .arg(calls)
                     .arg(period.as_millis() as u64)
                     .arg(lease.as_millis() as u64)
@@ -455,29 +284,38 @@ impl Cluster {
     }
 
     /// Records a call's completion in the shared log.
-    pub async fn release_slot(&self, member: &str) {
-        let k = format!("{}budget", self.prefix);
+    async fn release_slot(&self, k: &str, member: &str) {
         let mut conn = self.conn.clone();
         let _: Option<i64> = self
-            .run(self.release.key(&k).arg(member).invoke_async(&mut conn))
+            .run(self.release.key(k).arg(member).invoke_async(&mut conn))
             .await;
     }
 
-    /// Announces this replica and learns how many are alive (for the local budget share
-    /// used while Redis is down).
+    /// Announces this replica for every account it serves and learns how many replicas
+    /// serve them (the most of any account: for the local budget share used while Redis is
+    /// down, a larger count is the safe side).
     pub async fn heartbeat(&self) {
-        let k = format!("{}replicas", self.prefix);
-        let mut conn = self.conn.clone();
-        let n: Option<i64> = self
-            .run(
-                self.heartbeat
-                    .key(&k)
-                    .arg(&self.replica)
-                    .arg(15_000u64)
-                    .invoke_async(&mut conn),
-            )
-            .await;
-        if let Some(n) = n {
+        let accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut most: Option<i64> = None;
+        for label in accounts {
+            let k = Self::key(&label, "replicas");
+            let mut conn = self.conn.clone();
+            let n: Option<i64> = self
+                .run(
+                    self.heartbeat
+                        .key(&k)
+                        .arg(&self.replica)
+                        .arg(15_000u64)
+                        .invoke_async(&mut conn),
+                )
+                .await;
+            most = most.max(n);
+        }
+        if let Some(n) = most {
             self.stats
                 .replicas
                 .store(u32::try_from(n).unwrap_or(1).max(1), Ordering::Relaxed);
@@ -498,56 +336,41 @@ impl Cluster {
     }
 }
 
-/// The windows replicas share through Redis, as the cache's shared tier: a copy is read
-/// only while fresh, stored for its freshness plus the stale grace, and a cold window is
-/// fetched by the one replica holding its lock.
+/// One account's budget log in Redis: what the account's [`Budget`](crate::budget::Budget)
+/// asks before every grant.
 #[derive(Debug)]
-pub struct RedisTier {
+struct AccountLog {
     cluster: Arc<Cluster>,
-    grace: Duration,
-}
-
-impl RedisTier {
-    pub fn new(cluster: Arc<Cluster>, grace: Duration) -> Self {
-        RedisTier { cluster, grace }
-    }
+    /// `kore-gateway:<label>:budget`.
+    budget: String,
 }
 
 #[async_trait::async_trait]
-impl Tier for RedisTier {
-    async fn get(&self, key: &WindowKey) -> Option<WindowData> {
-        self.cluster.get_window(key).await
+impl SharedLog for AccountLog {
+    async fn acquire(
+        &self,
+        calls: u32,
+        period: Duration,
+        lease: Duration,
+    ) -> Option<Result<String, Duration>> {
+        self.cluster
+            .acquire_slot(&self.budget, calls, period, lease)
+            .await
     }
 
-    async fn put(&self, key: &WindowKey, data: &Arc<WindowData>) {
-        self.cluster.put_window(key, data, self.grace).await;
+    async fn release(&self, member: &str) {
+        self.cluster.release_slot(&self.budget, member).await;
     }
 
-    /// If a holder gives up without publishing, the waiters compete for the lock again, so
-    /// a failure costs one more fetch, not one per waiting replica.
-    async fn lock_for_fetch(&self, key: &WindowKey, wait: Duration) -> FetchLock {
-        for _ in 0..5 {
-            match self.cluster.try_lock(key).await {
-                Some(true) => return FetchLock::Held,
-                Some(false) => {
-                    if let Some(d) = self.cluster.wait_for_window(key, wait).await {
-                        return FetchLock::Filled(d);
-                    }
-                    tracing::debug!(start = key.start, "lock holder gave up without publishing");
-                }
-                None => {
-                    tracing::debug!(
-                        start = key.start,
-                        "redis unavailable for the lock: fetching locally"
-                    );
-                    return FetchLock::Unlocked;
-                }
-            }
-        }
-        FetchLock::Unlocked
+    fn replicas(&self) -> u32 {
+        self.cluster.replicas()
     }
 
-    async fn unlock(&self, key: &WindowKey) {
-        self.cluster.unlock(key).await;
+    fn is_up(&self) -> bool {
+        self.cluster.is_up()
+    }
+
+    fn transitions(&self) -> Transitions {
+        self.cluster.transitions()
     }
 }

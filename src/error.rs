@@ -33,6 +33,9 @@ pub enum AppError {
     /// A known key asked for something it may not do.
     #[error("this API key may not use this route")]
     Forbidden,
+    /// A known key asked for an account it may not read (GATEWAY_KEY_ACCOUNTS).
+    #[error("this API key may not read the account `{account}`")]
+    AccountForbidden { account: String },
     #[error("no such route")]
     NotFound,
     /// The body is larger than the route accepts.
@@ -107,7 +110,7 @@ impl AppError {
         match self {
             AppError::BadParam { .. } | AppError::BadBody(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden => StatusCode::FORBIDDEN,
+            AppError::Forbidden | AppError::AccountForbidden { .. } => StatusCode::FORBIDDEN,
             AppError::NotFound | AppError::NoSuchJob => StatusCode::NOT_FOUND,
             AppError::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -130,6 +133,10 @@ impl AppError {
             AppError::BadBody(_) => ("/problems/invalid-body", "Invalid request body"),
             AppError::Unauthorized => ("/problems/unauthorized", "Missing or unknown API key"),
             AppError::Forbidden => ("/problems/forbidden", "Not allowed for this API key"),
+            AppError::AccountForbidden { .. } => (
+                "/problems/account-forbidden",
+                "Account not allowed for this API key",
+            ),
             AppError::NotFound => ("/problems/not-found", "Not found"),
             AppError::NoSuchJob => ("/problems/no-such-job", "No such job"),
             AppError::TooManyJobs { .. } => ("/problems/too-many-jobs", "Too many jobs"),
@@ -190,6 +197,7 @@ impl IntoResponse for AppError {
         let (kind, title) = self.kind_and_title();
         let (detail, param) = match &self {
             AppError::BadParam { param, detail } => (detail.clone(), Some(*param)),
+            AppError::AccountForbidden { .. } => (self.to_string(), Some("account")),
             AppError::BadBody(d) => (d.clone(), None),
             AppError::KeyRateLimited { retry_after } => (
                 format!(

@@ -31,7 +31,9 @@ use tracing::Instrument;
 
 use crate::{
     budget::{Budget, Priority},
-    cache::{Purpose, Refetch, Source, WindowCache, WindowData, WindowKey, WindowOutcome},
+    cache::{
+        Namespace, Purpose, Refetch, Source, WindowCache, WindowData, WindowKey, WindowOutcome,
+    },
     merge::{Record, cross_check, dedupe_and_sort},
     plan::Window,
     upstream::{Filters, MAX_PAGE, MAX_REACH, PAGE_LIMIT, Page, UpstreamClient, UpstreamError},
@@ -63,24 +65,33 @@ pub struct CallContext {
     pub priority: Priority,
 }
 
-/// Upstream client, budget and retry policy, shared by every fetch task.
+/// One account's upstream client, budget and retry policy, shared by every fetch task.
 #[derive(Debug)]
 pub struct Fetcher {
     client: UpstreamClient,
     budget: Budget,
     retries: u32,
     max_wait: Duration,
+    /// The account's name: the `account` label of its metrics.
+    account: Arc<str>,
     /// Unix seconds of the last successful upstream answer (0: none yet), for `/readyz`.
     last_ok: AtomicI64,
 }
 
 impl Fetcher {
-    pub fn new(client: UpstreamClient, budget: Budget, retries: u32, max_wait: Duration) -> Self {
+    pub fn new(
+        client: UpstreamClient,
+        budget: Budget,
+        retries: u32,
+        max_wait: Duration,
+        account: Arc<str>,
+    ) -> Self {
         Fetcher {
             client,
             budget,
             retries,
             max_wait,
+            account,
             last_ok: AtomicI64::new(0),
         }
     }
@@ -100,6 +111,11 @@ impl Fetcher {
         &self.budget
     }
 
+    /// The account's name as a metrics label value (shared, not copied).
+    fn account_label(&self) -> metrics::SharedString {
+        metrics::SharedString::from_shared(Arc::clone(&self.account))
+    }
+
     pub fn client(&self) -> &UpstreamClient {
         &self.client
     }
@@ -116,7 +132,8 @@ impl Fetcher {
             .acquire_as(&ctx.caller, ctx.priority)
             .await
             .map_err(|e| {
-                metrics::counter!("gateway_budget_exhausted_total").increment(1);
+                metrics::counter!("gateway_budget_exhausted_total", "account" => self.account_label())
+                    .increment(1);
                 UpstreamError::Budget {
                     retry_after: e.retry_after,
                 }
@@ -161,8 +178,9 @@ impl Fetcher {
                 Err(e) => e.label(),
             };
             span.record("outcome", outcome);
-            metrics::counter!("gateway_upstream_calls_total", "outcome" => outcome).increment(1);
-            metrics::histogram!("gateway_upstream_call_seconds")
+            metrics::counter!("gateway_upstream_calls_total", "outcome" => outcome, "account" => self.account_label())
+                .increment(1);
+            metrics::histogram!("gateway_upstream_call_seconds", "account" => self.account_label())
                 .record(started.elapsed().as_secs_f64());
             let err = match result {
                 Ok(p) => {
@@ -191,7 +209,8 @@ impl Fetcher {
                     }
                     let pause = backoff(attempt).max(hinted.unwrap_or(Duration::ZERO));
                     attempt += 1;
-                    metrics::counter!("gateway_upstream_retries_total").increment(1);
+                    metrics::counter!("gateway_upstream_retries_total", "account" => self.account_label())
+                        .increment(1);
                     tracing::info!(request_id = %ctx.request_id, error = %e, attempt, pause_ms = pause.as_millis() as u64, "retrying upstream call");
                     tokio::time::sleep(pause).await;
                 }
@@ -516,6 +535,8 @@ fn backoff(attempt: u32) -> Duration {
 pub struct RangeFetch {
     fetcher: Arc<Fetcher>,
     cache: Arc<WindowCache>,
+    /// Whose windows: every key this request makes is in its account's namespace.
+    ns: Namespace,
     filters: Arc<Filters>,
     ctx: CallContext,
     /// Skip fresh cached copies (admin `Cache-Control: no-cache`).
@@ -523,12 +544,15 @@ pub struct RangeFetch {
 }
 
 impl RangeFetch {
-    /// The windows of one request with `filters`: through `cache`, fetched by `fetcher` on
-    /// behalf of `caller` (fairness) under `request_id` (tracing), spending at most what
-    /// `allowance` grants; `refresh` skips fresh cached copies.
+    /// The windows of one request with `filters` on the account whose namespace is `ns`:
+    /// through `cache`, fetched by that account's `fetcher` on behalf of `caller` (fairness)
+    /// under `request_id` (tracing), spending at most what `allowance` grants; `refresh`
+    /// skips fresh cached copies.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         fetcher: Arc<Fetcher>,
         cache: Arc<WindowCache>,
+        ns: Namespace,
         filters: Filters,
         caller: Arc<str>,
         request_id: Arc<str>,
@@ -538,6 +562,7 @@ impl RangeFetch {
         RangeFetch {
             fetcher,
             cache,
+            ns,
             filters: Arc::new(filters),
             ctx: CallContext {
                 caller,
@@ -554,12 +579,17 @@ impl RangeFetch {
     pub async fn all_fresh(&self, windows: &[Window]) -> bool {
         let now = jiff::Timestamp::now();
         for w in windows.iter().filter(|w| w.start <= now) {
-            let key = WindowKey::new(w, &self.filters);
+            let key = WindowKey::new(&self.ns, w, &self.filters);
             if self.cache.get_fresh(&key).await.is_none() {
                 return false;
             }
         }
         true
+    }
+
+    /// The account's fetcher (its budget, for a job's ETA).
+    pub fn fetcher(&self) -> &Arc<Fetcher> {
+        &self.fetcher
     }
 
     /// Whether fresh cached copies are skipped.
@@ -586,7 +616,7 @@ impl RangeFetch {
                 collapsed: false,
             });
         }
-        let key = WindowKey::new(&window, &self.filters);
+        let key = WindowKey::new(&self.ns, &window, &self.filters);
         let this = self.clone();
         let refetch: Refetch =
             Arc::new(move |purpose| this.for_purpose(purpose).fetch_uncached(window));

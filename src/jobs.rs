@@ -76,8 +76,10 @@ pub struct Job {
     pub owner: Arc<str>,
     /// The URL that answers the range once the job is done.
     pub result: String,
-    /// What identical requests share: the owner's request URL.
+    /// What identical requests share: the account, and the owner's request URL.
     identity: String,
+    /// The account it reads, whose budget its calls wait for (and its ETA reads).
+    fetcher: Arc<crate::fetch::Fetcher>,
     created: Instant,
     windows_total: u32,
     windows_started: AtomicU32,
@@ -119,6 +121,11 @@ pub struct JobView {
 }
 
 impl Job {
+    /// The budget of the account it reads.
+    pub fn budget(&self) -> &Budget {
+        self.fetcher.budget()
+    }
+
     fn ended(&self) -> Option<(Instant, End)> {
         lock(&self.end).clone()
     }
@@ -226,6 +233,7 @@ impl Jobs {
             owner,
             result,
             identity,
+            fetcher: Arc::clone(range.fetcher()),
             created: Instant::now(),
             windows_total: u32::try_from(windows.len()).unwrap_or(u32::MAX),
             windows_started: AtomicU32::new(0),
@@ -424,9 +432,10 @@ async fn problem_of(e: UpstreamError) -> serde_json::Value {
     serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
 }
 
-/// 128 random bits as hex: not guessable, and not a secret either (jobs are owner-checked).
+/// 128 bits of OS randomness as hex: not guessable from any other id, and not a secret
+/// either (jobs are owner-checked).
 fn new_job_id() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    crate::cache::hex(&crate::telemetry::random_bytes::<16>())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

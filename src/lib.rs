@@ -10,16 +10,20 @@
 //! ```
 //!
 //! * [`api`] authenticates the caller by API key, parses the query into typed values and
-//!   turns every failure into problem+json through [`error::AppError`].
+//!   turns every failure into problem+json through [`error::AppError`]; it chooses the
+//!   request's [`account`] once (its client, budget, cache namespace and cursor key) and
+//!   passes it down.
 //! * [`plan`] splits the range into windows of at most 7 days on a grid that depends only on
 //!   the time zone, never crossing a DST change.
 //! * [`fetch`] fans out over windows and pages, splitting windows that hold more than the
 //!   vendor lets one query reach (the vendor's counts are hints, the pages the evidence),
 //!   within the shared [`budget`] (callers, then revalidations, then refresh-ahead) and the
 //!   request's own call allowance; [`upstream`] is the vendor client (JWT, body, statuses).
-//! * [`cache`] holds the typed keys and answers repeats: windows in memory, then the tiers
-//!   below it behind one trait ([`cache::Tier`]: get / put / lock-for-fetch) — [`disk`]
-//!   (`CACHE_DIR`) on this machine, Redis ([`cluster::RedisTier`]) between replicas; it
+//! * [`cache`] holds the typed keys — every one names whose data it is
+//!   ([`cache::Namespace`]: the account's base URL, account id, vendor endpoint) — and
+//!   answers repeats: windows in memory, then the tiers below it behind one trait
+//!   ([`cache::Tier`]: get / put / lock-for-fetch) — [`cache::disk`] (`CACHE_DIR`) on this
+//!   machine, [`cache::redis`] between replicas; it
 //!   coalesces identical misses, serves stale while it revalidates, refreshes polled
 //!   windows ahead, and keeps stored answers with the forms [`encoding`] compressed once.
 //! * [`outcome`] judges an answer from its windows' outcomes (complete, stale, hit or miss,
@@ -30,12 +34,14 @@
 //! * [`jobs`] runs long ranges asked with `Prefer: respond-async`; [`ratelimit_headers`] and
 //!   [`telemetry`] make the budget and the work visible (traces, request ids); [`tls`]
 //!   installs the crypto provider of the HTTPS clients.
-//! * [`cluster`] shares the cache and the budget between replicas through Redis, when
-//!   `REDIS_URL` is set.
+//! * [`cluster`] is the replica's Redis connection, when `REDIS_URL` is set: each account's
+//!   shared budget log (behind [`budget::SharedLog`]) and the heartbeats; the cache's Redis
+//!   tier uses the same connection.
 //!
-//! Modules depend downwards only (`tests/structure.rs` fails on a cycle): `api` → `jobs` →
-//! `fetch` → `cache` → `plan`/`merge`/`upstream`; `cluster` and `disk` implement the cache's
-//! tier trait; `outcome`, `render` and `summary` read what `fetch` and `merge` produce.
+//! Modules depend downwards only (`tests/structure.rs` fails on a cycle): `api` → `account`,
+//! `jobs` → `fetch` → `cache` → `plan`/`merge`/`upstream`; `cache` → `cluster` →
+//! `budget` (the budget knows only its trait); `outcome`, `render` and `summary` read what
+//! `fetch` and `merge` produce.
 //!
 //! Beside this crate, in the same workspace: `crates/sim` (`kore-sim`), the upstream
 //! simulator the tests, the benchmarks and `--demo` run against — in the binary only with
@@ -44,12 +50,12 @@
 //!
 //! [`build`] makes the shared [`AppState`]; [`app`] turns it into the `Router`.
 
+pub mod account;
 pub mod api;
 pub mod budget;
 pub mod cache;
 pub mod cluster;
 pub mod config;
-pub mod disk;
 pub mod encoding;
 pub mod error;
 pub mod fetch;
@@ -71,11 +77,12 @@ use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::{
+    account::{Account, Accounts},
     api::auth::KeyRing,
     budget::{Budget, KeyLimiter},
-    cache::{CacheCounters, ResponseCache, Tier, WindowCache},
+    cache::{CacheCounters, Namespace, ResponseCache, Tier, WindowCache, disk::DiskSlot},
     cluster::Cluster,
-    config::Settings,
+    config::{BudgetSettings, Settings},
     fetch::Fetcher,
     upstream::UpstreamClient,
 };
@@ -84,7 +91,8 @@ use crate::{
 #[derive(Debug)]
 pub struct App {
     pub settings: Settings,
-    pub fetcher: Arc<Fetcher>,
+    /// The vendor accounts, each its own upstream (client, budget, namespace, cursor key).
+    pub accounts: Accounts,
     pub windows: Arc<WindowCache>,
     pub responses: ResponseCache,
     pub counters: Arc<CacheCounters>,
@@ -94,10 +102,11 @@ pub struct App {
     pub health: api::ops::Health,
     /// What replicas share through Redis, when REDIS_URL is set.
     pub cluster: Option<Arc<Cluster>>,
-    /// The disk tier below the window cache, when CACHE_DIR is set and it opened.
-    pub disk: Option<Arc<disk::DiskTier>>,
-    /// Signs and checks cursors (derived from the client secret).
-    pub cursor_key: render::CursorKey,
+    /// The disk tier below the window cache, when CACHE_DIR is set (open, or waiting for
+    /// another process to let the store go).
+    pub disk: Option<Arc<DiskSlot>>,
+    /// The Redis tier between replicas, when REDIS_URL is set.
+    pub redis: Option<Arc<cache::redis::RedisTier>>,
     /// `Prefer: respond-async` jobs.
     pub jobs: jobs::Jobs,
     /// Response-cache keys of data query strings already parsed.
@@ -147,45 +156,76 @@ pub fn metrics_handle() -> PrometheusHandle {
 /// # Errors
 /// The upstream client cannot be built from the settings.
 pub fn build(settings: Settings) -> Result<AppState, String> {
-    let client = UpstreamClient::new(&settings.upstream)?;
     let cluster = match &settings.redis_url {
-        Some(url) => {
-            let c = Cluster::new(url, &settings.upstream.account_id, settings.replicas)?;
-            c.spawn_heartbeat();
-            Some(c)
-        }
+        Some(url) => Some(Cluster::new(url, settings.replicas)?),
         None => None,
     };
-    // A shared-budget slot of a call whose replica died counts until the call must be over.
-    let lease = settings.upstream.timeout + std::time::Duration::from_secs(5);
-    let budget = Budget::new(&settings.budget, cluster.clone(), lease);
-    let fetcher = Arc::new(Fetcher::new(
-        client,
-        budget,
-        settings.upstream.retries,
-        settings.budget.max_wait,
-    ));
+    let mut built: Vec<Arc<Account>> = Vec::with_capacity(settings.accounts.len());
+    for (index, a) in settings.accounts.iter().enumerate() {
+        let client =
+            UpstreamClient::new(&a.upstream).map_err(|e| format!("account `{}`: {e}", a.name))?;
+        let ns = Namespace::new(
+            a.upstream.base_url.as_str(),
+            &a.upstream.account_id,
+            upstream::VENDOR_PATH,
+        );
+        // A shared-budget slot of a call whose replica died counts until the call must be over.
+        let lease = a.upstream.timeout + std::time::Duration::from_secs(5);
+        let budget = Budget::new(
+            &BudgetSettings {
+                rate: a.rate,
+                ..settings.budget
+            },
+            Arc::clone(&a.name),
+            cluster.as_ref().map(|c| c.account_log(ns.label())),
+            lease,
+        );
+        let fetcher = Arc::new(Fetcher::new(
+            client,
+            budget,
+            a.upstream.retries,
+            settings.budget.max_wait,
+            Arc::clone(&a.name),
+        ));
+        let cursor_key = {
+            use secrecy::ExposeSecret;
+            render::CursorKey::derive(a.upstream.client_secret.expose_secret().as_bytes())
+        };
+        built.push(Arc::new(Account {
+            name: Arc::clone(&a.name),
+            account_id: a.upstream.account_id.clone(),
+            base_url: a.upstream.base_url.to_string(),
+            ns,
+            fetcher,
+            cursor_key,
+            offset_mode: a.upstream.offset_mode,
+            rate: a.rate,
+            index,
+        }));
+    }
+    if built.is_empty() {
+        return Err("no account configured".into());
+    }
+    if let Some(c) = &cluster {
+        c.spawn_heartbeat();
+    }
+    let accounts = Accounts::new(built, &settings.accounts, settings.key_accounts.as_ref());
     let counters = Arc::new(CacheCounters::default());
-    let disk = settings.disk.as_ref().and_then(|d| {
-        match disk::DiskTier::open(&d.dir, d.max_bytes) {
-            Ok(t) => Some(Arc::new(t)),
-            Err(e) => {
-                tracing::warn!(error = %e, "the disk cache tier is unavailable; running in memory");
-                None
-            }
-        }
-    });
-    let shared = cluster.as_ref().map(|c| {
-        Arc::new(cluster::RedisTier::new(
+    let disk = settings
+        .disk
+        .as_ref()
+        .map(|d| DiskSlot::open(d.dir.clone(), d.max_bytes));
+    let redis = cluster.as_ref().map(|c| {
+        Arc::new(cache::redis::RedisTier::new(
             Arc::clone(c),
             settings.cache.stale_grace,
-        )) as Arc<dyn Tier>
+        ))
     });
     let windows = Arc::new(WindowCache::with_tiers(
         settings.cache,
         Arc::clone(&counters),
         disk.clone().map(|d| d as Arc<dyn Tier>),
-        shared,
+        redis.clone().map(|r| r as Arc<dyn Tier>),
     ));
     windows.spawn_refresh_ahead();
     let responses = ResponseCache::new(&settings.cache);
@@ -193,16 +233,12 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
     let ratelimit_policy = ratelimit_headers::PolicyValues::new(
         key_limiter.as_ref().map(KeyLimiter::rate),
-        fetcher.budget().rate(),
+        accounts.all().iter().map(|a| a.rate),
     );
     let settings_job_ttl = settings.job_ttl;
-    let cursor_key = {
-        use secrecy::ExposeSecret;
-        render::CursorKey::derive(settings.upstream.client_secret.expose_secret().as_bytes())
-    };
     Ok(AppState(Arc::new(App {
         settings,
-        fetcher,
+        accounts,
         windows,
         responses,
         counters,
@@ -212,7 +248,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         health: api::ops::Health::default(),
         cluster,
         disk,
-        cursor_key,
+        redis,
         jobs: jobs::Jobs::new(settings_job_ttl),
         query_keys: api::query::KeyMemo::default(),
         ratelimit_policy,

@@ -137,9 +137,15 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .into(),
         );
     }
-    let settings = cli
+    #[allow(unused_mut)]
+    let mut settings = cli
         .into_settings()
         .map_err(|e| format!("configuration: {e}"))?;
+    #[cfg(feature = "demo")]
+    let demo_keys = match &sim_addr {
+        Some(demo) => demo::second_account(&mut settings, demo),
+        None => Vec::new(),
+    };
     let listen = settings.listen;
     let state = kore_gateway::build(settings)?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -147,8 +153,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     #[cfg(feature = "demo")]
-    if let Some(sim) = sim_addr {
-        demo::print_banner(local, sim);
+    if let Some(demo) = &sim_addr {
+        demo::print_banner(local, demo, &demo_keys, &state);
     }
     tracing::info!(%local, "kore-gateway listening");
     // Guarded: an over-long request line still reaches the stack (a 414 problem+json).
@@ -187,18 +193,45 @@ async fn shutdown_signal() {
 /// `--demo` and `--simulator`: the built-in upstream simulator (crates/sim).
 #[cfg(feature = "demo")]
 mod demo {
-    use std::net::SocketAddr;
+    use std::{net::SocketAddr, sync::Arc};
 
-    use kore_gateway::config::Cli;
+    use kore_gateway::config::{AccountSettings, Cli, Settings};
     use kore_sim::{SimConfig, Simulator, serve_standalone};
-    use secrecy::SecretString;
+    use secrecy::{ExposeSecret, SecretString};
 
     use super::{DEMO_ADMIN_KEY, DEMO_KEY};
 
-    /// `--simulator` serves the simulator alone until it stops (`None`); `--demo` starts it
-    /// on a loopback port and points the gateway at it with demo keys. Returns the settings
-    /// to run the gateway with, and the simulator's address under `--demo`.
-    pub(super) async fn start(mut cli: Cli) -> Result<Option<(Cli, Option<SocketAddr>)>, String> {
+    /// The demo's two simulated vendor accounts, each on its own simulator.
+    pub(super) struct Demo {
+        /// `demo`: the simulator every README example reads (seed 1).
+        pub first: SocketAddr,
+        pub first_account_id: String,
+        /// `demo-eu`: another account, other data, on another base URL.
+        pub second: SocketAddr,
+        pub second_cfg: SimConfig,
+    }
+
+    /// The second demo account: other credentials, other data (another seed).
+    fn second_config(
+        latency: std::time::Duration,
+        rate: Option<(u32, std::time::Duration)>,
+    ) -> SimConfig {
+        let mut cfg = SimConfig::demo();
+        cfg.account_id = "66bc4a29bdaafdb08461e0e1".into();
+        cfg.client_id = "cs-5f1d2c3b-eu00-4d8e-9a51-7c0f2e9be001".into();
+        cfg.client_secret = "demo-eu-secret-not-for-production-987654".into();
+        cfg.seed = 2;
+        cfg.latency = latency;
+        cfg.rate_limit = rate;
+        cfg
+    }
+
+    /// `--simulator` serves the simulator alone until it stops (`None`); `--demo` starts two
+    /// simulated accounts on loopback ports and points the gateway at the first through the
+    /// KORE_* settings (the second is added by [`second_account`]), with demo keys unless
+    /// GATEWAY_API_KEYS is set. Returns the settings to run the gateway with, and under
+    /// `--demo` where the simulators are.
+    pub(super) async fn start(mut cli: Cli) -> Result<Option<(Cli, Option<Demo>)>, String> {
         let mut cfg = SimConfig::demo();
         cfg.latency = cli.sim_latency;
         cfg.rate_limit = cli.sim_rate_limit.map(|r| (r.calls, r.period));
@@ -215,10 +248,17 @@ mod demo {
         if !cli.demo {
             return Ok(Some((cli, None)));
         }
-        let (_sim, addr) = Simulator::spawn(cfg.clone())
+        if cli.kore_accounts_file.is_some() {
+            return Err("--demo runs its own simulated accounts: unset KORE_ACCOUNTS_FILE".into());
+        }
+        let (_sim, first) = Simulator::spawn(cfg.clone())
             .await
             .map_err(|e| format!("cannot start the simulator: {e}"))?;
-        cli.kore_base_url = Some(format!("http://{addr}"));
+        let second_cfg = second_config(cfg.latency, cfg.rate_limit);
+        let (_sim2, second) = Simulator::spawn(second_cfg.clone())
+            .await
+            .map_err(|e| format!("cannot start the second simulator: {e}"))?;
+        cli.kore_base_url = Some(format!("http://{first}"));
         cli.kore_account_id = Some(cfg.account_id.clone());
         cli.kore_client_id = Some(cfg.client_id.clone());
         cli.kore_client_secret = Some(SecretString::from(cfg.client_secret.clone()));
@@ -231,19 +271,92 @@ mod demo {
         if cli.gateway_cors_origins.is_none() {
             cli.gateway_cors_origins = Some("*".into());
         }
-        Ok(Some((cli, Some(addr))))
+        Ok(Some((
+            cli,
+            Some(Demo {
+                first,
+                first_account_id: cfg.account_id,
+                second,
+                second_cfg,
+            }),
+        )))
+    }
+
+    /// Names the KORE_* account `demo` (the default) and adds `demo-eu`, the second
+    /// simulated account, with the same knobs. Returns the demo keys in force (none when
+    /// GATEWAY_API_KEYS chose the keys).
+    pub(super) fn second_account(settings: &mut Settings, demo: &Demo) -> Vec<(String, String)> {
+        let Some(first) = settings.accounts.first_mut() else {
+            return Vec::new();
+        };
+        first.name = "demo".into();
+        let mut upstream = first.upstream.clone();
+        let rate = first.rate;
+        if let Ok(url) = format!("http://{}", demo.second).parse() {
+            upstream.base_url = url;
+        }
+        upstream.account_id = demo.second_cfg.account_id.clone();
+        upstream.client_id = demo.second_cfg.client_id.clone();
+        upstream.client_secret = SecretString::from(demo.second_cfg.client_secret.clone());
+        settings.accounts.push(AccountSettings {
+            name: Arc::from("demo-eu"),
+            upstream,
+            rate,
+            default: false,
+        });
+        // Only the keys the demo made up are printed; keys an operator set stay unprinted.
+        let demo_keys = [("demo", DEMO_KEY), ("admin", DEMO_ADMIN_KEY)];
+        settings
+            .api_keys
+            .iter()
+            .filter(|k| {
+                demo_keys
+                    .iter()
+                    .any(|(n, v)| *k.name == **n && k.key.expose_secret() == *v)
+            })
+            .map(|k| (k.name.to_string(), k.key.expose_secret().to_owned()))
+            .collect()
     }
 
     /// The demo's banner. CI scripts read the gateway's address from the `gateway on` line
     /// and ask the simulator's `/__sim/violations` whether the gateway ever broke a vendor
     /// rule.
-    pub(super) fn print_banner(addr: SocketAddr, sim: SocketAddr) {
+    pub(super) fn print_banner(
+        addr: SocketAddr,
+        demo: &Demo,
+        demo_keys: &[(String, String)],
+        state: &kore_gateway::AppState,
+    ) {
+        let key = demo_keys
+            .iter()
+            .find(|(n, _)| n == "demo")
+            .map_or("<your key>", |(_, k)| k.as_str());
+        let keys = if demo_keys.is_empty() {
+            let mut names: Vec<&str> = state.settings.api_keys.iter().map(|k| &*k.name).collect();
+            names.sort_unstable();
+            format!(
+                "from GATEWAY_API_KEYS (names: {}; their keys are not printed)",
+                names.join(", ")
+            )
+        } else {
+            demo_keys
+                .iter()
+                .map(|(n, k)| format!("{n} = {k}"))
+                .collect::<Vec<_>>()
+                .join("   ")
+        };
         println!(
-            "\nkore-gateway demo: gateway on http://{addr}, in front of the built-in upstream simulator.\n\
-             \n  Swagger UI:  http://{addr}/docs   (Authorize with: {DEMO_KEY})\n  OpenAPI:     http://{addr}/openapi.json\n\
-             \n  Simulator:   http://{sim}/__sim/violations   (every vendor rule the gateway broke; CI requires none)\n\
-             \n  Try it:\n    curl -s -H 'Authorization: Bearer {DEMO_KEY}' 'http://{addr}/v1/interactions?from=2024-09-01&to=2024-09-30&tz=Asia/Kolkata&limit=2'\n\
-             \n  Keys: demo = {DEMO_KEY}   admin = {DEMO_ADMIN_KEY}\n"
+            "\nkore-gateway demo: gateway on http://{addr}, in front of two built-in upstream simulators.\n\
+             \n  Swagger UI:  http://{addr}/docs   (Authorize with: {key})\n  OpenAPI:     http://{addr}/openapi.json\n\
+             \n  Accounts:    demo    (default)  vendor account {a1}  simulator http://{s1}\n               demo-eu             vendor account {a2}  simulator http://{s2}\n\
+             \n  Simulator:   http://{s1}/__sim/violations   (every vendor rule the gateway broke; CI requires none)\n\
+             \n  Try it:\n    curl -s -H 'Authorization: Bearer {key}' 'http://{addr}/v1/interactions?from=2024-09-01&to=2024-09-30&tz=Asia/Kolkata&limit=2'\n    curl -s -H 'Authorization: Bearer {key}' 'http://{addr}/v1/interactions?from=2024-09-01&to=2024-09-30&tz=Asia/Kolkata&limit=2&account=demo-eu'\n\
+             \n  Drop-in:     POST http://{addr}/agentassist/api/public/analytics/account/{a1}/v2/interactionDetails\n\
+             \n  Keys: {keys}\n",
+            s1 = demo.first,
+            s2 = demo.second,
+            a1 = demo.first_account_id,
+            a2 = demo.second_cfg.account_id,
         );
     }
 }

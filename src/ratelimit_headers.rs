@@ -83,9 +83,18 @@ fn write_item(out: &mut String, name: &str, a: (&str, u64), b: (&str, u64)) {
     }
 }
 
-/// The policies that apply to `caller` now: the key's (when GATEWAY_KEY_RATE_LIMIT is set),
-/// then the upstream's.
-pub fn policies(state: &AppState, caller: Option<&Arc<str>>) -> impl Iterator<Item = PolicyState> {
+/// Which account's budget an answer drew on, left in the response's extensions by the data
+/// routes (the default account's budget is reported when absent).
+#[derive(Debug, Clone, Copy)]
+pub struct AccountUsed(pub usize);
+
+/// The policies that apply to `caller` on the account at `account` now: the key's (when
+/// GATEWAY_KEY_RATE_LIMIT is set), then that account's upstream budget.
+pub fn policies(
+    state: &AppState,
+    caller: Option<&Arc<str>>,
+    account: usize,
+) -> impl Iterator<Item = PolicyState> {
     let key = match (&state.key_limiter, caller) {
         (Some(limiter), Some(caller)) => {
             let (remaining, reset) = limiter.remaining(caller);
@@ -99,21 +108,34 @@ pub fn policies(state: &AppState, caller: Option<&Arc<str>>) -> impl Iterator<It
         }
         _ => None,
     };
-    let budget = state.fetcher.budget();
-    let (remaining, reset) = budget.remaining();
-    let upstream = PolicyState {
-        name: "upstream",
-        quota: budget.rate().calls,
-        window: budget.rate().period,
-        remaining,
-        reset,
-    };
-    key.into_iter().chain(std::iter::once(upstream))
+    let upstream = state
+        .accounts
+        .at(account)
+        .or_else(|| state.accounts.default_account())
+        .or_else(|| state.accounts.all().first())
+        .map(|a| {
+            let budget = a.fetcher.budget();
+            let (remaining, reset) = budget.remaining();
+            PolicyState {
+                name: "upstream",
+                quota: budget.rate().calls,
+                window: budget.rate().period,
+                remaining,
+                reset,
+            }
+        });
+    key.into_iter().chain(upstream)
 }
 
-/// The `RateLimit-Policy` values, which depend only on the configuration: made once.
+/// The `RateLimit-Policy` values, which depend only on the configuration: made once, per
+/// account (each has its own rate).
 #[derive(Debug)]
 pub struct PolicyValues {
+    by_account: Vec<AccountPolicy>,
+}
+
+#[derive(Debug)]
+struct AccountPolicy {
     /// For a keyed caller (the `"key"` policy first when GATEWAY_KEY_RATE_LIMIT is set).
     keyed: Option<HeaderValue>,
     /// Without a caller: the upstream budget alone.
@@ -121,8 +143,20 @@ pub struct PolicyValues {
 }
 
 impl PolicyValues {
-    /// The values for a key limit `key` (if any) and the upstream budget `upstream`.
-    pub fn new(key: Option<crate::config::Rate>, upstream: crate::config::Rate) -> Self {
+    /// The values for a key limit `key` (if any) and each account's upstream budget, in
+    /// account order.
+    pub fn new(
+        key: Option<crate::config::Rate>,
+        upstreams: impl Iterator<Item = crate::config::Rate>,
+    ) -> Self {
+        PolicyValues {
+            by_account: upstreams.map(|u| AccountPolicy::new(key, u)).collect(),
+        }
+    }
+}
+
+impl AccountPolicy {
+    fn new(key: Option<crate::config::Rate>, upstream: crate::config::Rate) -> Self {
         let policy = |name, rate: crate::config::Rate| PolicyState {
             name,
             quota: rate.calls,
@@ -136,23 +170,47 @@ impl PolicyValues {
             Some(k) => value(&[policy("key", k), upstream.clone()]),
             None => value(std::slice::from_ref(&upstream)),
         };
-        PolicyValues {
+        AccountPolicy {
             keyed,
             anonymous: value(&[upstream]),
         }
     }
 }
 
-/// Sets both fields on `headers` for `caller`.
-pub fn stamp(state: &AppState, caller: Option<&Arc<str>>, headers: &mut HeaderMap) {
+/// Sets both fields on a response for `caller`, for the account the response says it used
+/// ([`AccountUsed`]) or the default one.
+pub fn stamp_response(
+    state: &AppState,
+    caller: Option<&Arc<str>>,
+    resp: &mut axum::response::Response,
+) {
+    let account = resp
+        .extensions()
+        .get::<AccountUsed>()
+        .map(|a| a.0)
+        .or_else(|| state.accounts.default_account().map(|a| a.index))
+        .unwrap_or(0);
+    stamp(state, caller, account, resp.headers_mut());
+}
+
+/// Sets both fields on `headers` for `caller` on the account at `account`.
+pub fn stamp(state: &AppState, caller: Option<&Arc<str>>, account: usize, headers: &mut HeaderMap) {
     let mut now = String::with_capacity(48);
-    for p in policies(state, caller) {
+    for p in policies(state, caller, account) {
         write_state(&mut now, &p);
     }
+    let Some(values) = state
+        .ratelimit_policy
+        .by_account
+        .get(account)
+        .or_else(|| state.ratelimit_policy.by_account.first())
+    else {
+        return;
+    };
     let policy = if caller.is_some() {
-        &state.ratelimit_policy.keyed
+        &values.keyed
     } else {
-        &state.ratelimit_policy.anonymous
+        &values.anonymous
     };
     // The String becomes the value's buffer (no second copy).
     if let (Some(p), Ok(n)) = (

@@ -119,9 +119,13 @@ pub fn json_tail(upstream_calls: u32, cache: CacheStatus) -> Bytes {
     ))
 }
 
-/// A weak ETag over the head (the body differs only in the per-request tail).
-pub fn etag(head: &[u8]) -> String {
-    let digest = Sha256::digest(head);
+/// A weak ETag over the query's binding (whose records, which query) and the head (the body
+/// differs only in the per-request tail): the same bytes of two accounts never share one.
+pub fn etag(binding: &[u8; 32], head: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(binding);
+    h.update(head);
+    let digest = h.finalize();
     let mut s = String::with_capacity(40);
     s.push_str("W/\"");
     for b in &digest[..12] {
@@ -642,7 +646,7 @@ mod tests {
 
     #[test]
     fn etags_match_weakly() {
-        let e = etag(b"abc");
+        let e = etag(&[0; 32], b"abc");
         assert!(e.starts_with("W/\""));
         assert!(if_none_match(&e, &e));
         assert!(if_none_match(
@@ -651,6 +655,8 @@ mod tests {
         ));
         assert!(if_none_match("*", &e));
         assert!(!if_none_match("W/\"other\"", &e));
-        assert_ne!(etag(b"abc"), etag(b"abd"));
+        assert_ne!(etag(&[0; 32], b"abc"), etag(&[0; 32], b"abd"));
+        // The same bytes of two accounts (two bindings) never share an ETag.
+        assert_ne!(etag(&[0; 32], b"abc"), etag(&[1; 32], b"abc"));
     }
 }

@@ -217,7 +217,13 @@ pub fn new_request_id() -> String {
 /// requests, and the edge layer copies it into the header value directly.
 pub fn new_request_id_bytes() -> [u8; 36] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    let r = random_bytes::<16>();
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&r[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    let (a, b) = (word(0), word(8));
     // 32 random-ish nibbles: a's 16, then b's with the version and variant bits set.
     let b = (b & !(0xc000u64 << 48)) | (0x8000u64 << 48);
     let mut out = [b'-'; 36];
@@ -238,6 +244,35 @@ pub fn new_request_id_bytes() -> [u8; 36] {
             nibble += 1;
         }
     }
+    out
+}
+
+/// Bytes of the operating system's CSPRNG (`getrandom`), for ids nobody may guess from
+/// another (request ids, job ids). Drawn from a per-thread buffer refilled 4 KiB at a
+/// time, so a request id costs a copy, not a system call.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use std::cell::RefCell;
+    const POOL: usize = 4096;
+    thread_local! {
+        static BUF: RefCell<(Box<[u8; POOL]>, usize)> = RefCell::new((Box::new([0; POOL]), POOL));
+    }
+    let mut out = [0u8; N];
+    BUF.with(|b| {
+        let mut b = b.borrow_mut();
+        let (pool, used) = &mut *b;
+        if *used + N > POOL {
+            if getrandom::fill(&mut pool[..]).is_err() {
+                // The OS refused (never seen on Linux): ids stay unique, if not secret.
+                tracing::warn!("the OS random source failed; ids fall back to a fast PRNG");
+                pool.iter_mut().for_each(|x| *x = fastrand::u8(..));
+            }
+            *used = 0;
+        }
+        out.copy_from_slice(&pool[*used..*used + N]);
+        // Never hand out the same bytes twice.
+        pool[*used..*used + N].fill(0);
+        *used += N;
+    });
     out
 }
 

@@ -316,7 +316,7 @@ async fn one_teams_big_cold_query_does_not_starve_anothers_small_one() {
     };
     // Team A's calls are queued for the budget before team B asks.
     until("the big query has calls waiting for budget", || {
-        h.state.fetcher.budget().stats().waiting > 0
+        h.state.accounts.all()[0].fetcher.budget().stats().waiting > 0
     })
     .await;
     let t = std::time::Instant::now();

@@ -24,7 +24,7 @@ fn query_target(data: &[u8]) {
         assert!(q.range.from <= q.range.to, "{raw}");
         let _ = plan_windows(&q.range);
         let key = CursorKey::derive(b"fuzz secret");
-        let binding = q.range.key("interactions").digest();
+        let binding = q.range.key("interactions", &[7; 32]).digest();
         if let Some(c) = &q.cursor {
             let _ = decode_cursor(c, &binding, &key);
         }

@@ -330,7 +330,15 @@ async fn deleting_the_cache_also_purges_the_windows_shared_in_redis() {
     // must reach (enough to take several SCAN steps) and keys it must leave alone.
     let client = redis::Client::open(format!("redis://127.0.0.1:{}/", redis.port)).unwrap();
     let mut conn = client.get_connection().unwrap();
-    let windows_prefix = format!("kore-gateway:{account}:w:");
+    // The account's keys sit under `kore-gateway:<account id>:<upstream digest>:`; the
+    // windows under its `w:`.
+    let stored: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("kore-gateway:{account}:*:w:*"))
+        .query(&mut conn)
+        .unwrap();
+    let first = stored.first().expect("the gateway stored windows in Redis");
+    let at = first.find(":w:").unwrap();
+    let windows_prefix = first[..at + ":w:".len()].to_owned();
     for i in 0..1_200 {
         let _: () = redis::cmd("SET")
             .arg(format!("{windows_prefix}extra:{i}"))
@@ -339,7 +347,9 @@ async fn deleting_the_cache_also_purges_the_windows_shared_in_redis() {
             .unwrap();
     }
     let keep = [
-        "kore-gateway:another-account:w:1:2:0:ab".to_owned(),
+        "kore-gateway:another-account:0123456789ab:w:1:2:0:ab".to_owned(),
+        // The same account id on another base URL is another upstream: not purged here.
+        format!("kore-gateway:{account}:000000000000:w:1:2:0:ab"),
         format!("kore-gateway:{account}:notes"),
         "unrelated".to_owned(),
     ];
@@ -398,4 +408,68 @@ async fn deleting_the_cache_also_purges_the_windows_shared_in_redis() {
     assert_eq!(body["meta"]["cache"], "MISS");
     assert!(sim.call_count() > calls, "refetched from the upstream");
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
+}
+
+/// Whose data, through Redis (issue #20): a gateway for another account (another base URL,
+/// another account id) on the same Redis never reads the first account's windows; it makes
+/// its own calls and answers its own records. A replica of the first account still finds
+/// them there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_account_on_the_same_redis_never_reads_the_first_accounts_windows() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let rate = Rate {
+        calls: 1000,
+        period: Duration::from_secs(1),
+    };
+    let (sim_a, addr_a) = Simulator::spawn(SimConfig::demo()).await.unwrap();
+    let mut other = SimConfig::demo();
+    other.account_id = "66bc4a29bdaafdb08461e0e1".into();
+    other.client_id = "cs-other-account".into();
+    other.client_secret = "another-secret-for-tests-0123456789".into();
+    other.seed = 2;
+    let (sim_b, addr_b) = Simulator::spawn(other).await.unwrap();
+    let q = "from=2024-09-01&to=2024-09-10";
+    let truth = |sim: &Simulator| {
+        sim.truth(
+            at("2024-09-01T00:00:00", "UTC"),
+            at("2024-09-10T23:59:59", "UTC"),
+            0,
+            &all_fields(),
+        )
+    };
+
+    let (_a, base_a) = replica(&sim_a, addr_a, Some(redis.port), rate).await;
+    // After a gateway is built: it installs the TLS crypto provider reqwest needs.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let (s, body_a) = get(&http, &base_a, q).await;
+    assert_eq!(s, 200);
+    assert_same_records(body_a["data"].as_array().unwrap(), &truth(&sim_a));
+
+    // Another account, same Redis: its own calls, its own records.
+    let (_b, base_b) = replica(&sim_b, addr_b, Some(redis.port), rate).await;
+    let (s, body_b) = get(&http, &base_b, q).await;
+    assert_eq!(s, 200);
+    assert!(sim_b.call_count() > 0, "the other account fetched its own");
+    assert_eq!(body_b["meta"]["complete"], true);
+    assert_same_records(body_b["data"].as_array().unwrap(), &truth(&sim_b));
+
+    // A new replica of the first account (empty memory) reads its windows from Redis.
+    sim_a.reset_log();
+    let (_a2, base_a2) = replica(&sim_a, addr_a, Some(redis.port), rate).await;
+    let (s, again) = get(&http, &base_a2, q).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        sim_a.call_count(),
+        0,
+        "the first account's windows are in Redis"
+    );
+    assert_eq!(again["data"], body_a["data"]);
+    for sim in [&sim_a, &sim_b] {
+        assert!(sim.violations().is_empty());
+    }
 }

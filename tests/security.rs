@@ -55,7 +55,8 @@ async fn secrets_never_leave_the_process() {
     let (sim, sim_addr) = Simulator::spawn(SimConfig::demo()).await.unwrap();
     let mut settings = settings_for(&sim, sim_addr, &Opts::default());
     let wrong_secret = "wrong-but-still-secret-value-42";
-    settings.upstream.client_secret = secrecy::SecretString::from(wrong_secret.to_owned());
+    settings.accounts[0].upstream.client_secret =
+        secrecy::SecretString::from(wrong_secret.to_owned());
     let bad = kore_gateway::build(settings).unwrap();
     let bad_dbg = format!("{bad:?}");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
         assert_tiling(r.from, r.to, &r.tz, &windows);
     }
     let key = CursorKey::derive(b"fuzz secret");
-    let binding = r.key("interactions").digest();
+    let binding = r.key("interactions", &[7; 32]).digest();
     if let Some(c) = &q.cursor {
         let _ = decode_cursor(c, &binding, &key);
     }

@@ -24,7 +24,14 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
     let misses = c.misses.load(Ordering::Relaxed);
     let coalesced = c.coalesced.load(Ordering::Relaxed);
     let lookups = hits + response_hits + misses;
-    let b = state.fetcher.budget().stats();
+    // Every account's budget, added up (each account's own is on /status.json).
+    let (mut granted, mut waiting, mut in_window) = (0u64, 0u64, 0u64);
+    for a in state.accounts.all() {
+        let b = a.fetcher.budget().stats();
+        granted += b.granted;
+        waiting += b.waiting as u64;
+        in_window += b.used_in_window as u64;
+    }
     Json(CacheStats {
         window_entries,
         window_bytes,
@@ -37,13 +44,13 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
         stale_served: c.stale_served.load(Ordering::Relaxed),
         response_hits,
         hit_ratio: (lookups > 0).then(|| (hits + response_hits) as f64 / lookups as f64),
-        upstream_calls_granted: b.granted,
-        upstream_calls_waiting: b.waiting as u64,
-        upstream_calls_in_window: b.used_in_window as u64,
+        upstream_calls_granted: granted,
+        upstream_calls_waiting: waiting,
+        upstream_calls_in_window: in_window,
     })
 }
 
-/// Drops every cached window and response.
+/// Drops every cached window and response, of every account.
 ///
 /// This replica's memory and disk tier (`CACHE_DIR`), and the windows shared through Redis
 /// when `REDIS_URL` is set; the answer says what went, per tier. Other replicas' memory and
@@ -57,19 +64,22 @@ pub async fn cache_purge(State(state): State<AppState>) -> Json<CachePurge> {
     let (windows, _) = state.windows.usage().await;
     let (responses, _) = state.responses.usage();
     state.windows.purge();
-    let disk = match &state.disk {
+    let disk = match state.disk.as_ref().and_then(|d| d.tier()) {
         Some(d) => Some(d.purge().await),
         None => None,
     };
     state.responses.purge();
-    let redis = match &state.cluster {
+    let redis = match &state.redis {
         None => None,
-        Some(c) => {
-            let (windows, finished) = c.purge_windows().await;
-            Some(PurgedRedis {
-                windows,
-                complete: finished,
-            })
+        Some(r) => {
+            // Every account's windows (each account's namespace has its own prefix).
+            let (mut windows, mut complete) = (0, true);
+            for a in state.accounts.all() {
+                let (n, finished) = r.purge(a.ns.label()).await;
+                windows += n;
+                complete &= finished;
+            }
+            Some(PurgedRedis { windows, complete })
         }
     };
     tracing::info!(
@@ -102,6 +112,7 @@ pub struct CacheStats {
     pub response_hits: u64,
     /// (hits + response hits) / (hits + response hits + misses); null before any lookup.
     pub hit_ratio: Option<f64>,
+    /// Upstream calls granted since start, every account together.
     pub upstream_calls_granted: u64,
     pub upstream_calls_waiting: u64,
     pub upstream_calls_in_window: u64,

@@ -60,17 +60,12 @@ impl std::fmt::Debug for KeyRing {
     }
 }
 
-/// Constant-time equality of two byte strings: every byte of `a` is looked at whatever
+/// Constant-time equality of two byte strings (`subtle`): every byte is looked at whatever
 /// differs (a length mismatch is known only to a caller who already hit the bucket, which
 /// takes the process's secret hash key).
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 impl KeyRing {
@@ -145,7 +140,8 @@ fn admit(state: &AppState, req: &mut Request) -> Result<Arc<str>, Box<Response>>
         && let Err(retry_after) = limiter.check(&caller.name)
     {
         let mut refused = AppError::KeyRateLimited { retry_after }.into_response();
-        crate::ratelimit_headers::stamp(state, Some(&caller.name), refused.headers_mut());
+        let account = state.accounts.default_account().map_or(0, |a| a.index);
+        crate::ratelimit_headers::stamp(state, Some(&caller.name), account, refused.headers_mut());
         return Err(Box::new(refused));
     }
     let name = Arc::clone(&caller.name);
@@ -223,7 +219,7 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for KeyedFuture<F>
             }))),
             KeyedProj::Admitted { inner, state, name } => {
                 let Ok(mut resp) = ready!(inner.poll(cx));
-                crate::ratelimit_headers::stamp(state, Some(name), resp.headers_mut());
+                crate::ratelimit_headers::stamp_response(state, Some(name), &mut resp);
                 Poll::Ready(Ok(resp))
             }
         }

@@ -78,7 +78,8 @@ struct VendorResponse {
     path = "/agentassist/api/public/analytics/account/{accountId}/v2/interactionDetails",
     tag = "vendor-compatible",
     params(
-        ("accountId" = String, Path, description = "The configured account id"),
+        ("accountId" = String, Path, description = "The vendor account id of one of the gateway's accounts"),
+        ("account" = Option<String>, Query, description = "The gateway account's name, only needed when two accounts share this vendor account id (on different base URLs)"),
         ("offset" = Option<u32>, Query, minimum = 0, maximum = 10, description = "Page index 0..10 (with `KORE_OFFSET_MODE=record`, as the vendor's older docs read it: records to skip, 0..1000)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 100, description = "Records per page, 1..100 (default 100)"),
     ),
@@ -92,7 +93,8 @@ struct VendorResponse {
             )),
         (status = 400, description = "Bad body or parameters", body = Problem, content_type = PROBLEM_JSON),
         problems::Unauthorized,
-        (status = 404, description = "Not the configured account", body = Problem, content_type = PROBLEM_JSON),
+        (status = 403, description = "This key may not read that account (GATEWAY_KEY_ACCOUNTS)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 404, description = "No account of the gateway has this account id", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, description = "Body larger than 64 KiB", body = Problem, content_type = PROBLEM_JSON),
         problems::UpstreamFailed,
         problems::BudgetExhausted,
@@ -112,21 +114,43 @@ pub async fn interaction_details(
         StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge,
         _ => AppError::BadBody("the body could not be read".into()),
     })?;
-    if account_id != state.settings.upstream.account_id {
-        return Err(AppError::NotFound);
+    let p = Params::new(pairs(raw.as_deref()), &["offset", "limit", "account"])?;
+    // The account whose vendor id is in the path; `account=` tells apart two gateway
+    // accounts with one vendor id on different base URLs.
+    let named = p.one("account")?;
+    let mut matching = state
+        .accounts
+        .with_account_id(&account_id)
+        .filter(|a| named.is_none_or(|n| *a.name == *n));
+    let account = match (matching.next(), matching.next()) {
+        (None, _) => return Err(AppError::NotFound),
+        (Some(a), None) => std::sync::Arc::clone(a),
+        (Some(_), Some(_)) => {
+            return Err(AppError::param(
+                "account",
+                "several accounts have this account id: name one with `account`",
+            ));
+        }
+    };
+    if !state
+        .accounts
+        .may_read(&caller.name, caller.admin, account.index)
+    {
+        return Err(AppError::AccountForbidden {
+            account: account.name.to_string(),
+        });
     }
-    let p = Params::new(pairs(raw.as_deref()), &["offset", "limit"])?;
     let limit = number(&p, "limit", 1, PAGE_LIMIT)?.unwrap_or(PAGE_LIMIT);
     // Records to skip, read as the vendor reads `offset` (KORE_OFFSET_MODE): a page index
     // skips that many pages, a record offset that many records — never rounded to a page.
-    let skip = match state.settings.upstream.offset_mode {
+    let skip = match account.offset_mode {
         OffsetMode::Page => {
             number(&p, "offset", 0, MAX_PAGE)?.unwrap_or(0) as usize * limit as usize
         }
         OffsetMode::Record => number(&p, "offset", 0, MAX_PAGE * PAGE_LIMIT)?.unwrap_or(0) as usize,
     };
     let (window, filters) = parse_body(&body)?;
-    let range = range_fetch(&state, &caller, request_id, filters, &headers);
+    let range = range_fetch(&state, &account, &caller, request_id, filters, &headers);
     let outcome = range.window(window).await?;
     let records = &outcome.data.records;
     let start = skip.min(records.len());

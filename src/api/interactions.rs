@@ -18,13 +18,15 @@ use tokio::time::Instant;
 
 use crate::{
     AppState,
+    account::Account,
     api::{
         DataRequest,
         query::{
-            CsvEscape, Format, INTERACTIONS_FORMATS, InteractionsParams, InteractionsQuery,
-            RangeQuery, parse_interactions,
+            AccountParam, CsvEscape, CsvEscapeParam, Format, INTERACTIONS_FORMATS,
+            InteractionsQuery, JsonFormatParam, PageParams, PreferParam, RangeParams, RangeQuery,
+            parse_interactions,
         },
-        range_fetch, stamp_cache_headers, stored,
+        range_fetch, stamp_cache_headers, stored, with_path_format,
     },
     cache::{KeyEncoder, Rendered, WindowOutcome, hex},
     error::{AppError, problems},
@@ -36,31 +38,25 @@ use crate::{
     spool::Spool,
 };
 
-/// Interaction records for a date range, merged from every upstream window.
+/// Interaction records for a date range, merged from every upstream window, as JSON pages.
 ///
-/// Any range up to MAX_RANGE_DAYS, every record, as JSON pages (cursor), NDJSON or CSV. With
-/// `Prefer: respond-async`, a range not already cached answers 202 with a job instead.
+/// Any range up to MAX_RANGE_DAYS, every record, one page per call (follow
+/// `meta.next_cursor`). The whole range as NDJSON or CSV is `/v1/interactions.ndjson` and
+/// `/v1/interactions.csv` (this path also answers them for `format=ndjson|csv` or `Accept`).
+/// With `Prefer: respond-async`, a range not already cached answers 202 with a job instead.
 #[utoipa::path(
     get,
     path = "/v1/interactions",
     tag = "interactions",
-    params(InteractionsParams,
-        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 at once with a job to poll, instead of holding the connection while the budget serves it; a cached range answers 200 as usual.")),
+    params(RangeParams, AccountParam, PageParams, JsonFormatParam, PreferParam),
     responses(
-        (status = 200, description = "Records of the range, oldest first, kept by the record filters (`agent`, `direction`, `finalStatus`, `smartStatus`, `disposition`): one page as JSON, or the whole range as NDJSON (one record per line, unchanged) or CSV (formula-looking text cells defused unless `csv_escape=none` or CSV_FORMULA_ESCAPE=false), by `format` or `Accept`. NDJSON and CSV say in their headers, before the first byte, whether the answer is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy, with the reasons in `X-Warning` headers (what `meta` says in JSON).",
-            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String, description = "JSON only"), ("X-Request-Id" = String),
+        (status = 200, description = "One page of the range's records, oldest first, with `meta` saying whether the range is whole (`complete`), fresh (`stale`) and where the next page starts (`next_cursor`).",
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String), ("X-Request-Id" = String),
                 ("Cache-Status" = String, description = "RFC 9211: `kore-gateway; hit; ttl=N` (negative once stale) or `kore-gateway; fwd=miss; stored` (`collapsed`, `fwd=request`), with a `detail` when partial or stale"),
                 ("Age" = u64, description = "Seconds since the oldest data in the answer was fetched"),
-                ("X-Complete" = String, description = "NDJSON/CSV only: `true` when every window's count checked out, else `false`"),
-                ("X-Stale" = String, description = "NDJSON/CSV only: `true` when a window is an expired copy"),
-                ("X-Warning" = String, description = "NDJSON/CSV only: one header per reason the answer is not whole or fresh"),
                 ("RateLimit-Policy" = String, description = "The key's limit (`\"key\"`, when GATEWAY_KEY_RATE_LIMIT is set) and the shared upstream budget (`\"upstream\"`), draft-ietf-httpapi-ratelimit-headers: `\"upstream\";q=60;w=60`"),
                 ("RateLimit" = String, description = "What is left of each policy now and the seconds until a unit comes back: `\"upstream\";r=42;t=17`")),
-            content(
-                (render::InteractionsResponse = "application/json"),
-                (String = "application/x-ndjson", example = json!("{\"sessionId\":\"66f4f3aa205c5afb97d3xxxx\",\"channel\":\"voice\",\"sessionStartTime\":\"2024-09-26T11:09:54\"}\n")),
-                (String = "text/csv", example = json!("sessionId,conversationId,channel,sessionStartTime\n66f4f3aa205c5afb97d3xxxx,,voice,2024-09-26T11:09:54\n")),
-            )),
+            body = render::InteractionsResponse, content_type = "application/json"),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
@@ -78,33 +74,47 @@ pub async fn get_interactions(
     let (headers, raw, refresh) = (&r.headers, r.query(), r.refresh);
     // What `Accept` chooses among this route's formats (`None`: nothing it accepts, which
     // only a `format` parameter can make a 200).
-    let accepted = r.accept.choose(&INTERACTIONS_FORMATS);
+    let chosen = r.accept.choose(&INTERACTIONS_FORMATS);
     // A query string answered before maps to its response-cache key without being parsed
     // again: what a stored hit needs is the key, and the key is a pure function of the query
     // string and `Accept` (only queries that parsed are remembered).
     if !refresh
-        && let Some((key, format)) = state.query_keys.get(ROUTE, raw, accepted)
+        && let Some((key, format, accounts)) = state.query_keys.get(ROUTE, raw, chosen)
+        && r.may_read_all(&state, &accounts)
         && let Some(hit) = state.responses.get(&key)
     {
-        return Ok(reply_stored(&state, &key, &hit, headers, format).await);
+        let mut resp = reply_stored(&state, &key, &hit, headers, format).await;
+        tag(&mut resp, accounts.first().copied().unwrap_or(0));
+        return Ok(resp);
     }
     let q = parse_interactions(raw, r.accept, state.settings.max_range_days)?;
+    let account = state
+        .accounts
+        .resolve_one(&q.range.accounts, &r.caller.name, r.caller.admin)?;
     let escape = CsvEscape::resolve(q.csv_escape, state.settings.csv_formula_escape);
     // A stored answer needs no plan, no fetch context: look it up first.
     let (key, after) = match q.format {
-        Format::Json => json_key(&state, &q)?,
-        Format::Ndjson | Format::Csv => (export_key(&q, escape), None),
+        Format::Json => json_key(&account, &q)?,
+        Format::Ndjson | Format::Csv => (export_key(account.ns.digest(), &q, escape), None),
     };
-    state
-        .query_keys
-        .remember(ROUTE, raw, accepted, &key, q.format);
+    state.query_keys.remember(
+        ROUTE,
+        raw,
+        chosen,
+        &key,
+        q.format,
+        Arc::from([account.index]),
+    );
     if !refresh && let Some(hit) = state.responses.get(&key) {
-        return Ok(reply_stored(&state, &key, &hit, headers, q.format).await);
+        let mut resp = reply_stored(&state, &key, &hit, headers, q.format).await;
+        tag(&mut resp, account.index);
+        return Ok(resp);
     }
     let windows = plan_windows(&q.range)?;
     let request_id = r.request_id();
     let range = range_fetch(
         &state,
+        &account,
         &r.caller,
         request_id,
         q.range.filters.clone(),
@@ -113,6 +123,7 @@ pub async fn get_interactions(
     // `Prefer: respond-async` on a range not already cached: 202 and a job.
     if let Some(accepted) = crate::api::jobs::respond_async(
         &state,
+        &account,
         &r.caller,
         headers,
         "/v1/interactions",
@@ -126,12 +137,81 @@ pub async fn get_interactions(
     }
     // Boxed: the miss's futures are large, and unboxed they would make every hit's future
     // (moved and copied on each poll's way) as large.
-    match q.format {
-        Format::Json => Box::pin(json(&state, &q, &windows, &range, headers, key, after)).await,
+    let mut resp = match q.format {
+        Format::Json => {
+            Box::pin(json(
+                &state, &account, &q, &windows, &range, headers, key, after,
+            ))
+            .await
+        }
         Format::Ndjson | Format::Csv => {
             Box::pin(streamed(&state, &q, escape, windows, range, key)).await
         }
-    }
+    }?;
+    tag(&mut resp, account.index);
+    Ok(resp)
+}
+
+/// Says which account's budget the answer drew on (its `RateLimit` fields report that one).
+fn tag(resp: &mut Response, account: usize) {
+    resp.extensions_mut()
+        .insert(crate::ratelimit_headers::AccountUsed(account));
+}
+
+/// Interaction records for a date range, the whole range as NDJSON.
+///
+/// One record per line, exactly as the upstream sent it, oldest first; the same records as
+/// the JSON pages of `/v1/interactions` with the same parameters (it is that route with
+/// `format=ndjson`). With `Prefer: respond-async`, a range not already cached answers 202
+/// with a job instead.
+#[utoipa::path(
+    get,
+    path = "/v1/interactions.ndjson",
+    tag = "interactions",
+    params(RangeParams, AccountParam, PreferParam),
+    responses(
+        answers::Ndjson,
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
+                ("Preference-Applied" = String, description = "`respond-async`"))),
+        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn get_interactions_ndjson(
+    state: State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, AppError> {
+    get_interactions(state, with_path_format(req, Format::Ndjson)?).await
+}
+
+/// Interaction records for a date range, the whole range as CSV.
+///
+/// One row per record, oldest first, nested fields flattened to dotted columns; the same
+/// records as `/v1/interactions` with the same parameters (it is that route with
+/// `format=csv`). With `Prefer: respond-async`, a range not already cached answers 202 with
+/// a job instead.
+#[utoipa::path(
+    get,
+    path = "/v1/interactions.csv",
+    tag = "interactions",
+    params(RangeParams, AccountParam, CsvEscapeParam, PreferParam),
+    responses(
+        answers::Csv,
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
+                ("Preference-Applied" = String, description = "`respond-async`"))),
+        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn get_interactions_csv(
+    state: State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, AppError> {
+    get_interactions(state, with_path_format(req, Format::Csv)?).await
 }
 
 /// A stored answer of this route, counted as a response hit.
@@ -162,20 +242,21 @@ const ROUTE: &str = "/v1/interactions";
 static X_COMPLETE: header::HeaderName = header::HeaderName::from_static("x-complete");
 static X_STALE: header::HeaderName = header::HeaderName::from_static("x-stale");
 
-/// The response-cache key of a JSON page — the query's digest, the page size and the place
-/// it resumes after, each length-prefixed — and that place, from its cursor.
+/// The response-cache key of a JSON page — the query's digest (whose records included), the
+/// page size and the place it resumes after, each length-prefixed — and that place, from
+/// its cursor.
 ///
 /// # Errors
-/// 400 for a cursor this gateway did not issue for this query.
+/// 400 for a cursor this gateway did not issue for this query on this account.
 fn json_key(
-    state: &AppState,
+    account: &Account,
     q: &InteractionsQuery,
 ) -> Result<(String, Option<Position>), AppError> {
-    let binding = q.range.key("interactions").digest();
+    let binding = q.range.key("interactions", account.ns.digest()).digest();
     let after = match &q.cursor {
         None => None,
         Some(c) => Some(
-            render::decode_cursor(c, &binding, &state.cursor_key).map_err(|e| match e {
+            render::decode_cursor(c, &binding, &account.cursor_key).map_err(|e| match e {
                 CursorError::Malformed => {
                     AppError::param("cursor", "the cursor is not one this gateway issued")
                 }
@@ -201,12 +282,13 @@ fn json_key(
     Ok((hex(&e.finish()), after))
 }
 
-/// The response-cache key of a whole CSV or NDJSON export: the query's digest, the format
-/// and, for CSV, how its cells are escaped (two escapings never share a stored answer).
-fn export_key(q: &InteractionsQuery, escape: CsvEscape) -> String {
+/// The response-cache key of a whole CSV or NDJSON export of the account(s) whose
+/// namespace digest is `ns`: the query's digest, the format and, for CSV, how its cells are
+/// escaped (two escapings never share a stored answer).
+fn export_key(ns: &[u8; 32], q: &InteractionsQuery, escape: CsvEscape) -> String {
     let mut e = KeyEncoder::default();
     e.text("export");
-    e.bytes(&q.range.key("interactions").digest());
+    e.bytes(&q.range.key("interactions", ns).digest());
     e.text(q.format.as_str());
     if q.format == Format::Csv {
         e.text(escape.as_str());
@@ -225,8 +307,10 @@ pub fn plan_windows(range: &RangeQuery) -> Result<Vec<Window>, AppError> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn json(
     state: &AppState,
+    account: &Account,
     q: &InteractionsQuery,
     windows: &[Window],
     range: &RangeFetch,
@@ -234,7 +318,7 @@ async fn json(
     key: String,
     after: Option<Position>,
 ) -> Result<Response, AppError> {
-    let binding = q.range.key("interactions").digest();
+    let binding = q.range.key("interactions", account.ns.digest()).digest();
     let outcomes = range.all(windows).await?;
     let mut records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
     // The record filters: the windows (and their cache) hold every record, the answer, its
@@ -267,7 +351,7 @@ async fn json(
             Some(last) if end < total => Some(render::encode_cursor(
                 &last.position(),
                 &binding,
-                &state.cursor_key,
+                &account.cursor_key,
             )),
             _ => None,
         },
@@ -277,7 +361,7 @@ async fn json(
         windows: windows.len(),
     };
     let head = render::json_head(page, &meta);
-    let etag = render::etag(&head);
+    let etag = render::etag(&binding, &head);
     let stored = complete && !stale;
     // One copy of the page at a time: the stored body is the head with the hit's tail
     // appended in place (json_head leaves room for it), and this answer's head is then a
@@ -590,6 +674,134 @@ fn render_window(
     }
 }
 
+/// The 200 answers of the export operations as the OpenAPI document tells them: one
+/// representation each, with the headers that say, before the first byte, whether the
+/// export is whole and fresh.
+pub mod answers {
+    use std::collections::BTreeMap;
+
+    use utoipa::{
+        IntoResponses, PartialSchema,
+        openapi::{
+            ContentBuilder, Header, HeaderBuilder, KnownFormat, ObjectBuilder, RefOr,
+            ResponseBuilder, SchemaFormat, Type, response::Response,
+        },
+    };
+
+    /// `/v1/interactions.ndjson`.
+    pub struct Ndjson;
+
+    impl IntoResponses for Ndjson {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            ok(export(
+                "The whole range, one record per line exactly as the upstream sent it, oldest \
+first. The gateway sends `application/x-ndjson`; `application/octet-stream` is listed too \
+because generators that know no NDJSON (openapi-python-client) then hand the body over as \
+bytes rather than dropping it.",
+                &[
+                    (
+                        "application/x-ndjson",
+                        Some(
+                            "{\"sessionId\":\"66f4f3aa205c5afb97d3xxxx\",\"channel\":\"voice\",\"sessionStartTime\":\"2024-09-26T11:09:54\"}\n",
+                        ),
+                    ),
+                    ("application/octet-stream", None),
+                ],
+            ))
+        }
+    }
+
+    /// `/v1/interactions.csv`.
+    pub struct Csv;
+
+    impl IntoResponses for Csv {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            ok(export(
+                "The whole range, one row per record, oldest first; nested fields are dotted \
+columns, and text cells a spreadsheet would run as a formula are defused unless \
+CSV_FORMULA_ESCAPE=false. Sent as an attachment.",
+                &[(
+                    "text/csv",
+                    Some(
+                        "sessionId,conversationId,channel,sessionStartTime\n66f4f3aa205c5afb97d3xxxx,,voice,2024-09-26T11:09:54\n",
+                    ),
+                )],
+            )
+            .header(
+                "Content-Disposition",
+                header("`attachment; filename=\"interactions-<from>-<to>.csv\"`"),
+            ))
+        }
+    }
+
+    /// A text header with its description.
+    fn header(description: &str) -> Header {
+        HeaderBuilder::new()
+            .schema(String::schema())
+            .description(Some(description))
+            .build()
+    }
+
+    /// A 200 of an export: `description`, the media types with their examples, and the
+    /// headers every export carries.
+    fn export(description: &str, media: &[(&str, Option<&str>)]) -> ResponseBuilder {
+        let mut response = ResponseBuilder::new()
+            .description(description)
+            .header("X-Cache", header("HIT, MISS or PARTIAL"))
+            .header("X-Request-Id", header("This request's id, taken from the request or made"))
+            .header(
+                "X-Complete",
+                header("`true` when every window's count checked out, else `false`"),
+            )
+            .header("X-Stale", header("`true` when a window is an expired copy"))
+            .header(
+                "X-Warning",
+                header("One header per reason the answer is not whole or fresh"),
+            )
+            .header(
+                "Cache-Status",
+                header("RFC 9211, as on `/v1/interactions`"),
+            )
+            .header(
+                "Age",
+                HeaderBuilder::new()
+                    .schema(u64::schema())
+                    .description(Some(
+                        "Seconds since the oldest data in the answer was fetched",
+                    ))
+                    .build(),
+            )
+            .header(
+                "RateLimit-Policy",
+                header("The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
+            )
+            .header(
+                "RateLimit",
+                header("What is left of each policy now, and the seconds until a unit comes back"),
+            );
+        for (media_type, example) in media {
+            // Bytes as they come: a string, binary where no example shows its text.
+            let mut schema = ObjectBuilder::new().schema_type(Type::String);
+            if example.is_none() {
+                schema = schema.format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)));
+            }
+            response = response.content(
+                *media_type,
+                ContentBuilder::new()
+                    .schema(Some(schema))
+                    .example(example.map(serde_json::Value::from))
+                    .build(),
+            );
+        }
+        response
+    }
+
+    /// The responses map of one 200.
+    fn ok(response: ResponseBuilder) -> BTreeMap<String, RefOr<Response>> {
+        BTreeMap::from([("200".to_owned(), response.build().into())])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,23 +815,23 @@ mod tests {
     fn csv_escapings_never_share_a_stored_export() {
         let csv = q("from=2024-09-01&to=2024-09-02&format=csv");
         assert_ne!(
-            export_key(&csv, CsvEscape::Formula),
-            export_key(&csv, CsvEscape::None)
+            export_key(&[0; 32], &csv, CsvEscape::Formula),
+            export_key(&[0; 32], &csv, CsvEscape::None)
         );
         let nd = q("from=2024-09-01&to=2024-09-02&format=ndjson");
         assert_eq!(
-            export_key(&nd, CsvEscape::Formula),
-            export_key(&nd, CsvEscape::None),
+            export_key(&[0; 32], &nd, CsvEscape::Formula),
+            export_key(&[0; 32], &nd, CsvEscape::None),
             "NDJSON has no cells to escape"
         );
         assert_ne!(
-            export_key(&csv, CsvEscape::Formula),
-            export_key(&nd, CsvEscape::Formula)
+            export_key(&[0; 32], &csv, CsvEscape::Formula),
+            export_key(&[0; 32], &nd, CsvEscape::Formula)
         );
         let filtered = q("from=2024-09-01&to=2024-09-02&format=csv&agent=u-1");
         assert_ne!(
-            export_key(&csv, CsvEscape::Formula),
-            export_key(&filtered, CsvEscape::Formula)
+            export_key(&[0; 32], &csv, CsvEscape::Formula),
+            export_key(&[0; 32], &filtered, CsvEscape::Formula)
         );
     }
 }

@@ -45,8 +45,10 @@ pub fn wants_async(headers: &HeaderMap) -> bool {
 ///
 /// # Errors
 /// 429 when the key has too many jobs under way.
+#[allow(clippy::too_many_arguments)]
 pub async fn respond_async(
     state: &AppState,
+    account: &crate::account::Account,
     caller: &Caller,
     headers: &HeaderMap,
     path: &str,
@@ -61,8 +63,13 @@ pub async fn respond_async(
         Some(q) if !q.is_empty() => format!("{path}?{q}"),
         _ => path.to_owned(),
     };
-    // Identity of the request: its URL and whether it bypasses the cache.
-    let identity = format!("{}{result}", if range.refresh() { "refresh " } else { "" });
+    // Identity of the request: whose records (the account's namespace), its URL, and
+    // whether it bypasses the cache.
+    let identity = format!(
+        "{} {}{result}",
+        account.ns.label(),
+        if range.refresh() { "refresh " } else { "" }
+    );
     let job = state
         .jobs
         .start(
@@ -73,7 +80,7 @@ pub async fn respond_async(
             range.clone(),
         )
         .map_err(|t| AppError::TooManyJobs { limit: t.limit })?;
-    let view = state.jobs.view(&job, state.fetcher.budget());
+    let view = state.jobs.view(&job, job.budget());
     let retry_after = view.eta_seconds.unwrap_or(1).clamp(1, 30);
     let mut resp = (StatusCode::ACCEPTED, Json(view)).into_response();
     let h = resp.headers_mut();
@@ -112,12 +119,11 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Response {
-    let budget = state.fetcher.budget();
     let jobs = state
         .jobs
         .list(&caller.name, caller.admin)
         .iter()
-        .map(|j| state.jobs.view(j, budget))
+        .map(|j| state.jobs.view(j, j.budget()))
         .collect();
     no_store(Json(JobList { jobs }).into_response())
 }
@@ -142,7 +148,7 @@ pub async fn get_job(
         .jobs
         .get(&id, &caller.name, caller.admin)
         .ok_or(AppError::NoSuchJob)?;
-    let view = state.jobs.view(&job, state.fetcher.budget());
+    let view = state.jobs.view(&job, job.budget());
     let pending = view.result.is_none() && view.error.is_none();
     let retry = view.eta_seconds.map(|e| e.clamp(1, 30));
     let mut resp = no_store(Json(view).into_response());

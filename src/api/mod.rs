@@ -47,7 +47,21 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn(auth::require_admin));
     let keyed = Router::new()
         .route("/v1/interactions", get(interactions::get_interactions))
+        // One path per representation, for clients generated from the OpenAPI document
+        // (see `query::JsonFormatParam`): the same handlers, the format named by the path.
+        .route(
+            "/v1/interactions.ndjson",
+            get(interactions::get_interactions_ndjson),
+        )
+        .route(
+            "/v1/interactions.csv",
+            get(interactions::get_interactions_csv),
+        )
         .route("/v1/interactions/summary", get(summary::get_summary))
+        .route(
+            "/v1/interactions/summary.csv",
+            get(summary::get_summary_csv),
+        )
         // Bodies are small by nature here, and this is the one route that reads one: a big
         // one is refused before it is read.
         .route(
@@ -225,27 +239,65 @@ impl DataRequest {
     pub fn request_id(&self) -> std::sync::Arc<str> {
         RequestId::of(&self.headers).into()
     }
+
+    /// Whether this caller may read every one of `accounts` (a stored answer is served only
+    /// then; otherwise the request is parsed again and refused with the account named).
+    pub fn may_read_all(&self, state: &AppState, accounts: &[usize]) -> bool {
+        accounts.iter().all(|&i| {
+            state
+                .accounts
+                .may_read(&self.caller.name, self.caller.admin, i)
+        })
+    }
 }
 
-/// The windows of one request, through the cache and the shared budget, on behalf of its
-/// caller (fairness) and under its request id (tracing); an admin's `no-cache` refreshes.
+/// A request to a path that names its representation (`/v1/interactions.csv`) as the same
+/// request to the plain path with `format` added to its query: the plain path's handler
+/// then answers it, and its stored answers, cursors and jobs are the very ones of
+/// `/v1/interactions?…&format=csv` (the query string is what they are keyed by).
+///
+/// # Errors
+/// 400 naming `format` when the query names one too: the path already did.
+pub fn with_path_format(mut req: Request, format: query::Format) -> Result<Request, AppError> {
+    let raw = req.uri().query().unwrap_or("");
+    if query::pairs(Some(raw)).iter().any(|(k, _)| k == "format") {
+        return Err(AppError::param(
+            "format",
+            format!(
+                "this path answers {} only: leave `format` out",
+                format.as_str()
+            ),
+        ));
+    }
+    let path_and_query = if raw.is_empty() {
+        format!("{}?format={}", req.uri().path(), format.as_str())
+    } else {
+        format!("{}?{raw}&format={}", req.uri().path(), format.as_str())
+    };
+    *req.uri_mut() = axum::http::Uri::try_from(path_and_query)
+        .map_err(|_| AppError::param("query", "the query string is not a valid URI part"))?;
+    Ok(req)
+}
+
+/// The windows of one request on `account`, through the cache and that account's budget,
+/// on behalf of its caller (fairness) and under its request id (tracing); an admin's
+/// `no-cache` refreshes.
 pub fn range_fetch(
     state: &AppState,
+    account: &crate::account::Account,
     caller: &auth::Caller,
     request_id: std::sync::Arc<str>,
     filters: crate::upstream::Filters,
     headers: &axum::http::HeaderMap,
 ) -> crate::fetch::RangeFetch {
     crate::fetch::RangeFetch::new(
-        std::sync::Arc::clone(&state.fetcher),
+        std::sync::Arc::clone(&account.fetcher),
         std::sync::Arc::clone(&state.windows),
+        account.ns.clone(),
         filters,
         std::sync::Arc::clone(&caller.name),
         request_id,
-        crate::fetch::Allowance::new(
-            state.settings.budget.max_calls_per_request,
-            state.settings.budget.rate,
-        ),
+        account.allowance(state.settings.budget.max_calls_per_request),
         caller.admin && wants_refresh(headers),
     )
 }

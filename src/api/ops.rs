@@ -2,6 +2,7 @@
 //! none of them says anything about the credentials.
 
 use std::{
+    collections::HashMap,
     sync::{Mutex, atomic::Ordering},
     time::Duration,
 };
@@ -16,17 +17,20 @@ use serde::Serialize;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use crate::AppState;
+use crate::{AppState, cache::disk::SlotState};
 
 /// An upstream answer younger than this makes the gateway ready without asking again.
 const RECENT: i64 = 300;
 /// At most one readiness probe per this interval; in between, the last verdict stands.
 const PROBE_EVERY: Duration = Duration::from_secs(60);
 
-/// Readiness probe bookkeeping.
+/// When an account was last probed, and the verdict.
+type Probe = (Instant, Result<(), String>);
+
+/// Readiness probe bookkeeping: each account's last probe.
 #[derive(Debug, Default)]
 pub struct Health {
-    last_probe: Mutex<Option<(Instant, Result<(), String>)>>,
+    last_probe: Mutex<HashMap<usize, Probe>>,
 }
 
 /// Liveness / readiness.
@@ -35,6 +39,23 @@ pub struct Health {
 pub struct HealthBody {
     #[schema(example = "ok")]
     pub status: String,
+    pub detail: Option<String>,
+    /// Readiness: each account's own verdict (the gateway is ready when every account is).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accounts: Vec<AccountHealth>,
+}
+
+/// One account's readiness.
+#[derive(Serialize, ToSchema)]
+pub struct AccountHealth {
+    /// The account's name (the `account` parameter).
+    #[schema(example = "default")]
+    pub name: String,
+    /// `ready` or `not ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// Why not, when not.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
@@ -47,6 +68,7 @@ pub async fn healthz() -> Json<HealthBody> {
     Json(HealthBody {
         status: "ok".into(),
         detail: None,
+        accounts: Vec::new(),
     })
 }
 
@@ -70,67 +92,106 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         }
     });
     // So is the disk tier: a lost one is reported, and the gateway goes on in memory.
-    let disk = match (&state.settings.disk, &state.disk) {
-        (None, _) => None,
-        (Some(_), Some(d)) if d.is_healthy() => Some("disk cache: up".to_owned()),
-        (Some(_), Some(_)) => Some(
-            "disk cache: writes failed (disk full or read-only?), running in memory".to_owned(),
+    let disk = state.disk.as_ref().map(|slot| match (slot.state(), slot.tier()) {
+        (SlotState::Open, Some(d)) if d.is_healthy() => "disk cache: up".to_owned(),
+        (SlotState::Open, _) => {
+            "disk cache: writes failed (disk full or read-only?), running in memory".to_owned()
+        }
+        (SlotState::Waiting, _) => format!(
+            "disk cache: the store is open in another process (an overlapping deploy?); running in memory, asking again every {} s",
+            crate::cache::disk::RETRY_EVERY.as_secs()
         ),
-        (Some(_), None) => Some("disk cache: could not be opened, running in memory".to_owned()),
-    };
+        (SlotState::Failed(_), _) => {
+            "disk cache: could not be opened, running in memory".to_owned()
+        }
+    });
     let redis = match (redis, disk) {
         (Some(r), Some(d)) => Some(format!("{r}; {d}")),
         (r, d) => r.or(d),
     };
+    // Every account is asked at once: a slow one does not hold up the others' verdicts.
+    let verdicts = futures_util::future::join_all(
+        state
+            .accounts
+            .all()
+            .iter()
+            .map(|a| account_ready(&state, a)),
+    )
+    .await;
+    let accounts: Vec<AccountHealth> = state
+        .accounts
+        .all()
+        .iter()
+        .zip(verdicts)
+        .map(|(a, v)| AccountHealth {
+            name: a.name.to_string(),
+            status: if v.is_ok() { "ready" } else { "not ready" },
+            detail: v.err(),
+        })
+        .collect();
+    ready(accounts, redis)
+}
+
+/// One account's verdict: ready when its upstream answered within [`RECENT`] seconds;
+/// otherwise one small probe call (at most once per [`PROBE_EVERY`], through its budget).
+async fn account_ready(state: &AppState, a: &crate::account::Account) -> Result<(), String> {
     let now = jiff::Timestamp::now().as_second();
-    if now - state.fetcher.last_ok() < RECENT {
-        return ready(Ok(()), redis);
+    if now - a.fetcher.last_ok() < RECENT {
+        return Ok(());
     }
     let cached = state
         .health
         .last_probe
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
+        .get(&a.index)
         .filter(|(at, _)| at.elapsed() < PROBE_EVERY)
         .map(|(_, r)| r.clone());
-    let verdict = match cached {
-        Some(v) => v,
-        None => {
-            let v = match tokio::time::timeout(Duration::from_secs(10), state.fetcher.probe()).await
-            {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(format!("upstream probe failed: {}", e.label())),
-                Err(_) => Err("upstream probe timed out".to_owned()),
-            };
-            *state
-                .health
-                .last_probe
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), v.clone()));
-            v
-        }
+    if let Some(v) = cached {
+        return v;
+    }
+    let v = match tokio::time::timeout(Duration::from_secs(10), a.fetcher.probe()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("upstream probe failed: {}", e.label())),
+        Err(_) => Err("upstream probe timed out".to_owned()),
     };
-    ready(verdict, redis)
+    state
+        .health
+        .last_probe
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(a.index, (Instant::now(), v.clone()));
+    v
 }
 
-fn ready(v: Result<(), String>, redis: Option<String>) -> Response {
-    let (status, word, detail) = match v {
-        Ok(()) => (StatusCode::OK, "ready", redis),
-        Err(d) => (
+fn ready(accounts: Vec<AccountHealth>, redis: Option<String>) -> Response {
+    let unready: Vec<String> = accounts
+        .iter()
+        .filter_map(|a| {
+            a.detail
+                .as_ref()
+                .map(|d| format!("account `{}`: {d}", a.name))
+        })
+        .collect();
+    let (status, word, detail) = if unready.is_empty() {
+        (StatusCode::OK, "ready", redis)
+    } else {
+        let d = unready.join("; ");
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready",
             Some(match redis {
                 Some(r) => format!("{d}; {r}"),
                 None => d,
             }),
-        ),
+        )
     };
     (
         status,
         Json(HealthBody {
             status: word.into(),
             detail,
+            accounts,
         }),
     )
         .into_response()
@@ -293,12 +354,15 @@ pub fn describe_metrics() {
 
 /// A counter family the `metrics` facade cannot hold (its counters are whole numbers):
 /// written by hand in the same text format.
-fn float_counter(out: &mut String, name: &str, help: &str, value: f64) {
+/// A counter family with one float sample per account (names are `[a-z0-9-]`: nothing to
+/// escape in the label value).
+fn float_counter(out: &mut String, name: &str, help: &str, by_account: &[(&str, f64)]) {
     use std::fmt::Write as _;
-    let _ = write!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n\n"
-    );
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n");
+    for (account, value) in by_account {
+        let _ = writeln!(out, "{name}{{account=\"{account}\"}} {value}");
+    }
+    out.push('\n');
 }
 
 /// Prometheus text exposition.
@@ -327,10 +391,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .absolute(c.compressed_on_the_way_out.load(Ordering::Relaxed));
     metrics::counter!("gateway_cache_stale_served_total")
         .absolute(c.stale_served.load(Ordering::Relaxed));
-    let b = state.fetcher.budget().stats();
-    metrics::gauge!("gateway_budget_waiting_calls").set(b.waiting as f64);
-    metrics::gauge!("gateway_budget_calls_in_window").set(b.used_in_window as f64);
-    metrics::gauge!("gateway_upstream_in_flight").set(f64::from(b.in_flight));
+    let mut waited: Vec<(&str, f64)> = Vec::with_capacity(state.accounts.all().len());
+    for a in state.accounts.all() {
+        let b = a.fetcher.budget().stats();
+        let account = metrics::SharedString::from_shared(std::sync::Arc::clone(&a.name));
+        metrics::gauge!("gateway_budget_waiting_calls", "account" => account.clone())
+            .set(b.waiting as f64);
+        metrics::gauge!("gateway_budget_calls_in_window", "account" => account.clone())
+            .set(b.used_in_window as f64);
+        metrics::gauge!("gateway_upstream_in_flight", "account" => account)
+            .set(f64::from(b.in_flight));
+        waited.push((&a.name, b.waited_seconds));
+    }
     // Per tier: memory (moka), disk (CACHE_DIR), redis (REDIS_URL).
     metrics::counter!("gateway_cache_tier_hits_total", "tier" => "memory")
         .absolute(c.hits.load(Ordering::Relaxed));
@@ -339,7 +411,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .absolute(c.revalidations.load(Ordering::Relaxed));
     metrics::counter!("gateway_cache_refresh_ahead_total")
         .absolute(c.refresh_ahead.load(Ordering::Relaxed));
-    if let Some(d) = &state.disk {
+    if let Some(d) = state.disk.as_ref().and_then(|d| d.tier()) {
         let (d_entries, d_bytes) = d.usage();
         let dc = &d.counters;
         metrics::gauge!("gateway_cache_disk_up").set(if d.is_healthy() { 1.0 } else { 0.0 });
@@ -375,8 +447,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     float_counter(
         &mut text,
         "gateway_budget_wait_seconds_total",
-        "Seconds upstream calls spent waiting for the shared budget, summed",
-        b.waited_seconds,
+        "Seconds upstream calls spent waiting for the shared budget, summed, by account",
+        &waited,
     );
     (
         [(

@@ -123,6 +123,9 @@ pub struct RangeQuery {
     pub filters: Filters,
     /// What is kept of the merged records (never sent upstream).
     pub select: RecordFilter,
+    /// The accounts named by `account` (empty: the default one), as written; which exist and
+    /// who may read them is the account registry's to say.
+    pub accounts: Vec<String>,
 }
 
 impl RangeQuery {
@@ -131,10 +134,12 @@ impl RangeQuery {
         ts.display_with_offset(self.tz.to_offset(ts)).to_string()
     }
 
-    /// The typed key of everything that selects this query's records (not paging or format).
-    pub fn key(&self, route: &'static str) -> crate::cache::QueryKey<'_> {
+    /// The typed key of everything that selects this query's records (not paging or
+    /// format) on the account(s) whose namespace digest is `ns`.
+    pub fn key<'a>(&'a self, route: &'static str, ns: &'a [u8; 32]) -> crate::cache::QueryKey<'a> {
         crate::cache::QueryKey {
             route,
+            ns,
             from: self.from.as_second(),
             to: self.to.as_second(),
             tz: &self.tz_name,
@@ -155,19 +160,21 @@ pub struct InteractionsQuery {
     pub csv_escape: Option<CsvEscape>,
 }
 
-/// Query parameters of `GET /v1/interactions`, as the OpenAPI document describes them; the
-/// query is read by [`parse_interactions`], which holds the rules.
+/// The range and filter parameters of every data operation (`/v1/interactions` in each
+/// representation and the summary), as the OpenAPI document describes them; the query is
+/// read by [`parse_range`], which holds the rules.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub struct InteractionsParams {
+pub struct RangeParams {
     /// Start, local to `tz`: `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]`.
     #[param(example = "2024-09-26")]
     from: String,
     /// End, inclusive, local to `tz`; a coarser value means the end of its unit (a date alone is 23:59:59, `HH:MM` is `HH:MM:59`).
     #[param(example = "2024-09-26")]
     to: String,
-    /// IANA time zone (`Asia/Kolkata`) or fixed offset (`+05:30`, `-04:00`, `Z`). Default `UTC`.
+    /// IANA time zone (`Asia/Kolkata`) or fixed offset (`+05:30`, `-04:00`, `Z`). Default
+    /// `UTC`. A summary's `day` and `hour` buckets are in it.
     #[param(example = "Asia/Kolkata")]
     tz: Option<String>,
     /// Channels, comma-separated (the parameter may also repeat).
@@ -177,7 +184,8 @@ pub struct InteractionsParams {
     /// Bot ids, comma-separated.
     bots: Option<String>,
     /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`, comma-separated (the
-    /// parameter may also repeat). Default: all four.
+    /// parameter may also repeat). Default: all four (a summary's `direction` falls back to
+    /// `customerinfo.Direction`).
     #[param(style = Form, explode = false, min_items = 1, inline)]
     fields: Option<Vec<SelectedField>>,
     // The record filters carry no example: Swagger UI's "Try it out" fills examples in,
@@ -198,6 +206,26 @@ pub struct InteractionsParams {
     smart_status: Option<String>,
     /// Only records with one of these codes among their `dispositions`, comma-separated, exact.
     disposition: Option<String>,
+}
+
+/// The `account` of the `/v1/interactions` operations, as the OpenAPI document describes it
+/// (the summary takes several: its own `account` in `SummaryParams`).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AccountParam {
+    /// The vendor account to read (a name of the gateway's accounts, `[a-z0-9-]{1,32}`);
+    /// default: the gateway's default account.
+    #[param(pattern = "^[a-z0-9-]{1,32}$", example = "default")]
+    account: Option<String>,
+}
+
+/// Paging of `GET /v1/interactions` as JSON, as the OpenAPI document describes it (read by
+/// [`parse_interactions`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageParams {
     /// Records in this response (JSON), 1..10000, default 1000.
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
@@ -205,15 +233,57 @@ pub struct InteractionsParams {
     /// record of that page, so records that appear or vanish meanwhile never make a page
     /// skip or repeat one. Signed and bound to the query: a cursor of another query is a 400.
     cursor: Option<String>,
-    /// `json` (default), `ndjson` or `csv`; without it, `Accept` chooses (RFC 9110: q-values,
-    /// ties to json, then ndjson, then csv; 406 when it accepts none). ndjson and csv stream
-    /// the whole range.
-    #[param(pattern = "^(json|ndjson|csv)$")]
-    format: Option<String>,
-    /// CSV only: `formula` (default) writes a text cell a spreadsheet would run as a formula
-    /// with a leading `'` (a leading `=`, `@`, tab or CR; `+` or `-` unless a plain number
-    /// follows, so `+13413813633` stays as it is); `none` writes every cell as the record
-    /// holds it.
+}
+
+/// The representation of a JSON operation.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonFormat {
+    Json,
+}
+
+/// `format` of the JSON operations, as the OpenAPI document describes it.
+///
+/// One operation per representation: a generated client parses an operation's answer by
+/// the media types its document lists, so an operation that could answer JSON, NDJSON or
+/// CSV gets every answer parsed as JSON (openapi-python-client does). NDJSON and CSV are
+/// therefore operations of their own (`/v1/interactions.ndjson`, `/v1/interactions.csv`,
+/// `/v1/interactions/summary.csv`), and the JSON operations document `format=json` only;
+/// the server still takes `format=ndjson|csv` and `Accept` on them (SPEC §3).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct JsonFormatParam {
+    /// `json` (the default). The other representations are operations of their own —
+    /// `/v1/interactions.ndjson`, `/v1/interactions.csv`, `/v1/interactions/summary.csv` — so
+    /// a generated client parses each answer right; `format=ndjson|csv` and `Accept` still
+    /// select them here for scripts that use them.
+    #[param(inline)]
+    format: Option<JsonFormat>,
+}
+
+/// `Prefer: respond-async` on the data operations, as the OpenAPI document describes it.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct PreferParam {
+    /// `respond-async` (RFC 7240): a range not already cached answers 202 at once with a job
+    /// to poll, instead of holding the connection while the budget serves it; a cached range
+    /// answers 200 as usual.
+    #[param(rename = "Prefer")]
+    prefer: Option<String>,
+}
+
+/// `csv_escape` of the CSV operations, as the OpenAPI document describes it (read by
+/// [`parse_csv_escape`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct CsvEscapeParam {
+    /// `formula` (default, unless the gateway runs with CSV_FORMULA_ESCAPE=false) writes a
+    /// text cell a spreadsheet would run as a formula with a leading `'` (a leading `=`,
+    /// `@`, tab or CR; `+` or `-` unless a plain number follows, so `+13413813633` stays as
+    /// it is); `none` writes every cell as the record holds it.
     #[param(pattern = "^(formula|none)$")]
     csv_escape: Option<String>,
 }
@@ -298,7 +368,7 @@ impl Params {
 }
 
 /// Parameters shared by every data route.
-pub const RANGE_PARAMS: [&str; 12] = [
+pub const RANGE_PARAMS: [&str; 13] = [
     "from",
     "to",
     "tz",
@@ -306,6 +376,7 @@ pub const RANGE_PARAMS: [&str; 12] = [
     "queues",
     "bots",
     "fields",
+    "account",
     RecordFilter::PARAMS[0],
     RecordFilter::PARAMS[1],
     RecordFilter::PARAMS[2],
@@ -399,6 +470,20 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
         p.list(RecordFilter::PARAMS[3])?,
         p.list(RecordFilter::PARAMS[4])?,
     ]);
+    let accounts = p.list("account")?;
+    if let Some(bad) = accounts
+        .iter()
+        .find(|a| !crate::config::valid_account_name(a))
+    {
+        let shown: String = bad.chars().take(40).collect();
+        return Err(AppError::param(
+            "account",
+            format!(
+                "`{shown}` is not an account name ({})",
+                crate::config::ACCOUNT_NAME_RULE
+            ),
+        ));
+    }
     Ok(RangeQuery {
         from,
         to,
@@ -406,6 +491,7 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
         tz_name,
         filters,
         select,
+        accounts,
     })
 }
 
@@ -494,8 +580,13 @@ pub struct KeyMemo {
     map: RwLock<HashMap<String, Vec<Remembered>>>,
 }
 
-/// One remembered parse: route, the format `Accept` chose, the key, the format answered.
-type Remembered = (&'static str, Option<Format>, Arc<str>, Format);
+/// One remembered parse: route, the format `Accept` chose for it (`None`: none), the key,
+/// the format answered, and the accounts it reads (a stored hit is served only to a key
+/// that may read them all).
+type Remembered = (&'static str, Option<Format>, Arc<str>, Format, Accounts);
+
+/// Indexes of the accounts a query reads (see `Account::index`).
+pub type Accounts = Arc<[usize]>;
 
 impl KeyMemo {
     /// Query strings remembered at most.
@@ -503,19 +594,19 @@ impl KeyMemo {
     /// Longest query string remembered.
     const MAX_QUERY_LEN: usize = 512;
 
-    /// The response-cache key and the format that `raw` on `route`, with an `Accept` that
-    /// chose `accept`, parsed to.
+    /// The response-cache key, the format and the accounts that `raw` on `route`, with an
+    /// `Accept` that chose `accept`, parsed to.
     pub fn get(
         &self,
         route: &str,
         raw: Option<&str>,
         accept: Option<Format>,
-    ) -> Option<(Arc<str>, Format)> {
+    ) -> Option<(Arc<str>, Format, Accounts)> {
         let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
         map.get(raw.unwrap_or(""))?
             .iter()
-            .find(|(r, a, _, _)| *r == route && *a == accept)
-            .map(|(_, _, key, format)| (Arc::clone(key), *format))
+            .find(|(r, a, ..)| *r == route && *a == accept)
+            .map(|(_, _, key, format, accounts)| (Arc::clone(key), *format, Arc::clone(accounts)))
     }
 
     /// Remembers what [`KeyMemo::get`] answers, once `raw` parsed. A query with the
@@ -528,6 +619,7 @@ impl KeyMemo {
         accept: Option<Format>,
         key: &str,
         format: Format,
+        accounts: Accounts,
     ) {
         let raw = raw.unwrap_or("");
         if raw.len() > Self::MAX_QUERY_LEN
@@ -541,8 +633,8 @@ impl KeyMemo {
             map.clear();
         }
         let entry = map.entry(raw.to_owned()).or_default();
-        if !entry.iter().any(|(r, a, _, _)| *r == route && *a == accept) {
-            entry.push((route, accept, key.into(), format));
+        if !entry.iter().any(|(r, a, ..)| *r == route && *a == accept) {
+            entry.push((route, accept, key.into(), format, accounts));
         }
     }
 }

@@ -26,16 +26,16 @@ use crate::{
         accept::Acceptable,
         interactions::plan_windows,
         query::{
-            CsvEscape, Format, Params, RANGE_PARAMS, RangeQuery, SelectedField, negotiated, pairs,
-            parse_csv_escape, parse_range,
+            CsvEscape, CsvEscapeParam, Format, JsonFormatParam, Params, PreferParam, RANGE_PARAMS,
+            RangeParams, RangeQuery, negotiated, pairs, parse_csv_escape, parse_range,
         },
-        range_fetch, stored,
+        range_fetch, stored, with_path_format,
     },
     cache::{KeyEncoder, Rendered, hex},
     error::{AppError, PROBLEM_JSON, Problem, problems},
     merge::merge_runs,
     outcome::{Assessment, CacheStatus, assess},
-    summary::{Dimension, GroupsJson, Metric, summarise, to_csv},
+    summary::{Dimension, GroupsJson, Metric, summarise, summarise_accounts, to_csv},
 };
 
 /// A parsed `GET /v1/interactions/summary`.
@@ -99,12 +99,13 @@ pub fn parse_summary(
 /// This route, as the query-key memo tells routes apart.
 const ROUTE: &str = "/v1/interactions/summary";
 
-/// The stored answer's key: the range's digest (record filters included), then each
-/// dimension, metric and the format, length-prefixed, and for CSV how cells are escaped (two
-/// escapings never share a stored answer).
-fn summary_key(q: &SummaryQuery, escape: CsvEscape) -> String {
+/// The stored answer's key: the range's digest on the account(s) whose namespace digest is
+/// `ns` (record filters included), then each dimension, metric and the format,
+/// length-prefixed, and for CSV how cells are escaped (two escapings never share a stored
+/// answer).
+fn summary_key(ns: &[u8; 32], q: &SummaryQuery, escape: CsvEscape) -> String {
     let mut e = KeyEncoder::default();
-    e.bytes(&q.range.key("summary").digest());
+    e.bytes(&q.range.key("summary", ns).digest());
     let dims: Vec<String> = q.group_by.iter().map(|d| format!("{d:?}")).collect();
     let metrics: Vec<String> = q.metrics.iter().map(|m| format!("{m:?}")).collect();
     e.list(&dims);
@@ -116,29 +117,26 @@ fn summary_key(q: &SummaryQuery, escape: CsvEscape) -> String {
     hex(&e.finish())
 }
 
-/// Counts and duration statistics of a date range, grouped.
+/// Counts and duration statistics of a date range, grouped, as JSON.
 ///
-/// From the same cached windows as `/v1/interactions`; `Prefer: respond-async` works as there.
+/// From the same cached windows as `/v1/interactions`; `Prefer: respond-async` works as
+/// there. The same summary as CSV is `/v1/interactions/summary.csv` (this path also answers
+/// it for `format=csv` or `Accept: text/csv`).
 #[utoipa::path(
     get,
     path = "/v1/interactions/summary",
     tag = "interactions",
-    params(SummaryParams,
-        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 with a job to poll; a cached range answers 200 as usual.")),
+    params(RangeParams, SummaryParams, JsonFormatParam, PreferParam),
     responses(
         (status = 200, description = "One entry per group, sorted by key (time by instant, missing values last)",
             headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String),
                 ("RateLimit-Policy" = String, description = "The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
                 ("RateLimit" = String, description = "What is left of each policy now, and the seconds until a unit comes back")),
-            content(
-                (Body = "application/json"),
-                (String = "text/csv", example = json!("day,channel,count,interactionDuration.count,interactionDuration.sum,interactionDuration.mean,interactionDuration.p50,interactionDuration.p90,interactionDuration.max\n2024-09-26,voice,12,7,3907,558.1428571428571,540,1023,1107\n2024-09-26,(none),1,0,0,,,,\n")),
-            )),
+            body = Body, content_type = "application/json"),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
             headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
         problems::BadParam, problems::Unauthorized, problems::NotAcceptable, problems::RateLimited,
-        (status = 502, description = "Upstream failed after retries (or, for CSV, part of the range could not be cross-checked)", body = Problem, content_type = PROBLEM_JSON),
-        problems::BudgetExhausted, problems::UpstreamTimeout,
+        problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -148,10 +146,12 @@ pub async fn get_summary(
 ) -> Result<Response, AppError> {
     let r = DataRequest::new(req)?;
     let (headers, raw, refresh) = (&r.headers, r.query(), r.refresh);
-    let accepted = r.accept.choose(&SUMMARY_FORMATS);
+    // What `Accept` chooses among a summary's formats (`None`: nothing it accepts).
+    let chosen = r.accept.choose(&SUMMARY_FORMATS);
     // A query string that parsed before: its key without parsing again (see KeyMemo).
     if !refresh
-        && let Some((key, _)) = state.query_keys.get(ROUTE, raw, accepted)
+        && let Some((key, _, accounts)) = state.query_keys.get(ROUTE, raw, chosen)
+        && r.may_read_all(&state, &accounts)
         && let Some(hit) = state.responses.get(&key)
     {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
@@ -159,11 +159,33 @@ pub async fn get_summary(
     }
     let q = parse_summary(raw, r.accept, state.settings.max_range_days)?;
     let escape = CsvEscape::resolve(q.csv_escape, state.settings.csv_formula_escape);
+    let accounts = state
+        .accounts
+        .resolve(&q.range.accounts, &r.caller.name, r.caller.admin)?;
+    // Whose records: one account's namespace, or the digest of the list of them.
+    let ns: [u8; 32] = match accounts.as_slice() {
+        [one] => *one.ns.digest(),
+        several => {
+            let mut e = KeyEncoder::default();
+            e.text("accounts");
+            e.int(several.len() as i64);
+            for a in several {
+                e.bytes(a.ns.digest());
+                e.text(&a.name);
+            }
+            e.finish()
+        }
+    };
     // A warm summary is stored bytes: no merge, no aggregation, no serialisation.
-    let key = summary_key(&q, escape);
-    state
-        .query_keys
-        .remember(ROUTE, raw, accepted, &key, Format::Json);
+    let key = summary_key(&ns, &q, escape);
+    state.query_keys.remember(
+        ROUTE,
+        raw,
+        chosen,
+        &key,
+        Format::Json,
+        accounts.iter().map(|a| a.index).collect(),
+    );
     if !refresh && let Some(hit) = state.responses.get(&key) {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
         return Ok(stored::reply(&state, &key, &hit, headers).await);
@@ -172,33 +194,63 @@ pub async fn get_summary(
     // The same planning and mapping of refusals as `/v1/interactions`, so both routes ask
     // for (and cache) the very same windows.
     let windows = plan_windows(&q.range)?;
-    let range = range_fetch(
-        &state,
-        &r.caller,
-        request_id,
-        q.range.filters.clone(),
-        headers,
-    );
-    // `Prefer: respond-async` on a range not already cached: 202 and a job.
-    if let Some(accepted) = crate::api::jobs::respond_async(
-        &state,
-        &r.caller,
-        headers,
-        "/v1/interactions/summary",
-        raw,
-        &windows,
-        &range,
-    )
-    .await?
-    {
-        return Ok(accepted);
+    let ranges: Vec<_> = accounts
+        .iter()
+        .map(|a| {
+            range_fetch(
+                &state,
+                a,
+                &r.caller,
+                Arc::clone(&request_id),
+                q.range.filters.clone(),
+                headers,
+            )
+        })
+        .collect();
+    // `Prefer: respond-async` on a range not already cached: 202 and a job per account
+    // that is not warm (the answer points at the last one started; every job's result is
+    // this summary).
+    let mut accepted = None;
+    for (a, range) in accounts.iter().zip(&ranges) {
+        if let Some(resp) = crate::api::jobs::respond_async(
+            &state,
+            a,
+            &r.caller,
+            headers,
+            "/v1/interactions/summary",
+            raw,
+            &windows,
+            range,
+        )
+        .await?
+        {
+            accepted = Some(resp);
+        }
     }
-    let outcomes = range.all(&windows).await?;
-    let mut records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
-    if !q.range.select.is_empty() {
-        records.retain(|r| q.range.select.matches(r));
+    if let Some(resp) = accepted {
+        return Ok(resp);
     }
-    let summary = summarise(&records, &q.range.tz, &q.group_by, &q.metrics);
+    // Every account at once: each waits only for its own budget.
+    let per_account =
+        futures_util::future::try_join_all(ranges.iter().map(|r| r.all(&windows))).await?;
+    let summary = if accounts.len() == 1 && !q.group_by.contains(&Dimension::Account) {
+        let mut records = merge_runs(per_account[0].iter().map(|o| o.data.records.as_slice()));
+        keep_selected(&mut records, &q.range.select);
+        summarise(&records, &q.range.tz, &q.group_by, &q.metrics)
+    } else {
+        let tagged: Vec<(&str, Vec<&crate::merge::Record>)> = accounts
+            .iter()
+            .zip(&per_account)
+            .map(|(a, outcomes)| {
+                let mut records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+                keep_selected(&mut records, &q.range.select);
+                (&*a.name, records)
+            })
+            .collect();
+        summarise_accounts(&tagged, &q.range.tz, &q.group_by, &q.metrics)
+    };
+    let outcomes: Vec<crate::cache::WindowOutcome> =
+        per_account.iter().flatten().cloned().collect();
     let verdict = assess(&outcomes);
     let Assessment {
         complete,
@@ -301,13 +353,53 @@ pub async fn get_summary(
         .into_response();
     crate::api::stamp_cache_headers(
         &mut resp,
-        &verdict.cache_status(range.refresh(), storable),
+        &verdict.cache_status(ranges.iter().any(|r| r.refresh()), storable),
         verdict.age,
     );
     if let Some(v) = disposition {
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// Counts and duration statistics of a date range, grouped, as CSV.
+///
+/// One row per group: the `group_by` columns, then each metric's columns. The same summary
+/// as `/v1/interactions/summary` with the same parameters (it is that route with
+/// `format=csv`); refused with a 502 rather than passed off as whole when part of the range
+/// could not be cross-checked, since CSV has no `meta` to say so.
+#[utoipa::path(
+    get,
+    path = "/v1/interactions/summary.csv",
+    tag = "interactions",
+    params(RangeParams, SummaryParams, CsvEscapeParam, PreferParam),
+    responses(
+        (status = 200, description = "One row per group, sorted by key (time by instant, missing values last); sent as an attachment",
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String),
+                ("Content-Disposition" = String, description = "`attachment; filename=\"summary-<from>-<to>.csv\"`"),
+                ("RateLimit-Policy" = String, description = "The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
+                ("RateLimit" = String, description = "What is left of each policy now, and the seconds until a unit comes back")),
+            content((String = "text/csv", example = json!("day,channel,count,interactionDuration.count,interactionDuration.sum,interactionDuration.mean,interactionDuration.p50,interactionDuration.p90,interactionDuration.max\n2024-09-26,voice,12,7,3907,558.1428571428571,540,1023,1107\n2024-09-26,(none),1,0,0,,,,\n")))),
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
+            headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
+        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        (status = 502, description = "Upstream failed after retries, or part of the range could not be cross-checked", body = Problem, content_type = PROBLEM_JSON),
+        problems::BudgetExhausted, problems::UpstreamTimeout,
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn get_summary_csv(
+    state: State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, AppError> {
+    get_summary(state, with_path_format(req, Format::Csv)?).await
+}
+
+/// Keeps the records the record filters select (the windows hold every record).
+fn keep_selected(records: &mut Vec<&crate::merge::Record>, select: &crate::summary::RecordFilter) {
+    if !select.is_empty() {
+        records.retain(|r| select.matches(r));
+    }
 }
 
 /// `GET /v1/interactions/summary` answer (JSON).
@@ -364,64 +456,26 @@ struct Meta<'s> {
 // ---------------------------------------------------------------------------------------
 // OpenAPI: the parameters, read by hand in `parse_summary`, documented next to the handler.
 
-/// Query parameters of `GET /v1/interactions/summary`.
+/// The accounts, grouping and metrics of a summary, as the OpenAPI document describes them
+/// (the range parameters are [`RangeParams`]).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct SummaryParams {
-    /// Start, local to `tz`: `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]`.
-    #[param(example = "2024-09-26")]
-    from: String,
-    /// End, inclusive, local to `tz`; a coarser value means the end of its unit.
-    #[param(example = "2024-09-26")]
-    to: String,
-    /// IANA time zone or fixed offset; `day` and `hour` buckets are in it. Default `UTC`.
-    #[param(example = "America/New_York")]
-    tz: Option<String>,
-    /// Channels, comma-separated (the parameter may also repeat).
-    channels: Option<String>,
-    /// Queue ids, comma-separated.
-    queues: Option<String>,
-    /// Bot ids, comma-separated.
-    bots: Option<String>,
-    /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`. Default: all four
-    /// (`direction` falls back to `customerinfo.Direction`; the default also shares the
-    /// cache with `/v1/interactions`).
-    #[param(style = Form, explode = false, min_items = 1, inline)]
-    fields: Option<Vec<SelectedField>>,
-    /// Only records with a segment answered by one of these agents: agent ids (exact) or
-    /// e-mails (any ASCII case), comma-separated. The record filters mean what the groups
-    /// of the same names mean, and cost no upstream call.
-    agent: Option<String>,
-    /// Only records of these directions, comma-separated, exact.
-    direction: Option<String>,
-    /// Only records of these `finalStatus` values, comma-separated, exact.
-    #[param(rename = "finalStatus")]
-    final_status: Option<String>,
-    /// Only records of these `smartStatus` values, comma-separated, exact.
-    #[param(rename = "smartStatus")]
-    smart_status: Option<String>,
-    /// Only records with one of these disposition codes, comma-separated, exact.
-    disposition: Option<String>,
-    /// Up to three of `day`, `hour`, `channel`, `queue`, `bot`, `agent`, `finalStatus`,
-    /// `smartStatus`, `direction`, `disposition`, comma-separated, each once. None: one
-    /// group for the whole range. `hour` buckets carry their offset, so a 25-hour day has 25;
-    /// `queue`, `agent` and `disposition` may put one record in several groups.
-    #[param(example = "day,channel")]
-    group_by: Option<String>,
-    /// Any of `count`, `interactionDuration`, `firstResponseDuration`,
-    /// `afterCallWorkDuration`, `queueWait`, comma-separated. Default `count`. Durations are
-    /// per agent segment, in seconds: count, sum, mean, p50, p90 (nearest rank), max.
-    #[param(example = "count,interactionDuration")]
-    metrics: Option<String>,
-    /// `json` (default) or `csv`; without it, `Accept` chooses (RFC 9110: q-values, ties to
-    /// json; 406 when it accepts neither).
-    #[param(pattern = "^(json|csv)$")]
-    format: Option<String>,
-    /// CSV only: `formula` (default) defuses text cells a spreadsheet would run as a
-    /// formula; `none` writes them as they are.
-    #[param(pattern = "^(formula|none)$")]
-    csv_escape: Option<String>,
+    /// The vendor accounts to summarise, comma-separated (names of the gateway's accounts);
+    /// several are counted together, or apart with `group_by=account`. Default: the
+    /// gateway's default account.
+    #[param(example = "default")]
+    account: Option<String>,
+    /// Up to three dimensions, comma-separated, each once. None: one group for the whole
+    /// range. `hour` buckets carry their offset, so a 25-hour day has 25; `queue`, `agent`
+    /// and `disposition` may put one record in several groups.
+    #[param(style = Form, explode = false, max_items = 3, inline, example = json!(["day", "channel"]))]
+    group_by: Option<Vec<Dimension>>,
+    /// Metrics, comma-separated, each once. Default `count`. Durations are per agent
+    /// segment, in seconds: count, sum, mean, p50, p90 (nearest rank), max.
+    #[param(style = Form, explode = false, inline, example = json!(["count", "interactionDuration"]))]
+    metrics: Option<Vec<Metric>>,
 }
 
 #[cfg(test)]
@@ -480,7 +534,7 @@ mod tests {
 
     #[test]
     fn csv_escapings_never_share_a_stored_summary() {
-        let key = |query: &str, escape| summary_key(&q(query).unwrap(), escape);
+        let key = |query: &str, escape| summary_key(&[0; 32], &q(query).unwrap(), escape);
         let csv = "from=2024-09-01&to=2024-09-02&format=csv&group_by=disposition";
         assert_ne!(key(csv, CsvEscape::Formula), key(csv, CsvEscape::None));
         let json = "from=2024-09-01&to=2024-09-02&group_by=disposition";

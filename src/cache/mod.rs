@@ -18,6 +18,8 @@
 //! Freshness is checked against Tokio's clock (so tests can pause time); moka's own expiry
 //! only reclaims memory after the stale grace.
 
+pub mod disk;
+pub mod redis;
 mod responses;
 pub mod tier;
 mod windows;
@@ -45,9 +47,84 @@ pub enum Purpose {
     RefreshAhead,
 }
 
-/// Everything that changes an upstream answer for a window.
+/// Version of what the tiers store under a key (the encoding of a window, the key layout).
+/// It is part of every [`Namespace`], so a gateway that changes it never reads what an
+/// older one wrote: a change of format is a change of name.
+pub const STORED_FORMAT: i64 = 2;
+
+/// Whose data a cached thing is: the upstream identity (base URL, account id, vendor
+/// endpoint path) and the [`STORED_FORMAT`]. Every key of every tier carries one — the
+/// namespace of pingora-cache's `CacheKey`, nginx's host in `proxy_cache_key` — so no
+/// configuration change can make the gateway answer one account's records for another.
+///
+/// Equal exactly when the digest is: the label is only a readable prefix for Redis keys.
+#[derive(Clone)]
+pub struct Namespace {
+    digest: [u8; 32],
+    /// `<account id>:<12 hex digits of the upstream digest>`: readable in Redis, and one
+    /// per upstream account whatever the stored format (the budget log lives under it).
+    label: Arc<str>,
+}
+
+impl Namespace {
+    /// The namespace of the account `account_id` reached at `base_url` through the vendor
+    /// endpoint `endpoint_path`.
+    pub fn new(base_url: &str, account_id: &str, endpoint_path: &str) -> Self {
+        let base = base_url.trim_end_matches('/');
+        let upstream = {
+            let mut e = KeyEncoder::default();
+            e.text("upstream");
+            e.text(base);
+            e.text(account_id);
+            e.text(endpoint_path);
+            e.finish()
+        };
+        let mut e = KeyEncoder::default();
+        e.text("namespace");
+        e.int(STORED_FORMAT);
+        e.bytes(&upstream);
+        let label = format!("{account_id}:{}", &hex(&upstream)[..12]);
+        Namespace {
+            digest: e.finish(),
+            label: label.into(),
+        }
+    }
+
+    /// The digest every key built in this namespace includes.
+    pub fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+
+    /// Readable, stable name of the upstream account (Redis key prefix).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl PartialEq for Namespace {
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+
+impl Eq for Namespace {}
+
+impl std::hash::Hash for Namespace {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.digest.hash(state);
+    }
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+/// Everything that changes an upstream answer for a window, and whose answer it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WindowKey {
+    pub ns: Namespace,
     pub start: i64,
     pub end: i64,
     pub offset_seconds: i32,
@@ -55,8 +132,9 @@ pub struct WindowKey {
 }
 
 impl WindowKey {
-    pub fn new(w: &Window, filters: &Arc<Filters>) -> Self {
+    pub fn new(ns: &Namespace, w: &Window, filters: &Arc<Filters>) -> Self {
         WindowKey {
+            ns: ns.clone(),
             start: w.start.as_second(),
             end: w.end.as_second(),
             offset_seconds: w.offset_seconds,
@@ -64,11 +142,12 @@ impl WindowKey {
         }
     }
 
-    /// Digest of the whole key in the unambiguous [`KeyEncoder`] encoding: the name of this
-    /// window in tiers that store it outside this process (Redis).
+    /// Digest of the whole key in the unambiguous [`KeyEncoder`] encoding, namespace
+    /// included: the name of this window in every tier outside this process (disk, Redis).
     pub fn digest(&self) -> [u8; 32] {
         let mut e = KeyEncoder::default();
         e.text("window");
+        e.bytes(self.ns.digest());
         e.int(self.start);
         e.int(self.end);
         e.int(i64::from(self.offset_seconds));
@@ -80,22 +159,27 @@ impl WindowKey {
     /// records of one are a subset of another's exactly when its span is (see
     /// [`WindowKey::contains`]).
     pub(crate) fn family(&self) -> Family {
-        (self.offset_seconds, Arc::clone(&self.filters))
+        (
+            self.ns.clone(),
+            self.offset_seconds,
+            Arc::clone(&self.filters),
+        )
     }
 
     /// Whether `self`'s answer holds every record of `inner`'s: same filters, fields and
     /// offset (so record times are written the same way and the vendor filters the same
     /// way), and a span that covers `inner`'s, to the second. Equal keys contain each other.
     pub fn contains(&self, inner: &WindowKey) -> bool {
-        self.offset_seconds == inner.offset_seconds
+        self.ns == inner.ns
+            && self.offset_seconds == inner.offset_seconds
             && self.filters == inner.filters
             && self.start <= inner.start
             && inner.end <= self.end
     }
 }
 
-/// Offset and filters: what [`WindowKey`]s that may contain one another share.
-pub(crate) type Family = (i32, Arc<Filters>);
+/// Namespace, offset and filters: what [`WindowKey`]s that may contain one another share.
+pub(crate) type Family = (Namespace, i32, Arc<Filters>);
 
 /// The records of a container that fall in `[start, end]` (Unix seconds, inclusive, as the
 /// vendor's range is), in the container's order. `None` when a record's start time could
@@ -114,8 +198,9 @@ pub fn select_within(records: &[Record], start: i64, end: i64) -> Option<Vec<Rec
     Some(out)
 }
 
-/// Everything that selects the records of a request (range, zone as asked, filters,
-/// fields, and the record filters applied to the merged windows), as a typed value. Its [`QueryKey::digest`] — SHA-256 over a length-prefixed
+/// Everything that selects the records of a request (whose, range, zone as asked, filters,
+/// fields, and the record filters applied to the merged windows), as a typed value. Its
+/// [`QueryKey::digest`] — SHA-256 over a length-prefixed
 /// encoding, so no choice of filter value can make two different queries equal — keys the
 /// rendered-response cache and binds cursors.
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +208,9 @@ pub struct QueryKey<'a> {
     /// Which answer this is (`interactions`, `summary`, …): equal ranges of different routes
     /// never share a key.
     pub route: &'static str,
+    /// Whose records: the digest of the account's [`Namespace`] (of the list of them, for a
+    /// summary over several accounts).
+    pub ns: &'a [u8; 32],
     pub from: i64,
     pub to: i64,
     /// The zone as the caller wrote it (it is echoed in `meta.tz`).
@@ -139,6 +227,7 @@ impl QueryKey<'_> {
     pub fn digest(&self) -> [u8; 32] {
         let mut e = KeyEncoder::default();
         e.text(self.route);
+        e.bytes(self.ns);
         e.int(self.from);
         e.int(self.to);
         e.text(self.tz);

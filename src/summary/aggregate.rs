@@ -93,6 +93,34 @@ pub fn summarise<'a>(
     group_by: &[Dimension],
     metrics: &[Metric],
 ) -> Summary<'a> {
+    summarise_from(records.iter().map(|r| (*r, None)), tz, group_by, metrics)
+}
+
+/// [`summarise`] over the records of several accounts, each tagged with its account's name
+/// (the `account` dimension's value). Records of different accounts are different records,
+/// whatever their ids.
+pub fn summarise_accounts<'a>(
+    by_account: &[(&'a str, Vec<&'a Record>)],
+    tz: &TimeZone,
+    group_by: &[Dimension],
+    metrics: &[Metric],
+) -> Summary<'a> {
+    summarise_from(
+        by_account
+            .iter()
+            .flat_map(|(name, records)| records.iter().map(move |r| (*r, Some(*name)))),
+        tz,
+        group_by,
+        metrics,
+    )
+}
+
+fn summarise_from<'a>(
+    records: impl Iterator<Item = (&'a Record, Option<&'a str>)>,
+    tz: &TimeZone,
+    group_by: &[Dimension],
+    metrics: &[Metric],
+) -> Summary<'a> {
     let duration_metrics: Vec<(Metric, usize)> = metrics
         .iter()
         .filter_map(|m| m.duration_slot().map(|s| (*m, s)))
@@ -121,14 +149,16 @@ pub fn summarise<'a>(
     let needs_fields = needs_segments
         || record_dims
             .iter()
-            .any(|d| !matches!(d, Dimension::Day | Dimension::Hour));
+            .any(|d| !matches!(d, Dimension::Day | Dimension::Hour | Dimension::Account));
 
     let mut groups: HashMap<Vec<KeyPart<'a>>, Acc> = HashMap::new();
     // Buffers reused from record to record: most records add to a group that exists.
     let mut record_sets: Vec<Vec<KeyPart<'a>>> = vec![Vec::new(); record_dims.len()];
     let mut pick = vec![0usize; record_dims.len()];
     let mut key: Vec<KeyPart<'a>> = Vec::with_capacity(group_by.len());
-    for record in records {
+    let mut total = 0usize;
+    for (record, account) in records {
+        total += 1;
         let raw = record.raw.get();
         let fields: Fields<'a> = if needs_fields && raw.trim_start().starts_with('{') {
             serde_json::from_str(raw).unwrap_or_default()
@@ -169,6 +199,10 @@ pub fn summarise<'a>(
 
         for (dim, set) in record_dims.iter().zip(record_sets.iter_mut()) {
             record_parts(*dim, &fields, &day, &hour, set);
+            if *dim == Dimension::Account {
+                set.clear();
+                set.push(account.map_or(KeyPart::Missing, |a| KeyPart::Text(a.into())));
+            }
         }
 
         for (tuple, members) in &tuples {
@@ -244,7 +278,7 @@ pub fn summarise<'a>(
         group_by: group_by.to_vec(),
         metrics: metrics.to_vec(),
         groups: out,
-        records: records.len(),
+        records: total,
     }
 }
 

@@ -174,6 +174,8 @@ pub(super) fn record_parts<'a>(
     let one = match dim {
         Dimension::Day => day.clone(),
         Dimension::Hour => hour.clone(),
+        // Not a field of the record: the aggregation fills it in from where it came.
+        Dimension::Account => KeyPart::Missing,
         Dimension::Channel => text_part(f.channel),
         Dimension::Bot => text_part(f.bot_id),
         Dimension::FinalStatus => text_part(f.final_status),

@@ -51,7 +51,7 @@ mod output;
 #[cfg(test)]
 mod testing;
 
-pub use aggregate::{Group, Stats, Summary, summarise};
+pub use aggregate::{Group, Stats, Summary, summarise, summarise_accounts};
 pub use dimensions::{Dimension, KeyPart, MAX_GROUP_BY, Metric};
 pub use filter::RecordFilter;
 pub use output::{CSV_MISSING, GroupsJson, csv_header, to_csv};

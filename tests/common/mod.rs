@@ -9,7 +9,10 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
 use kore_gateway::{
     AppState,
-    config::{ApiKey, BudgetSettings, CacheSettings, OffsetMode, Rate, Settings, UpstreamSettings},
+    config::{
+        AccountSettings, ApiKey, BudgetSettings, CacheSettings, OffsetMode, Rate, Settings,
+        UpstreamSettings,
+    },
 };
 use kore_sim::{Faults, OffsetMode as SimOffsetMode, SimConfig, SimFilter, Simulator};
 use secrecy::SecretString;
@@ -51,6 +54,9 @@ pub struct Opts {
     pub csv_formula_escape: bool,
     /// JOB_TTL.
     pub job_ttl: Duration,
+    /// A simulator already running (and its address) to use instead of starting one: a
+    /// restart of the gateway in front of the same upstream.
+    pub upstream: Option<(Simulator, SocketAddr)>,
 }
 
 impl Default for Opts {
@@ -85,6 +91,7 @@ impl Default for Opts {
             offset_mode: OffsetMode::Page,
             csv_formula_escape: true,
             job_ttl: Duration::from_secs(3600),
+            upstream: None,
         }
     }
 }
@@ -98,23 +105,32 @@ pub struct Harness {
     server: tokio::task::JoinHandle<()>,
 }
 
-pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings {
+/// How the gateway reaches the simulator at `sim_addr` (its credentials, the test knobs).
+pub fn upstream_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> UpstreamSettings {
     let cfg = sim.config();
+    UpstreamSettings {
+        base_url: format!("http://{sim_addr}").parse().unwrap(),
+        account_id: cfg.account_id.clone(),
+        client_id: cfg.client_id.clone(),
+        client_secret: SecretString::from(cfg.client_secret.clone()),
+        iid: Some("st-iid-test".into()),
+        timeout: o.timeout,
+        jwt_ttl: Duration::from_secs(300),
+        jwt_jti: o.jti,
+        retries: o.retries,
+        max_body_bytes: o.max_body_bytes,
+        offset_mode: o.offset_mode,
+    }
+}
+
+pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        upstream: UpstreamSettings {
-            base_url: format!("http://{sim_addr}").parse().unwrap(),
-            account_id: cfg.account_id.clone(),
-            client_id: cfg.client_id.clone(),
-            client_secret: SecretString::from(cfg.client_secret.clone()),
-            iid: Some("st-iid-test".into()),
-            timeout: o.timeout,
-            jwt_ttl: Duration::from_secs(300),
-            jwt_jti: o.jti,
-            retries: o.retries,
-            max_body_bytes: o.max_body_bytes,
-            offset_mode: o.offset_mode,
-        },
+        accounts: vec![AccountSettings::single(
+            upstream_for(sim, sim_addr, o),
+            o.rate,
+        )],
+        key_accounts: None,
         budget: BudgetSettings {
             rate: o.rate,
             max_wait: o.max_wait,
@@ -167,7 +183,10 @@ impl Harness {
             OffsetMode::Page => SimOffsetMode::Page,
             OffsetMode::Record => SimOffsetMode::Record,
         };
-        let (sim, sim_addr) = Simulator::spawn(cfg).await.expect("simulator starts");
+        let (sim, sim_addr) = match o.upstream.clone() {
+            Some(running) => running,
+            None => Simulator::spawn(cfg).await.expect("simulator starts"),
+        };
         let state = kore_gateway::build(settings_for(&sim, sim_addr, &o)).expect("gateway builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

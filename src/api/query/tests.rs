@@ -190,8 +190,8 @@ fn the_cache_buster_is_ignored_and_keys_nothing() {
         let busted = q(&format!("from=2024-09-01&{extra}&to=2024-09-02"))
             .unwrap_or_else(|e| panic!("{extra}: {e:?}"));
         assert_eq!(
-            busted.range.key("interactions").digest(),
-            plain.range.key("interactions").digest(),
+            busted.range.key("interactions", &[0; 32]).digest(),
+            plain.range.key("interactions", &[0; 32]).digest(),
             "{extra}"
         );
     }
@@ -221,12 +221,12 @@ fn record_filters_parse_and_key_but_stay_out_of_the_upstream_query() {
         .unwrap()
         .range;
     assert_eq!(
-        f.key("interactions").digest(),
-        reordered.key("interactions").digest()
+        f.key("interactions", &[0; 32]).digest(),
+        reordered.key("interactions", &[0; 32]).digest()
     );
     assert_ne!(
-        f.key("interactions").digest(),
-        plain.key("interactions").digest()
+        f.key("interactions", &[0; 32]).digest(),
+        plain.key("interactions", &[0; 32]).digest()
     );
     for param in RecordFilter::PARAMS {
         let e = q(&format!("from=2024-09-01&to=2024-09-02&{param}=%01")).unwrap_err();
@@ -333,6 +333,7 @@ proptest::proptest! {
         let upstream = Filters::default();
         let key = |select: &RecordFilter| crate::cache::QueryKey {
             route: "interactions",
+            ns: &[0; 32],
             from: 0,
             to: 1,
             tz: "UTC",

@@ -5,6 +5,10 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
+mod accounts;
+
+pub use accounts::{ACCOUNT_NAME_RULE, valid_account_name};
+
 use clap::{ArgAction, Parser};
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
@@ -62,7 +66,19 @@ pub struct Cli {
     #[arg(long, env = "KORE_IID")]
     pub kore_iid: Option<String>,
 
-    /// Upstream calls allowed per sliding period for the whole gateway (`N/s`, `N/min`, `N/h`).
+    /// TOML file of several vendor accounts (`[accounts.NAME]`: `base_url`, `account_id`,
+    /// `client_id`, `client_secret` or `client_secret_file`, `iid`, `rate_limit`, `default`);
+    /// instead of the KORE_BASE_URL … KORE_IID settings, which define one account `default`.
+    #[arg(long, env = "KORE_ACCOUNTS_FILE")]
+    pub kore_accounts_file: Option<PathBuf>,
+
+    /// Which accounts a key may read: `key-name:acc1+acc2,…`; unset = every key reads every
+    /// account (admin keys always read all).
+    #[arg(long, env = "GATEWAY_KEY_ACCOUNTS")]
+    pub gateway_key_accounts: Option<String>,
+
+    /// Upstream calls allowed per sliding period, per account (`N/s`, `N/min`, `N/h`); the
+    /// default of an accounts file's `rate_limit`.
     #[arg(long, env = "KORE_RATE_LIMIT", default_value = "60/min")]
     pub kore_rate_limit: Rate,
 
@@ -197,8 +213,14 @@ pub struct Cli {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub upstream: UpstreamSettings,
+    /// The vendor accounts behind the gateway (at least one, names unique).
+    pub accounts: Vec<AccountSettings>,
+    /// Budget knobs every account's budget shares; `rate` is KORE_RATE_LIMIT, the default of
+    /// an account's own `rate`.
     pub budget: BudgetSettings,
+    /// GATEWAY_KEY_ACCOUNTS: key name → the account names it may read (a key not listed
+    /// reads every account; `None` = no restriction at all).
+    pub key_accounts: Option<KeyAccounts>,
     pub api_keys: Vec<ApiKey>,
     pub key_rate_limit: Option<Rate>,
     pub allow_anonymous: bool,
@@ -215,6 +237,33 @@ pub struct Settings {
     pub csv_formula_escape: bool,
     /// JOB_TTL: how long an ended job is kept.
     pub job_ttl: Duration,
+}
+
+/// GATEWAY_KEY_ACCOUNTS, parsed: key name → the account names it may read.
+pub type KeyAccounts = Vec<(Arc<str>, Vec<Arc<str>>)>;
+
+/// One vendor account: its own credentials, endpoint and budget.
+#[derive(Debug, Clone)]
+pub struct AccountSettings {
+    /// `[a-z0-9-]{1,32}`: the `account` parameter's value.
+    pub name: Arc<str>,
+    pub upstream: UpstreamSettings,
+    /// Its own calls per sliding period (the vendor's limit is per account).
+    pub rate: Rate,
+    /// The account a request that names none reads.
+    pub default: bool,
+}
+
+impl AccountSettings {
+    /// The one account the KORE_* settings (or a test) define: named `default`, the default.
+    pub fn single(upstream: UpstreamSettings, rate: Rate) -> Self {
+        AccountSettings {
+            name: "default".into(),
+            upstream,
+            rate,
+            default: true,
+        }
+    }
 }
 
 /// Where and how to call the vendor.
@@ -456,52 +505,101 @@ impl Cli {
     /// # Errors
     /// The first missing or invalid setting, by name.
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
-        let base = self.kore_base_url.ok_or_else(|| missing("KORE_BASE_URL"))?;
-        let base_url = Url::parse(base.trim()).map_err(|e| ConfigError {
-            setting: "KORE_BASE_URL",
-            problem: format!("not a URL ({e})"),
-        })?;
-        if !matches!(base_url.scheme(), "http" | "https") || base_url.host_str().is_none() {
-            return Err(ConfigError {
-                setting: "KORE_BASE_URL",
-                problem: "must be an http(s) URL with a host".into(),
-            });
-        }
-        let account_id = non_empty(self.kore_account_id, "KORE_ACCOUNT_ID")?;
-        if !account_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        if self.kore_jwt_ttl < Duration::from_secs(10)
+            || self.kore_jwt_ttl > Duration::from_secs(3600)
         {
             return Err(ConfigError {
-                setting: "KORE_ACCOUNT_ID",
-                problem: "may hold only letters, digits, `-` and `_`".into(),
+                setting: "KORE_JWT_TTL",
+                problem: "must be between 10s and 3600s".into(),
             });
         }
-        let client_id = non_empty(self.kore_client_id, "KORE_CLIENT_ID")?;
-        let client_secret = match (self.kore_client_secret, self.kore_client_secret_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError {
-                    setting: "KORE_CLIENT_SECRET",
-                    problem: "set either KORE_CLIENT_SECRET or KORE_CLIENT_SECRET_FILE, not both"
-                        .into(),
-                });
-            }
-            (Some(s), None) => s,
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(&path).map_err(|e| ConfigError {
-                    setting: "KORE_CLIENT_SECRET_FILE",
-                    problem: format!("cannot read {} ({})", path.display(), e.kind()),
-                })?;
-                SecretString::from(text.trim_end_matches(['\r', '\n']).to_owned())
-            }
-            (None, None) => return Err(missing("KORE_CLIENT_SECRET")),
-        };
-        if client_secret.expose_secret().is_empty() {
+        if self.kore_timeout.is_zero() {
             return Err(ConfigError {
-                setting: "KORE_CLIENT_SECRET",
-                problem: "is empty".into(),
+                setting: "KORE_TIMEOUT",
+                problem: "must be positive".into(),
             });
         }
+        let knobs = accounts::Knobs {
+            timeout: self.kore_timeout,
+            jwt_ttl: self.kore_jwt_ttl,
+            jwt_jti: self.kore_jwt_jti,
+            retries: self.kore_retries,
+            offset_mode: self.kore_offset_mode,
+            max_body_bytes: usize::try_from(self.kore_max_body_bytes).unwrap_or(usize::MAX),
+        };
+        let accounts = match &self.kore_accounts_file {
+            Some(path) => {
+                let single = [
+                    ("KORE_BASE_URL", self.kore_base_url.is_some()),
+                    ("KORE_ACCOUNT_ID", self.kore_account_id.is_some()),
+                    ("KORE_CLIENT_ID", self.kore_client_id.is_some()),
+                    ("KORE_CLIENT_SECRET", self.kore_client_secret.is_some()),
+                    (
+                        "KORE_CLIENT_SECRET_FILE",
+                        self.kore_client_secret_file.is_some(),
+                    ),
+                    ("KORE_IID", self.kore_iid.is_some()),
+                ];
+                if let Some((name, _)) = single.iter().find(|(_, set)| *set) {
+                    return Err(ConfigError {
+                        setting: "KORE_ACCOUNTS_FILE",
+                        problem: format!(
+                            "{name} is set too; with an accounts file every account is described in the file"
+                        ),
+                    });
+                }
+                accounts::load(path, &knobs, self.kore_rate_limit)?
+            }
+            None => {
+                let base_url = accounts::base_url(
+                    &self.kore_base_url.ok_or_else(|| missing("KORE_BASE_URL"))?,
+                )
+                .map_err(|problem| ConfigError {
+                    setting: "KORE_BASE_URL",
+                    problem,
+                })?;
+                let account_id = non_empty(self.kore_account_id, "KORE_ACCOUNT_ID")?;
+                accounts::account_id(&account_id).map_err(|problem| ConfigError {
+                    setting: "KORE_ACCOUNT_ID",
+                    problem,
+                })?;
+                let client_id = non_empty(self.kore_client_id, "KORE_CLIENT_ID")?;
+                let client_secret = match (self.kore_client_secret, self.kore_client_secret_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(ConfigError {
+                            setting: "KORE_CLIENT_SECRET",
+                            problem:
+                                "set either KORE_CLIENT_SECRET or KORE_CLIENT_SECRET_FILE, not both"
+                                    .into(),
+                        });
+                    }
+                    (Some(s), None) => s,
+                    (None, Some(path)) => {
+                        accounts::read_secret(&path).map_err(|problem| ConfigError {
+                            setting: "KORE_CLIENT_SECRET_FILE",
+                            problem,
+                        })?
+                    }
+                    (None, None) => return Err(missing("KORE_CLIENT_SECRET")),
+                };
+                if client_secret.expose_secret().is_empty() {
+                    return Err(ConfigError {
+                        setting: "KORE_CLIENT_SECRET",
+                        problem: "is empty".into(),
+                    });
+                }
+                vec![AccountSettings::single(
+                    knobs.upstream(
+                        base_url,
+                        account_id,
+                        client_id,
+                        client_secret,
+                        self.kore_iid.filter(|s| !s.trim().is_empty()),
+                    ),
+                    self.kore_rate_limit,
+                )]
+            }
+        };
         let api_keys = match &self.gateway_api_keys {
             Some(raw) => parse_api_keys(raw.expose_secret()).map_err(|problem| ConfigError {
                 setting: "GATEWAY_API_KEYS",
@@ -517,20 +615,17 @@ impl Cli {
                         .into(),
             });
         }
-        if self.kore_jwt_ttl < Duration::from_secs(10)
-            || self.kore_jwt_ttl > Duration::from_secs(3600)
-        {
-            return Err(ConfigError {
-                setting: "KORE_JWT_TTL",
-                problem: "must be between 10s and 3600s".into(),
-            });
-        }
-        if self.kore_timeout.is_zero() {
-            return Err(ConfigError {
-                setting: "KORE_TIMEOUT",
-                problem: "must be positive".into(),
-            });
-        }
+        let key_accounts = match &self.gateway_key_accounts {
+            Some(raw) => Some(
+                accounts::parse_key_accounts(raw, &api_keys, &accounts).map_err(|problem| {
+                    ConfigError {
+                        setting: "GATEWAY_KEY_ACCOUNTS",
+                        problem,
+                    }
+                })?,
+            ),
+            None => None,
+        };
         let cors_origins = self
             .gateway_cors_origins
             .as_deref()
@@ -550,19 +645,8 @@ impl Cli {
         }
         Ok(Settings {
             listen: self.gateway_listen,
-            upstream: UpstreamSettings {
-                base_url,
-                account_id,
-                client_id,
-                client_secret,
-                iid: self.kore_iid.filter(|s| !s.trim().is_empty()),
-                timeout: self.kore_timeout,
-                jwt_ttl: self.kore_jwt_ttl,
-                jwt_jti: self.kore_jwt_jti,
-                retries: self.kore_retries,
-                offset_mode: self.kore_offset_mode,
-                max_body_bytes: usize::try_from(self.kore_max_body_bytes).unwrap_or(usize::MAX),
-            },
+            accounts,
+            key_accounts,
             budget: BudgetSettings {
                 rate: self.kore_rate_limit,
                 max_wait: self.kore_max_wait,

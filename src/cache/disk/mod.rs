@@ -1,7 +1,7 @@
 //! The on-disk cache tier (`CACHE_DIR`): windows survive restarts, deploys and crashes.
 //!
-//! One [redb](https://docs.rs/redb) file, `windows.redb`, holds each window under the digest
-//! of its typed key ([`WindowKey::digest`]), encoded as the Redis tier encodes it (JSON,
+//! One [redb](https://docs.rs/redb) file, `windows-v2.redb`, holds each window under the digest
+//! of its typed key ([`WindowKey::digest`], which names the account), encoded as the Redis tier encodes it (JSON,
 //! lz4-compressed) with its wall-clock fetch time, so freshness survives a restart. redb is
 //! transactional and copy-on-write: a write a killed process did not commit is simply not
 //! there, so a half-written window is never served.
@@ -12,7 +12,7 @@
 //!   that fails (disk full, read-only) turns the tier off with a warning in the log and in
 //!   `/readyz`, and the gateway goes on in memory.
 //! * A file that cannot be opened as a store (corrupt, truncated, another format) is set
-//!   aside as `windows.redb.corrupt-<unix seconds>` and a new one is started.
+//!   aside as `windows-v2.redb.corrupt-<unix seconds>` and a new one is started.
 //!
 //! All file work runs on Tokio's blocking pool.
 
@@ -25,9 +25,13 @@ use std::{
     },
 };
 
+mod slot;
+
+pub use slot::{DiskSlot, RETRY_EVERY, SlotState};
+
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use crate::cache::{
+use super::{
     Tier, WindowData, WindowKey,
     tier::{decode_stored, encode_stored},
 };
@@ -36,7 +40,11 @@ const WINDOWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("windows");
 /// Per window: fetch time (Unix ms) and stored size, so that opening the store reads a few
 /// bytes per window, not every window.
 const META: TableDefinition<&[u8], (i64, u64)> = TableDefinition::new("meta");
-const FILE: &str = "windows.redb";
+const FILE: &str = "windows-v2.redb";
+/// The store of the version before keys named their account ([`super::Namespace`]): its
+/// windows cannot say whose data they are, so it is never read; [`DiskTier::open`] sets it
+/// aside (renamed, not deleted) for an operator to remove.
+const UNKEYED_FILE: &str = "windows.redb";
 
 /// Counters for `/metrics` and `/v1/cache`.
 #[derive(Debug, Default)]
@@ -118,7 +126,9 @@ impl std::fmt::Debug for DiskTier {
 enum Unusable {
     /// Not a readable store (corrupt, truncated, another format): set it aside.
     Corrupt(String),
-    /// Anything else (in use by another process, permissions, no space): leave it alone.
+    /// Another process holds it (an overlapping deploy): wait for it.
+    InUse,
+    /// Anything else (permissions, no space): leave it alone.
     Other(String),
 }
 
@@ -126,6 +136,31 @@ impl std::fmt::Display for Unusable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Unusable::Corrupt(e) | Unusable::Other(e) => f.write_str(e),
+            Unusable::InUse => f.write_str("the store is open in another process"),
+        }
+    }
+}
+
+impl From<String> for Unusable {
+    fn from(e: String) -> Self {
+        Unusable::Other(e)
+    }
+}
+
+/// Why [`DiskTier::open`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// Another process holds the store: it can be opened once that process lets it go.
+    InUse,
+    /// The folder or the store cannot be used (the message says why).
+    Failed(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::InUse => f.write_str("the store is open in another process"),
+            OpenError::Failed(e) => f.write_str(e),
         }
     }
 }
@@ -150,6 +185,7 @@ fn create(path: &Path) -> Result<Database, Unusable> {
         DatabaseError::UpgradeRequired(_) | DatabaseError::RepairAborted => {
             Unusable::Corrupt(e.to_string())
         }
+        DatabaseError::DatabaseAlreadyOpen => Unusable::InUse,
         other => Unusable::Other(other.to_string()),
     })
 }
@@ -163,24 +199,52 @@ impl DiskTier {
     /// aside and replaced by a new one.
     ///
     /// # Errors
-    /// The folder cannot be created or the store cannot be created in it (the caller runs
-    /// in memory and says so).
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, String> {
+    /// [`OpenError::InUse`] while another process holds the store; otherwise the folder or
+    /// the store cannot be created (the caller runs in memory and says so).
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, OpenError> {
+        Self::open_inner(dir, max_bytes).map_err(|e| match e {
+            Unusable::InUse => OpenError::InUse,
+            other => OpenError::Failed(other.to_string()),
+        })
+    }
+
+    fn open_inner(dir: &Path, max_bytes: u64) -> Result<Self, Unusable> {
+        let failed = |e: String| Unusable::Other(e);
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {}", dir.display(), e.kind()))?;
+            .map_err(|e| failed(format!("cannot create {}: {}", dir.display(), e.kind())))?;
+        let unkeyed = dir.join(UNKEYED_FILE);
+        if unkeyed.exists() {
+            let aside = dir.join(format!(
+                "{UNKEYED_FILE}.unkeyed-{}",
+                jiff::Timestamp::now().as_second()
+            ));
+            tracing::warn!(path = %unkeyed.display(), aside = %aside.display(), "a cache store of the previous version (its keys do not name the account) was set aside and will not be read; delete it when no longer wanted");
+            std::fs::rename(&unkeyed, &aside).map_err(|e| {
+                failed(format!(
+                    "cannot set aside {}: {}",
+                    unkeyed.display(),
+                    e.kind()
+                ))
+            })?;
+        }
         let path = dir.join(FILE);
         let db = match create(&path) {
             Ok(db) => db,
-            Err(Unusable::Other(e)) => return Err(format!("cannot open {}: {e}", path.display())),
+            Err(Unusable::InUse) => return Err(Unusable::InUse),
+            Err(Unusable::Other(e)) => {
+                return Err(failed(format!("cannot open {}: {e}", path.display())));
+            }
             Err(Unusable::Corrupt(e)) => {
                 let aside = dir.join(format!(
                     "{FILE}.corrupt-{}",
                     jiff::Timestamp::now().as_second()
                 ));
                 tracing::warn!(error = %e, path = %path.display(), aside = %aside.display(), "the cache store cannot be opened; setting it aside and starting a new one");
-                std::fs::rename(&path, &aside)
-                    .map_err(|e| format!("cannot set aside {}: {}", path.display(), e.kind()))?;
-                create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?
+                std::fs::rename(&path, &aside).map_err(|e| {
+                    failed(format!("cannot set aside {}: {}", path.display(), e.kind()))
+                })?;
+                create(&path)
+                    .map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?
             }
         };
         // Create the tables so reads of an empty store are not errors, and learn what is
@@ -423,7 +487,11 @@ mod tests {
     }
 
     fn key(w: &Window) -> WindowKey {
-        WindowKey::new(w, &Arc::new(Filters::default()))
+        WindowKey::new(&ns(), w, &Arc::new(Filters::default()))
+    }
+
+    fn ns() -> crate::cache::Namespace {
+        crate::cache::Namespace::new("http://127.0.0.1:1", "acct-a", "/p")
     }
 
     fn raws(d: &WindowData) -> Vec<String> {
@@ -462,7 +530,9 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(
-            names.iter().any(|n| n.starts_with("windows.redb.corrupt-")),
+            names
+                .iter()
+                .any(|n| n.starts_with("windows-v2.redb.corrupt-")),
             "{names:?}"
         );
         let w = window(0);
@@ -534,7 +604,10 @@ mod tests {
         std::os::unix::fs::symlink("/dev/full", d.join(FILE)).unwrap();
         match DiskTier::open(&d, 1 << 20) {
             // Refused at start: the gateway runs in memory (lib::build logs it).
-            Err(e) => assert!(!e.is_empty()),
+            Err(e) => assert!(
+                matches!(e, OpenError::Failed(ref m) if !m.is_empty()),
+                "{e}"
+            ),
             Ok(tier) => {
                 let w = window(0);
                 tier.put(&key(&w), &data(w, 2)).await;

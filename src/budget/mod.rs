@@ -33,10 +33,15 @@ use tokio::{
     time::Instant,
 };
 
-use crate::{
-    cluster::Cluster,
-    config::{BudgetSettings, Rate},
+mod keys;
+mod shared;
+
+pub use self::{
+    keys::KeyLimiter,
+    shared::{SharedLog, Transitions},
 };
+
+use crate::config::{BudgetSettings, Rate};
 
 /// A sliding-window log of event times.
 #[derive(Debug, Default)]
@@ -103,7 +108,7 @@ pub struct CallPermit {
     /// False for a permit that was never handed to a caller (so no call was made).
     used: bool,
     /// The slot in the replicas' shared budget, when there is one.
-    global: Option<(Arc<Cluster>, String)>,
+    global: Option<(Arc<dyn SharedLog>, String)>,
     /// When it was granted: how long calls take feeds [`Budget::time_to_serve`].
     granted_at: Instant,
 }
@@ -113,7 +118,7 @@ impl Drop for CallPermit {
         if let Some((cluster, member)) = self.global.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            rt.spawn(async move { cluster.release_slot(&member).await });
+            rt.spawn(async move { cluster.release(&member).await });
         }
         if self.used {
             let took = self
@@ -234,9 +239,11 @@ struct Shared {
     /// Moving average of how long a granted call holds its permit (microseconds).
     call_micros: AtomicU64,
     /// The replicas' shared budget (REDIS_URL), asked before every grant when present.
-    global: Option<Arc<Cluster>>,
+    global: Option<Arc<dyn SharedLog>>,
     /// How long a shared-budget slot of a call in flight counts if its replica dies.
     lease: Duration,
+    /// The account it budgets (the `account` label of its metrics).
+    account: Arc<str>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -268,7 +275,12 @@ impl Budget {
     /// Creates the budget and starts its dispatcher task (needs a Tokio runtime). With a
     /// `global` cluster, every grant also takes a slot of the replicas' shared budget;
     /// `lease` bounds how long a slot of a dead replica's call keeps counting.
-    pub fn new(s: &BudgetSettings, global: Option<Arc<Cluster>>, lease: Duration) -> Self {
+    pub fn new(
+        s: &BudgetSettings,
+        account: Arc<str>,
+        global: Option<Arc<dyn SharedLog>>,
+        lease: Duration,
+    ) -> Self {
         // Completion times already bound arrivals; the small margin only absorbs clock
         // granularity between the two hosts.
         let margin =
@@ -287,6 +299,7 @@ impl Budget {
             call_micros: AtomicU64::new(0),
             global,
             lease,
+            account,
         });
         tokio::spawn(dispatch(Arc::clone(&shared)));
         Budget { shared }
@@ -348,7 +361,7 @@ impl Budget {
         self.shared.wake.notify_one();
         match tokio::time::timeout(self.shared.max_wait, rx).await {
             Ok(Ok(permit)) => {
-                metrics::histogram!("gateway_budget_wait_by_priority_seconds", "priority" => priority.label())
+                metrics::histogram!("gateway_budget_wait_by_priority_seconds", "priority" => priority.label(), "account" => self.shared.account.to_string())
                     .record(started.elapsed().as_secs_f64());
                 let waited = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
                 self.shared
@@ -482,7 +495,7 @@ impl Budget {
 #[cfg(test)]
 impl Budget {
     fn new_local(s: &BudgetSettings) -> Self {
-        Budget::new(s, None, Duration::from_secs(30))
+        Budget::new(s, "default".into(), None, Duration::from_secs(30))
     }
 }
 
@@ -517,7 +530,7 @@ async fn dispatch(shared: Arc<Shared>) {
                 let recovering = changed.regained_at.is_some_and(|t| now < t + shared.span);
                 match recovering.then(|| local_room(&shared, share)).flatten() {
                     Some(wait) => wait,
-                    None => match cluster.acquire_slot(calls, period, shared.lease).await {
+                    None => match cluster.acquire(calls, period, shared.lease).await {
                         Some(Ok(member)) => {
                             grant(&shared, Some((Arc::clone(&cluster), member)));
                             continue;
@@ -559,7 +572,7 @@ enum Step {
     /// Nothing to grant now: wait for a notify, or until this instant.
     Wait(Option<Instant>),
     /// Calls are waiting and a concurrency slot is free: ask the shared budget.
-    AskGlobal(Arc<Cluster>),
+    AskGlobal(Arc<dyn SharedLog>),
 }
 
 /// Grants what the local state allows; returns what to do next.
@@ -630,12 +643,12 @@ fn room_for(priority: Priority, limit: u32) -> usize {
 
 /// Hands one permit to the next live waiter (round-robin across callers). A shared-budget
 /// slot that finds nobody waiting is given back. Returns whether a waiter got it.
-fn grant(shared: &Arc<Shared>, global: Option<(Arc<Cluster>, String)>) -> bool {
+fn grant(shared: &Arc<Shared>, global: Option<(Arc<dyn SharedLog>, String)>) -> bool {
     let mut q = lock(&shared.queues);
     let Some((caller, w)) = q.next_waiter() else {
         drop(q);
         if let Some((c, member)) = global {
-            tokio::spawn(async move { c.release_slot(&member).await });
+            tokio::spawn(async move { c.release(&member).await });
         }
         return false;
     };
@@ -662,276 +675,5 @@ fn grant(shared: &Arc<Shared>, global: Option<(Arc<Cluster>, String)>) -> bool {
     }
 }
 
-/// Per-API-key request limit (GATEWAY_KEY_RATE_LIMIT), also a sliding-window log.
-#[derive(Debug)]
-pub struct KeyLimiter {
-    rate: Rate,
-    logs: Mutex<HashMap<Arc<str>, SlidingLog>>,
-}
-
-impl KeyLimiter {
-    pub fn new(rate: Rate) -> Self {
-        KeyLimiter {
-            rate,
-            logs: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The key's limit.
-    pub fn rate(&self) -> Rate {
-        self.rate
-    }
-
-    /// Requests `caller` may still make in the current window, and how long until the
-    /// oldest of its counted requests leaves the window (zero when none is counted).
-    pub fn remaining(&self, caller: &Arc<str>) -> (u32, Duration) {
-        let now = Instant::now();
-        let mut logs = lock(&self.logs);
-        let Some(log) = logs.get_mut(caller) else {
-            return (self.rate.calls, Duration::ZERO);
-        };
-        log.prune(now, self.rate.period);
-        let left = (self.rate.calls as usize).saturating_sub(log.times.len()) as u32;
-        let reset = log
-            .next_free(self.rate.period)
-            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now));
-        (left, reset)
-    }
-
-    /// Counts one request of `caller`.
-    ///
-    /// # Errors
-    /// The wait until the caller may ask again, when over its limit.
-    pub fn check(&self, caller: &Arc<str>) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut logs = lock(&self.logs);
-        let log = logs.entry(Arc::clone(caller)).or_default();
-        log.prune(now, self.rate.period);
-        if log.times.len() >= self.rate.calls as usize {
-            let free = log.next_free(self.rate.period).unwrap_or(now);
-            return Err(free
-                .saturating_duration_since(now)
-                .max(Duration::from_secs(1)));
-        }
-        log.times.push_back(now);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(calls: u32, period_ms: u64, concurrency: u32, max_wait_ms: u64) -> BudgetSettings {
-        BudgetSettings {
-            rate: Rate {
-                calls,
-                period: Duration::from_millis(period_ms),
-            },
-            max_wait: Duration::from_millis(max_wait_ms),
-            concurrency,
-            max_calls_per_request: 1000,
-        }
-    }
-
-    /// Grants never put more than N calls in any interval of the period's length.
-    #[tokio::test(start_paused = true)]
-    async fn sliding_window_never_exceeds_n_in_any_period() {
-        let budget = Arc::new(Budget::new_local(&settings(5, 1000, 100, 60_000)));
-        let caller: Arc<str> = "t".into();
-        let mut tasks = Vec::new();
-        for _ in 0..23 {
-            let b = Arc::clone(&budget);
-            let c = Arc::clone(&caller);
-            tasks.push(tokio::spawn(async move {
-                let p = b.acquire(&c).await.unwrap();
-                let t = Instant::now();
-                drop(p);
-                t
-            }));
-        }
-        let mut times = Vec::new();
-        for t in tasks {
-            times.push(t.await.unwrap());
-        }
-        times.sort();
-        for (i, t) in times.iter().enumerate() {
-            let in_window = times[i..]
-                .iter()
-                .take_while(|u| u.duration_since(*t) < Duration::from_millis(1000))
-                .count();
-            assert!(
-                in_window <= 5,
-                "{in_window} grants within one period starting at #{i}"
-            );
-        }
-        // And it is not needlessly slow: 23 calls at 5/s need a bit over 4 periods.
-        let total = times[times.len() - 1].duration_since(times[0]);
-        assert!(total < Duration::from_millis(4 * 1050 + 200), "{total:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn concurrency_slots_are_released_on_drop() {
-        let budget = Budget::new_local(&settings(1000, 1000, 2, 60_000));
-        let c: Arc<str> = "t".into();
-        let a = budget.acquire(&c).await.unwrap();
-        let _b = budget.acquire(&c).await.unwrap();
-        assert_eq!(budget.stats().in_flight, 2);
-        let pending = tokio::time::timeout(Duration::from_millis(50), budget.acquire(&c)).await;
-        assert!(pending.is_err(), "a third call must wait for a slot");
-        drop(a);
-        let third = tokio::time::timeout(Duration::from_millis(50), budget.acquire(&c)).await;
-        assert!(third.is_ok(), "a freed slot is granted");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn exhausted_budget_answers_with_retry_after() {
-        let budget = Budget::new_local(&settings(1, 60_000, 10, 500));
-        let c: Arc<str> = "t".into();
-        let _first = budget.acquire(&c).await.unwrap();
-        let err = budget.acquire(&c).await.unwrap_err();
-        assert!(err.retry_after >= Duration::from_secs(60), "{err:?}");
-    }
-
-    /// One caller's long queue does not starve another caller's single call.
-    #[tokio::test(start_paused = true)]
-    async fn callers_are_served_round_robin() {
-        let budget = Arc::new(Budget::new_local(&settings(2, 1000, 100, 600_000)));
-        let big: Arc<str> = "big".into();
-        let small: Arc<str> = "small".into();
-        let start = Instant::now();
-        let mut bigs = Vec::new();
-        for _ in 0..40 {
-            let b = Arc::clone(&budget);
-            let c = Arc::clone(&big);
-            bigs.push(tokio::spawn(async move { b.acquire(&c).await.map(drop) }));
-        }
-        tokio::task::yield_now().await;
-        let got = budget.acquire(&small).await;
-        assert!(got.is_ok());
-        // 40 big calls at 2/s would take 20 s if served first; round-robin serves the small
-        // call within the first couple of periods.
-        assert!(
-            start.elapsed() < Duration::from_millis(2200),
-            "small waited {:?}",
-            start.elapsed()
-        );
-        for t in bigs {
-            t.abort();
-        }
-    }
-
-    /// Callers first, then revalidations, then refresh-ahead, which never fills more than
-    /// three quarters of a period; the sliding-window promise holds for all of them.
-    #[tokio::test(start_paused = true)]
-    async fn callers_go_before_revalidations_and_refresh_ahead() {
-        let budget = Arc::new(Budget::new_local(&settings(4, 1000, 100, 600_000)));
-        let order = Arc::new(Mutex::new(Vec::<(Priority, Instant)>::new()));
-        let mut tasks = Vec::new();
-        // Background work queues first: 12 refresh-ahead and 12 revalidation calls.
-        for (p, n) in [(Priority::RefreshAhead, 12), (Priority::Revalidate, 12)] {
-            for _ in 0..n {
-                let (b, o) = (Arc::clone(&budget), Arc::clone(&order));
-                tasks.push(tokio::spawn(async move {
-                    let name: Arc<str> = p.label().into();
-                    let permit = b.acquire_as(&name, p).await;
-                    lock(&o).push((p, Instant::now()));
-                    drop(permit);
-                }));
-            }
-            tokio::task::yield_now().await;
-        }
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        // Then a caller with 6 calls arrives (what was granted before stays before).
-        let arrived = lock(&order).len();
-        for _ in 0..6 {
-            let (b, o) = (Arc::clone(&budget), Arc::clone(&order));
-            tasks.push(tokio::spawn(async move {
-                let name: Arc<str> = "team-a".into();
-                let permit = b.acquire(&name).await;
-                lock(&o).push((Priority::Caller, Instant::now()));
-                drop(permit);
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let order = lock(&order).clone();
-        // Grants made after the caller arrived: every caller call before any background one.
-        let after: Vec<Priority> = order[arrived..].iter().map(|(p, _)| *p).collect();
-        let last_caller = after.iter().rposition(|p| *p == Priority::Caller).unwrap();
-        assert!(
-            after[..last_caller].iter().all(|p| *p == Priority::Caller),
-            "a caller waited behind background work: {after:?}"
-        );
-        // Of what had to queue, revalidations before refresh-ahead.
-        let first_ahead = after
-            .iter()
-            .position(|p| *p == Priority::RefreshAhead)
-            .unwrap();
-        let last_reval = after
-            .iter()
-            .rposition(|p| *p == Priority::Revalidate)
-            .unwrap();
-        assert!(last_reval < first_ahead, "{after:?}");
-        // No interval of the period ever held more than 4 grants.
-        for (i, (_, t)) in order.iter().enumerate() {
-            let in_period = order[i..]
-                .iter()
-                .filter(|(_, u)| u.duration_since(*t) < Duration::from_millis(1000))
-                .count();
-            assert!(in_period <= 4, "{in_period} grants within a period");
-        }
-        // Refresh-ahead alone uses at most three of the four calls of a period.
-        let aheads: Vec<Instant> = order
-            .iter()
-            .filter(|(p, _)| *p == Priority::RefreshAhead)
-            .map(|(_, t)| *t)
-            .collect();
-        assert_eq!(aheads.len(), 12);
-        for (i, t) in aheads.iter().enumerate() {
-            let in_period = aheads[i..]
-                .iter()
-                .filter(|u| u.duration_since(*t) < Duration::from_millis(1000))
-                .count();
-            assert!(in_period <= 3, "refresh-ahead took {in_period} of a period");
-        }
-    }
-
-    /// The played-forward schedule matches when grants really happen.
-    #[tokio::test(start_paused = true)]
-    async fn time_to_serve_follows_the_sliding_log() {
-        let budget = Arc::new(Budget::new_local(&settings(4, 1000, 100, 600_000)));
-        let c: Arc<str> = "t".into();
-        // An idle budget serves N at once; the next N a period later, and so on.
-        assert!(budget.time_to_serve(4) < Duration::from_millis(10));
-        let predicted = budget.time_to_serve(10);
-        let start = Instant::now();
-        for _ in 0..10 {
-            drop(budget.acquire(&c).await.unwrap());
-        }
-        let real = start.elapsed();
-        let diff = predicted.as_secs_f64() - real.as_secs_f64();
-        assert!(diff.abs() < 0.05, "predicted {predicted:?}, real {real:?}");
-        assert!(real >= Duration::from_secs(2), "{real:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn key_limiter_refuses_over_the_limit_and_recovers() {
-        let l = KeyLimiter::new(Rate {
-            calls: 2,
-            period: Duration::from_secs(1),
-        });
-        let k: Arc<str> = "k".into();
-        assert!(l.check(&k).is_ok());
-        assert!(l.check(&k).is_ok());
-        let wait = l.check(&k).unwrap_err();
-        assert!(wait >= Duration::from_secs(1));
-        tokio::time::advance(Duration::from_millis(1001)).await;
-        assert!(l.check(&k).is_ok());
-        let other: Arc<str> = "other".into();
-        assert!(l.check(&other).is_ok(), "limits are per key");
-    }
-}
+mod tests;
