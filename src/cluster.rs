@@ -35,6 +35,10 @@ use crate::budget::{SharedLog, Transitions};
 /// The prefix of every key the gateway writes to Redis.
 pub const PREFIX: &str = "kore-gateway:";
 
+/// The purge epoch every replica reads (`DELETE /v1/cache` raises it): one counter for
+/// the whole Redis, since a purge drops every account's copies.
+const PURGE_EPOCH: &str = "kore-gateway:purge-epoch";
+
 /// How long one Redis operation may take before it counts as a failure.
 const OP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Failures in a row that make Redis count as lost (fewer are blips).
@@ -289,6 +293,23 @@ impl Cluster {
         let _: Option<i64> = self
             .run(self.release.key(k).arg(member).invoke_async(&mut conn))
             .await;
+    }
+
+    /// Raises the shared purge epoch; the new epoch, or `None` when Redis is unavailable.
+    pub async fn raise_purge_epoch(&self) -> Option<u64> {
+        let mut conn = self.conn.clone();
+        self.run(redis::cmd("INCR").arg(PURGE_EPOCH).query_async(&mut conn))
+            .await
+    }
+
+    /// The shared purge epoch (0 before the first purge), or `None` when Redis is
+    /// unavailable.
+    pub async fn purge_epoch(&self) -> Option<u64> {
+        let mut conn = self.conn.clone();
+        let v: Option<Option<u64>> = self
+            .run(redis::cmd("GET").arg(PURGE_EPOCH).query_async(&mut conn))
+            .await;
+        v.map(|e| e.unwrap_or(0))
     }
 
     /// Announces this replica for every account it serves and learns how many replicas

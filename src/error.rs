@@ -335,6 +335,21 @@ pub mod problems {
         }
     }
 
+    /// 403: the key may not read the account it names (GATEWAY_KEY_ACCOUNTS).
+    pub struct AccountForbidden;
+
+    impl IntoResponses for AccountForbidden {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            problem(
+                AppError::AccountForbidden {
+                    account: String::new(),
+                },
+                "This key may not read the account named (GATEWAY_KEY_ACCOUNTS); the problem names it",
+                false,
+            )
+        }
+    }
+
     /// 429: the key's own rate limit, or its limit of jobs under way.
     pub struct RateLimited;
 

@@ -221,14 +221,22 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
             settings.cache.stale_grace,
         ))
     });
-    let windows = Arc::new(WindowCache::with_tiers(
-        settings.cache,
-        Arc::clone(&counters),
-        disk.clone().map(|d| d as Arc<dyn Tier>),
-        redis.clone().map(|r| r as Arc<dyn Tier>),
-    ));
+    // With replicas, the purge epoch is learnt from Redis before the disk is read.
+    let epoch = cache::Epoch::new(cluster.is_none());
+    let windows = Arc::new(
+        WindowCache::with_tiers(
+            settings.cache,
+            Arc::clone(&counters),
+            disk.clone().map(|d| d as Arc<dyn Tier>),
+            redis.clone().map(|r| r as Arc<dyn Tier>),
+        )
+        .with_epoch(epoch.clone()),
+    );
     windows.spawn_refresh_ahead();
-    let responses = ResponseCache::new(&settings.cache);
+    if let Some(c) = &cluster {
+        cache::purge::watch(Arc::clone(c), Arc::downgrade(&windows), disk.clone());
+    }
+    let responses = ResponseCache::new(&settings.cache).with_epoch(epoch);
     let keys = KeyRing::new(&settings.api_keys, settings.allow_anonymous);
     let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
     let ratelimit_policy = ratelimit_headers::PolicyValues::new(

@@ -442,6 +442,16 @@ async fn each_account_shows_on_readyz_status_and_metrics() {
     assert!(eu["budget"]["granted"].as_u64().unwrap() > 0);
     let us = blocks.iter().find(|b| b["name"] == "us").unwrap();
     assert_eq!(us["default"], true);
+    // A key limited to `us` sees only its block.
+    let team = t.json("/status.json", KEY).await;
+    let names: Vec<&str> = team["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["us"]);
+    assert!(!team.to_string().contains(&t.eu.config().account_id));
     let metrics = t
         .http
         .get(format!("{}/metrics", t.base))

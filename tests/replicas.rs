@@ -473,3 +473,66 @@ async fn another_account_on_the_same_redis_never_reads_the_first_accounts_window
         assert!(sim.violations().is_empty());
     }
 }
+
+/// A purge on one replica reaches the others (issue #22): once `DELETE /v1/cache` on B has
+/// answered, A — which holds the range in memory — makes upstream calls for it again and
+/// answers the truth, never its purged copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_replica_reaches_the_others() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let rate = Rate {
+        calls: 1000,
+        period: Duration::from_secs(1),
+    };
+    let (sim, sim_addr) = Simulator::spawn(SimConfig::demo()).await.unwrap();
+    let (_a, base_a) = replica(&sim, sim_addr, Some(redis.port), rate).await;
+    let (_b, base_b) = replica(&sim, sim_addr, Some(redis.port), rate).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let q = "from=2024-09-01&to=2024-09-10";
+    for base in [&base_a, &base_b] {
+        let (s, _) = get(&http, base, q).await;
+        assert_eq!(s, 200);
+    }
+    // Both hold it: a repeat on A is a hit with no call.
+    let calls = sim.call_count();
+    let (_, hit) = get(&http, &base_a, q).await;
+    assert_eq!(hit["meta"]["cache"], "HIT");
+    assert_eq!(sim.call_count(), calls);
+
+    let asked = Instant::now();
+    let purge = http
+        .delete(format!("{base_b}/v1/cache"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 200);
+    let purged: Value = purge.json().await.unwrap();
+    eprintln!(
+        "DELETE /v1/cache answered in {:?}: {purged}",
+        asked.elapsed()
+    );
+    assert_eq!(purged["replicas"]["told"], true, "{purged}");
+
+    // On A, right after: the purged copy is not served; the upstream is asked again.
+    let calls = sim.call_count();
+    let (s, after) = get(&http, &base_a, q).await;
+    assert_eq!(s, 200);
+    assert_eq!(after["meta"]["cache"], "MISS", "{}", after["meta"]);
+    assert!(sim.call_count() > calls, "A refetched after B's purge");
+    assert_same_records(
+        after["data"].as_array().unwrap(),
+        &sim.truth(
+            at("2024-09-01T00:00:00", "UTC"),
+            at("2024-09-10T23:59:59", "UTC"),
+            0,
+            &all_fields(),
+        ),
+    );
+    assert!(sim.violations().is_empty());
+}

@@ -61,7 +61,8 @@ use crate::{
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
-        problems::BadParam, problems::Unauthorized, problems::NotAcceptable, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::NotAcceptable,
+        problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -174,7 +175,7 @@ fn tag(resp: &mut Response, account: usize) {
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
-        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -202,7 +203,7 @@ pub async fn get_interactions_ndjson(
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
-        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -383,6 +384,7 @@ async fn json(
             fresh_until(&outcomes),
         );
         r.fetched_unix_ms = oldest_fetch(&outcomes);
+        r.epoch = oldest_epoch(&outcomes);
         state.responses.insert(key, Arc::new(r));
         body.slice(..head_len)
     } else {
@@ -410,6 +412,12 @@ fn fresh_until(outcomes: &[WindowOutcome]) -> Instant {
         .map(|o| o.data.fresh_until())
         .min()
         .unwrap_or_else(Instant::now)
+}
+
+/// The oldest purge epoch of these windows (a stored answer is no younger than its
+/// oldest window).
+pub fn oldest_epoch(outcomes: &[WindowOutcome]) -> u64 {
+    outcomes.iter().map(|o| o.data.epoch).min().unwrap_or(0)
 }
 
 /// Wall-clock fetch time of the oldest of these windows (Unix ms).
@@ -579,6 +587,7 @@ async fn streamed(
             );
             r.disposition = disposition.clone();
             r.fetched_unix_ms = fetched_unix_ms;
+            r.epoch = oldest_epoch(&outcomes);
             state.responses.insert(key, Arc::new(r));
             Body::from(whole)
         }

@@ -216,7 +216,7 @@ pub struct RangeParams {
 pub struct AccountParam {
     /// The vendor account to read (a name of the gateway's accounts, `[a-z0-9-]{1,32}`);
     /// default: the gateway's default account.
-    #[param(pattern = "^[a-z0-9-]{1,32}$", example = "default")]
+    #[param(pattern = "^[a-z0-9-]{1,32}$")]
     account: Option<String>,
 }
 

@@ -66,7 +66,7 @@ pub struct Status {
     pub now: i64,
     /// The default account's budget (the first account's when none is the default).
     pub budget: BudgetStatus,
-    /// Every account's own block: its budget and upstream health.
+    /// The block of every account this key may read: its budget and upstream health.
     pub accounts: Vec<AccountStatus>,
     /// The caller's own jobs for a team key; every key's for an admin key.
     pub jobs: Vec<JobStatus>,
@@ -171,10 +171,13 @@ pub async fn status_json(
         .accounts
         .default_account()
         .or_else(|| state.accounts.all().first());
+    // Only the accounts this key may read (GATEWAY_KEY_ACCOUNTS): another account's id and
+    // traffic are not this team's to see.
     let accounts: Vec<AccountStatus> = state
         .accounts
         .all()
         .iter()
+        .filter(|a| state.accounts.may_read(&caller.name, caller.admin, a.index))
         .map(|a| {
             let last_ok = a.fetcher.last_ok();
             AccountStatus {

@@ -135,7 +135,8 @@ fn summary_key(ns: &[u8; 32], q: &SummaryQuery, escape: CsvEscape) -> String {
             body = Body, content_type = "application/json"),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
             headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
-        problems::BadParam, problems::Unauthorized, problems::NotAcceptable, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::NotAcceptable,
+        problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -327,6 +328,7 @@ pub async fn get_summary(
             fresh_until,
         );
         r.disposition = disposition.clone();
+        r.epoch = crate::api::interactions::oldest_epoch(&outcomes);
         r.fetched_unix_ms = outcomes
             .iter()
             .map(|o| o.data.fetched_unix_ms)
@@ -382,7 +384,7 @@ pub async fn get_summary(
             content((String = "text/csv", example = json!("day,channel,count,interactionDuration.count,interactionDuration.sum,interactionDuration.mean,interactionDuration.p50,interactionDuration.p90,interactionDuration.max\n2024-09-26,voice,12,7,3907,558.1428571428571,540,1023,1107\n2024-09-26,(none),1,0,0,,,,\n")))),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
             headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
-        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
         (status = 502, description = "Upstream failed after retries, or part of the range could not be cross-checked", body = Problem, content_type = PROBLEM_JSON),
         problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
@@ -465,7 +467,6 @@ pub struct SummaryParams {
     /// The vendor accounts to summarise, comma-separated (names of the gateway's accounts);
     /// several are counted together, or apart with `group_by=account`. Default: the
     /// gateway's default account.
-    #[param(example = "default")]
     account: Option<String>,
     /// Up to three dimensions, comma-separated, each once. None: one group for the whole
     /// range. `hour` buckets carry their offset, so a 25-hour day has 25; `queue`, `agent`

@@ -19,12 +19,15 @@
 //! only reclaims memory after the stale grace.
 
 pub mod disk;
+pub mod epoch;
+pub mod purge;
 pub mod redis;
 mod responses;
 pub mod tier;
 mod windows;
 
 pub use self::{
+    epoch::Epoch,
     responses::{Rendered, ResponseCache},
     tier::{FetchLock, MemoryTier, Tier},
     windows::{CacheCounters, Refetch, WindowCache},
@@ -309,6 +312,8 @@ pub struct WindowData {
     pub weight: u32,
     /// Fetched by another replica and taken from the shared L2 cache.
     pub shared: bool,
+    /// The purge [`Epoch`] its fetch began in: not served once a purge raised the epoch.
+    pub epoch: u64,
 }
 
 impl WindowData {
@@ -324,6 +329,7 @@ impl WindowData {
             fetched_unix_ms: Timestamp::now().as_millisecond(),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
             shared: false,
+            epoch: 0,
         }
     }
 
@@ -344,6 +350,7 @@ impl WindowData {
             fetched_unix_ms: self.fetched_unix_ms,
             weight: 0,
             shared: self.shared,
+            epoch: self.epoch,
         }
     }
 
