@@ -157,10 +157,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         demo::print_banner(local, demo, &demo_keys, &state);
     }
     tracing::info!(%local, "kore-gateway listening");
-    axum::serve(listener, kore_gateway::app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    // Guarded: an over-long request line still reaches the stack (a 414 problem+json).
+    axum::serve(
+        kore_gateway::api::uri_limit::Guarded(listener),
+        kore_gateway::app(state),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Resolves on SIGINT or SIGTERM; in-flight requests then finish before the process exits.

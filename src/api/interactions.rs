@@ -22,8 +22,9 @@ use crate::{
     api::{
         DataRequest,
         query::{
-            AccountParam, Format, InteractionsQuery, JsonFormatParam, PageParams, PreferParam,
-            RangeParams, RangeQuery, parse_interactions,
+            AccountParam, CsvEscape, CsvEscapeParam, Format, INTERACTIONS_FORMATS,
+            InteractionsQuery, JsonFormatParam, PageParams, PreferParam, RangeParams, RangeQuery,
+            parse_interactions,
         },
         range_fetch, stamp_cache_headers, stored, with_path_format,
     },
@@ -60,7 +61,8 @@ use crate::{
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
-        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::NotAcceptable,
+        problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -70,13 +72,15 @@ pub async fn get_interactions(
     req: axum::extract::Request,
 ) -> Result<Response, AppError> {
     let r = DataRequest::new(req)?;
-    let (headers, raw, accept_format, refresh) =
-        (&r.headers, r.query(), r.accept_format, r.refresh);
+    let (headers, raw, refresh) = (&r.headers, r.query(), r.refresh);
+    // What `Accept` chooses among this route's formats (`None`: nothing it accepts, which
+    // only a `format` parameter can make a 200).
+    let chosen = r.accept.choose(&INTERACTIONS_FORMATS);
     // A query string answered before maps to its response-cache key without being parsed
     // again: what a stored hit needs is the key, and the key is a pure function of the query
     // string and `Accept` (only queries that parsed are remembered).
     if !refresh
-        && let Some((key, format, accounts)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && let Some((key, format, accounts)) = state.query_keys.get(ROUTE, raw, chosen)
         && r.may_read_all(&state, &accounts)
         && let Some(hit) = state.responses.get(&key)
     {
@@ -84,19 +88,20 @@ pub async fn get_interactions(
         tag(&mut resp, accounts.first().copied().unwrap_or(0));
         return Ok(resp);
     }
-    let q = parse_interactions(raw, r.accept(), state.settings.max_range_days)?;
+    let q = parse_interactions(raw, r.accept, state.settings.max_range_days)?;
     let account = state
         .accounts
         .resolve_one(&q.range.accounts, &r.caller.name, r.caller.admin)?;
+    let escape = CsvEscape::resolve(q.csv_escape, state.settings.csv_formula_escape);
     // A stored answer needs no plan, no fetch context: look it up first.
     let (key, after) = match q.format {
         Format::Json => json_key(&account, &q)?,
-        Format::Ndjson | Format::Csv => (export_key(&account, &q), None),
+        Format::Ndjson | Format::Csv => (export_key(account.ns.digest(), &q, escape), None),
     };
     state.query_keys.remember(
         ROUTE,
         raw,
-        accept_format,
+        chosen,
         &key,
         q.format,
         Arc::from([account.index]),
@@ -140,7 +145,9 @@ pub async fn get_interactions(
             ))
             .await
         }
-        Format::Ndjson | Format::Csv => Box::pin(streamed(&state, &q, windows, range, key)).await,
+        Format::Ndjson | Format::Csv => {
+            Box::pin(streamed(&state, &q, escape, windows, range, key)).await
+        }
     }?;
     tag(&mut resp, account.index);
     Ok(resp)
@@ -190,7 +197,7 @@ pub async fn get_interactions_ndjson(
     get,
     path = "/v1/interactions.csv",
     tag = "interactions",
-    params(RangeParams, AccountParam, PreferParam),
+    params(RangeParams, AccountParam, CsvEscapeParam, PreferParam),
     responses(
         answers::Csv,
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
@@ -276,12 +283,17 @@ fn json_key(
     Ok((hex(&e.finish()), after))
 }
 
-/// The response-cache key of a whole CSV or NDJSON export.
-fn export_key(account: &Account, q: &InteractionsQuery) -> String {
+/// The response-cache key of a whole CSV or NDJSON export of the account(s) whose
+/// namespace digest is `ns`: the query's digest, the format and, for CSV, how its cells are
+/// escaped (two escapings never share a stored answer).
+fn export_key(ns: &[u8; 32], q: &InteractionsQuery, escape: CsvEscape) -> String {
     let mut e = KeyEncoder::default();
     e.text("export");
-    e.bytes(&q.range.key("interactions", account.ns.digest()).digest());
+    e.bytes(&q.range.key("interactions", ns).digest());
     e.text(q.format.as_str());
+    if q.format == Format::Csv {
+        e.text(escape.as_str());
+    }
     hex(&e.finish())
 }
 
@@ -309,7 +321,12 @@ async fn json(
 ) -> Result<Response, AppError> {
     let binding = q.range.key("interactions", account.ns.digest()).digest();
     let outcomes = range.all(windows).await?;
-    let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+    let mut records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+    // The record filters: the windows (and their cache) hold every record, the answer, its
+    // total and its cursors only those kept.
+    if !q.range.select.is_empty() {
+        records.retain(|r| q.range.select.matches(r));
+    }
     let total = records.len();
     // Resume after the last record the previous page returned, wherever it now stands:
     // records that appeared or vanished since never shift the rest.
@@ -500,12 +517,12 @@ impl http_body::Body for HeadTail {
 async fn streamed(
     state: &AppState,
     q: &InteractionsQuery,
+    escape: CsvEscape,
     windows: Vec<Window>,
     range: RangeFetch,
     key: String,
 ) -> Result<Response, AppError> {
     let format = q.format;
-    let csv_formula_escape = state.settings.csv_formula_escape;
     let ahead = windows_ahead(state.settings.budget.concurrency);
     let memory_cap = state.responses.max_entry_bytes().max(MIN_SPOOL_MEMORY);
     let dir = state
@@ -524,7 +541,13 @@ async fn streamed(
     while let Some(o) = resolved.next().await {
         let o = o?;
         spool
-            .push(render_window(&o, format, csv_formula_escape, &mut seen))
+            .push(render_window(
+                &o,
+                format,
+                escape,
+                &q.range.select,
+                &mut seen,
+            ))
             .await;
         outcomes.push(WindowOutcome {
             data: Arc::new(o.data.without_records()),
@@ -636,18 +659,26 @@ fn ascii_header_text(text: &str) -> String {
         .collect()
 }
 
+/// The records of one window not already sent by an earlier one and kept by the record
+/// filters, as NDJSON lines or CSV rows.
 fn render_window(
     o: &WindowOutcome,
     format: Format,
-    csv_formula_escape: bool,
+    escape: CsvEscape,
+    select: &crate::summary::RecordFilter,
     seen: &mut HashSet<(Arc<str>, Option<Arc<str>>)>,
 ) -> Bytes {
-    let fresh = o.data.records.iter().filter(|r| match &r.session_id {
-        Some(s) => seen.insert((s.clone(), r.conversation_id.clone())),
-        None => true,
-    });
+    let fresh = o
+        .data
+        .records
+        .iter()
+        .filter(|r| match &r.session_id {
+            Some(s) => seen.insert((s.clone(), r.conversation_id.clone())),
+            None => true,
+        })
+        .filter(|r| select.matches(r));
     match format {
-        Format::Csv => render::csv_rows(fresh, csv_formula_escape),
+        Format::Csv => render::csv_rows(fresh, escape.formula()),
         _ => render::ndjson_lines(fresh),
     }
 }
@@ -777,5 +808,39 @@ CSV_FORMULA_ESCAPE=false. Sent as an attachment.",
     /// The responses map of one 200.
     fn ok(response: ResponseBuilder) -> BTreeMap<String, RefOr<Response>> {
         BTreeMap::from([("200".to_owned(), response.build().into())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::accept::Acceptable;
+
+    fn q(query: &str) -> InteractionsQuery {
+        parse_interactions(Some(query), Acceptable::default(), 92).unwrap()
+    }
+
+    #[test]
+    fn csv_escapings_never_share_a_stored_export() {
+        let csv = q("from=2024-09-01&to=2024-09-02&format=csv");
+        assert_ne!(
+            export_key(&[0; 32], &csv, CsvEscape::Formula),
+            export_key(&[0; 32], &csv, CsvEscape::None)
+        );
+        let nd = q("from=2024-09-01&to=2024-09-02&format=ndjson");
+        assert_eq!(
+            export_key(&[0; 32], &nd, CsvEscape::Formula),
+            export_key(&[0; 32], &nd, CsvEscape::None),
+            "NDJSON has no cells to escape"
+        );
+        assert_ne!(
+            export_key(&[0; 32], &csv, CsvEscape::Formula),
+            export_key(&[0; 32], &nd, CsvEscape::Formula)
+        );
+        let filtered = q("from=2024-09-01&to=2024-09-02&format=csv&agent=u-1");
+        assert_ne!(
+            export_key(&[0; 32], &csv, CsvEscape::Formula),
+            export_key(&[0; 32], &filtered, CsvEscape::Formula)
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The public HTTP surface (SPEC §3): routes, and the one middleware stack around them.
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod docs;
@@ -12,6 +13,7 @@ pub mod query;
 pub mod status;
 pub mod stored;
 pub mod summary;
+pub mod uri_limit;
 
 use std::time::Duration;
 
@@ -102,6 +104,10 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
             .layer(tower::util::option_layer(cors(
                 &state.settings.cors_origins,
             )))
+            // 2b. A target over MAX_URI_BYTES is a 414 problem+json (uri_limit; the server's
+            //     listener cuts lines hyper would refuse bare): inside CORS, so a browser can
+            //     read why, and before anything reads the query.
+            .layer(uri_limit::UriLimitLayer)
             // 3. Compression of answers made for this request (misses, streams), once, on the
             //    way out, at the fastest level (layers::CompressLayer). Stored answers come
             //    with their forms made once at a level chosen for ratio (api::stored), and
@@ -114,9 +120,31 @@ fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppStat
     )
 }
 
+/// Every response header the API documents that a script may need to read (a browser shows
+/// a cross-origin script only the CORS-safelisted ones, and these): whether an export is
+/// whole and fresh, and why not; its file name; cache and budget state; a job's place.
+pub const EXPOSED_HEADERS: [&str; 16] = [
+    "etag",
+    "age",
+    "cache-status",
+    "x-cache",
+    "x-request-id",
+    "x-complete",
+    "x-stale",
+    "x-warning",
+    "x-gateway-complete",
+    "x-gateway-stale",
+    "content-disposition",
+    "retry-after",
+    "location",
+    "preference-applied",
+    "ratelimit-policy",
+    "ratelimit",
+];
+
 /// The CORS layer for the allow-list, or none without one (same-origin only): then no CORS
 /// header is due, and a hit does not pay for the layer (it clones its policy per request).
-fn cors(origins: &[String]) -> Option<CorsLayer> {
+pub fn cors(origins: &[String]) -> Option<CorsLayer> {
     let base = CorsLayer::new()
         .allow_methods([Method::GET, Method::POST, Method::DELETE])
         .allow_headers([
@@ -127,18 +155,7 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
             HeaderName::from_static("x-api-key"),
             X_REQUEST_ID.clone(),
         ])
-        .expose_headers([
-            header::ETAG,
-            header::AGE,
-            HeaderName::from_static("cache-status"),
-            HeaderName::from_static("x-cache"),
-            X_REQUEST_ID.clone(),
-            header::RETRY_AFTER,
-            header::LOCATION,
-            HeaderName::from_static("preference-applied"),
-            HeaderName::from_static("ratelimit-policy"),
-            HeaderName::from_static("ratelimit"),
-        ])
+        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
         .max_age(Duration::from_secs(600));
     if origins.is_empty() {
         None
@@ -180,8 +197,9 @@ pub struct DataRequest {
     pub caller: auth::Caller,
     pub headers: HeaderMap,
     uri: axum::http::Uri,
-    /// The format `Accept` asks for (a `format` parameter still overrides it).
-    pub accept_format: query::Format,
+    /// What `Accept` accepts (a `format` parameter still overrides it): each route asks it
+    /// for its choice among the formats it offers.
+    pub accept: accept::Acceptable,
     /// An admin's `Cache-Control: no-cache`: stored answers and fresh windows are skipped.
     pub refresh: bool,
 }
@@ -196,27 +214,25 @@ impl DataRequest {
             .remove::<auth::Caller>()
             .ok_or(AppError::Unauthorized)?;
         let refresh = caller.admin && wants_refresh(&parts.headers);
-        let mut r = DataRequest {
+        let accept = accept::Acceptable::parse(
+            parts
+                .headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        Ok(DataRequest {
             caller,
             headers: parts.headers,
             uri: parts.uri,
-            accept_format: query::Format::Json,
+            accept,
             refresh,
-        };
-        r.accept_format = query::format_from_accept(r.accept());
-        Ok(r)
+        })
     }
 
     /// The raw query string.
     pub fn query(&self) -> Option<&str> {
         self.uri.query()
-    }
-
-    /// The `Accept` header, when it is text.
-    pub fn accept(&self) -> Option<&str> {
-        self.headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
     }
 
     /// This request's id, as the edge layer set it.

@@ -23,10 +23,11 @@ use crate::{
     AppState,
     api::{
         DataRequest,
+        accept::Acceptable,
         interactions::plan_windows,
         query::{
-            Format, JsonFormatParam, Params, PreferParam, RANGE_PARAMS, RangeParams, RangeQuery,
-            format_from_accept, pairs, parse_range,
+            CsvEscape, CsvEscapeParam, Format, JsonFormatParam, Params, PreferParam, RANGE_PARAMS,
+            RangeParams, RangeQuery, negotiated, pairs, parse_csv_escape, parse_range,
         },
         range_fetch, stored, with_path_format,
     },
@@ -45,20 +46,27 @@ pub struct SummaryQuery {
     pub metrics: Vec<Metric>,
     /// JSON or CSV only: a summary is one small document, never a stream.
     pub format: Format,
+    /// `csv_escape` as given (the default is the gateway's: [`CsvEscape::resolve`]).
+    pub csv_escape: Option<CsvEscape>,
 }
 
-/// Parses the whole summary query: the range parameters of `/v1/interactions`, plus
-/// `group_by`, `metrics` and `format`.
+/// The formats a summary offers, in the server's order: it is one document, so no NDJSON.
+pub const SUMMARY_FORMATS: [Format; 2] = [Format::Json, Format::Csv];
+
+/// Parses the whole summary query: the range parameters of `/v1/interactions` (record
+/// filters included), plus `group_by`, `metrics`, `format` and `csv_escape`; `accept` is
+/// what the request's `Accept` accepts.
 ///
 /// # Errors
-/// 400 naming the parameter at fault.
+/// 400 naming the parameter at fault; 406 when there is no `format` and `Accept` accepts
+/// neither JSON nor CSV.
 pub fn parse_summary(
     raw: Option<&str>,
-    accept: Option<&str>,
+    accept: Acceptable,
     max_range_days: u32,
 ) -> Result<SummaryQuery, AppError> {
     let mut allowed: Vec<&'static str> = RANGE_PARAMS.to_vec();
-    allowed.extend(["group_by", "metrics", "format"]);
+    allowed.extend(["group_by", "metrics", "format", "csv_escape"]);
     let p = Params::new(pairs(raw), &allowed)?;
     let range = parse_range(&p, max_range_days)?;
     let group_by =
@@ -76,22 +84,38 @@ pub fn parse_summary(
                 ));
             }
         },
-        // NDJSON makes no sense for one document: anything but CSV is JSON.
-        None => match format_from_accept(accept) {
-            Format::Csv => Format::Csv,
-            _ => Format::Json,
-        },
+        None => negotiated(accept, &SUMMARY_FORMATS)?,
     };
+    let csv_escape = parse_csv_escape(&p)?;
     Ok(SummaryQuery {
         range,
         group_by,
         metrics,
         format,
+        csv_escape,
     })
 }
 
 /// This route, as the query-key memo tells routes apart.
 const ROUTE: &str = "/v1/interactions/summary";
+
+/// The stored answer's key: the range's digest on the account(s) whose namespace digest is
+/// `ns` (record filters included), then each dimension, metric and the format,
+/// length-prefixed, and for CSV how cells are escaped (two escapings never share a stored
+/// answer).
+fn summary_key(ns: &[u8; 32], q: &SummaryQuery, escape: CsvEscape) -> String {
+    let mut e = KeyEncoder::default();
+    e.bytes(&q.range.key("summary", ns).digest());
+    let dims: Vec<String> = q.group_by.iter().map(|d| format!("{d:?}")).collect();
+    let metrics: Vec<String> = q.metrics.iter().map(|m| format!("{m:?}")).collect();
+    e.list(&dims);
+    e.list(&metrics);
+    e.text(q.format.as_str());
+    if q.format == Format::Csv {
+        e.text(escape.as_str());
+    }
+    hex(&e.finish())
+}
 
 /// Counts and duration statistics of a date range, grouped, as JSON.
 ///
@@ -111,7 +135,8 @@ const ROUTE: &str = "/v1/interactions/summary";
             body = Body, content_type = "application/json"),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
             headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
-        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::NotAcceptable,
+        problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -121,18 +146,20 @@ pub async fn get_summary(
     req: axum::extract::Request,
 ) -> Result<Response, AppError> {
     let r = DataRequest::new(req)?;
-    let (headers, raw, accept_format, refresh) =
-        (&r.headers, r.query(), r.accept_format, r.refresh);
+    let (headers, raw, refresh) = (&r.headers, r.query(), r.refresh);
+    // What `Accept` chooses among a summary's formats (`None`: nothing it accepts).
+    let chosen = r.accept.choose(&SUMMARY_FORMATS);
     // A query string that parsed before: its key without parsing again (see KeyMemo).
     if !refresh
-        && let Some((key, _, accounts)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && let Some((key, _, accounts)) = state.query_keys.get(ROUTE, raw, chosen)
         && r.may_read_all(&state, &accounts)
         && let Some(hit) = state.responses.get(&key)
     {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
         return Ok(stored::reply(&state, &key, &hit, headers).await);
     }
-    let q = parse_summary(raw, r.accept(), state.settings.max_range_days)?;
+    let q = parse_summary(raw, r.accept, state.settings.max_range_days)?;
+    let escape = CsvEscape::resolve(q.csv_escape, state.settings.csv_formula_escape);
     let accounts = state
         .accounts
         .resolve(&q.range.accounts, &r.caller.name, r.caller.admin)?;
@@ -151,22 +178,11 @@ pub async fn get_summary(
         }
     };
     // A warm summary is stored bytes: no merge, no aggregation, no serialisation.
-    // The stored answer's key: the range's digest, then each dimension, metric and the
-    // format, length-prefixed.
-    let key = {
-        let mut e = KeyEncoder::default();
-        e.bytes(&q.range.key("summary", &ns).digest());
-        let dims: Vec<String> = q.group_by.iter().map(|d| format!("{d:?}")).collect();
-        let metrics: Vec<String> = q.metrics.iter().map(|m| format!("{m:?}")).collect();
-        e.list(&dims);
-        e.list(&metrics);
-        e.text(q.format.as_str());
-        hex(&e.finish())
-    };
+    let key = summary_key(&ns, &q, escape);
     state.query_keys.remember(
         ROUTE,
         raw,
-        accept_format,
+        chosen,
         &key,
         Format::Json,
         accounts.iter().map(|a| a.index).collect(),
@@ -219,17 +235,17 @@ pub async fn get_summary(
     let per_account =
         futures_util::future::try_join_all(ranges.iter().map(|r| r.all(&windows))).await?;
     let summary = if accounts.len() == 1 && !q.group_by.contains(&Dimension::Account) {
-        let records = merge_runs(per_account[0].iter().map(|o| o.data.records.as_slice()));
+        let mut records = merge_runs(per_account[0].iter().map(|o| o.data.records.as_slice()));
+        keep_selected(&mut records, &q.range.select);
         summarise(&records, &q.range.tz, &q.group_by, &q.metrics)
     } else {
         let tagged: Vec<(&str, Vec<&crate::merge::Record>)> = accounts
             .iter()
             .zip(&per_account)
             .map(|(a, outcomes)| {
-                (
-                    &*a.name,
-                    merge_runs(outcomes.iter().map(|o| o.data.records.as_slice())),
-                )
+                let mut records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+                keep_selected(&mut records, &q.range.select);
+                (&*a.name, records)
             })
             .collect();
         summarise_accounts(&tagged, &q.range.tz, &q.group_by, &q.metrics)
@@ -254,7 +270,7 @@ pub async fn get_summary(
             if !complete {
                 return Err(AppError::Upstream(warnings.join("; ")));
             }
-            let body = Bytes::from(to_csv(&summary, state.settings.csv_formula_escape));
+            let body = Bytes::from(to_csv(&summary, escape.formula()));
             ("text/csv; charset=utf-8", body.clone(), body)
         }
         _ => {
@@ -358,7 +374,7 @@ pub async fn get_summary(
     get,
     path = "/v1/interactions/summary.csv",
     tag = "interactions",
-    params(RangeParams, SummaryParams, PreferParam),
+    params(RangeParams, SummaryParams, CsvEscapeParam, PreferParam),
     responses(
         (status = 200, description = "One row per group, sorted by key (time by instant, missing values last); sent as an attachment",
             headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String),
@@ -379,6 +395,13 @@ pub async fn get_summary_csv(
     req: axum::extract::Request,
 ) -> Result<Response, AppError> {
     get_summary(state, with_path_format(req, Format::Csv)?).await
+}
+
+/// Keeps the records the record filters select (the windows hold every record).
+fn keep_selected(records: &mut Vec<&crate::merge::Record>, select: &crate::summary::RecordFilter) {
+    if !select.is_empty() {
+        records.retain(|r| select.matches(r));
+    }
 }
 
 /// `GET /v1/interactions/summary` answer (JSON).
@@ -461,7 +484,7 @@ mod tests {
     use super::*;
 
     fn q(s: &str) -> Result<SummaryQuery, AppError> {
-        parse_summary(Some(s), None, 92)
+        parse_summary(Some(s), Acceptable::default(), 92)
     }
 
     fn param_of(e: AppError) -> &'static str {
@@ -484,16 +507,46 @@ mod tests {
         let d = q("from=2024-09-01&to=2024-09-02").unwrap();
         assert!(d.group_by.is_empty());
         assert_eq!(d.metrics, [Metric::Count]);
-        let csv =
-            parse_summary(Some("from=2024-09-01&to=2024-09-02"), Some("text/csv"), 92).unwrap();
-        assert_eq!(csv.format, Format::Csv);
-        let nd = parse_summary(
-            Some("from=2024-09-01&to=2024-09-02"),
-            Some("application/x-ndjson"),
-            92,
-        )
-        .unwrap();
-        assert_eq!(nd.format, Format::Json);
+        let with = |accept: &str| {
+            parse_summary(
+                Some("from=2024-09-01&to=2024-09-02"),
+                Acceptable::parse([accept]),
+                92,
+            )
+            .map(|s| s.format)
+        };
+        assert_eq!(with("text/csv").unwrap(), Format::Csv);
+        assert_eq!(
+            with("application/x-ndjson, */*;q=0.1").unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            with("application/json;q=0.5, text/csv").unwrap(),
+            Format::Csv
+        );
+        assert!(
+            matches!(
+                with("application/x-ndjson"),
+                Err(AppError::NotAcceptable { .. })
+            ),
+            "a summary is never NDJSON"
+        );
+    }
+
+    #[test]
+    fn csv_escapings_never_share_a_stored_summary() {
+        let key = |query: &str, escape| summary_key(&[0; 32], &q(query).unwrap(), escape);
+        let csv = "from=2024-09-01&to=2024-09-02&format=csv&group_by=disposition";
+        assert_ne!(key(csv, CsvEscape::Formula), key(csv, CsvEscape::None));
+        let json = "from=2024-09-01&to=2024-09-02&group_by=disposition";
+        assert_eq!(key(json, CsvEscape::Formula), key(json, CsvEscape::None));
+        assert_ne!(key(csv, CsvEscape::Formula), key(json, CsvEscape::Formula));
+        // Record filters select what is summarised: part of the key.
+        let filtered = "from=2024-09-01&to=2024-09-02&group_by=disposition&direction=Inbound";
+        assert_ne!(
+            key(json, CsvEscape::Formula),
+            key(filtered, CsvEscape::Formula)
+        );
     }
 
     #[test]
@@ -520,6 +573,8 @@ mod tests {
                 "format",
             ),
             ("from=2024-09-01&to=2024-09-02&limit=10", "query"),
+            ("from=2024-09-01&to=2024-09-02&csv_escape=raw", "csv_escape"),
+            ("from=2024-09-01&to=2024-12-02", "to"),
             ("to=2024-09-02&group_by=day", "from"),
             ("from=2024-09-03&to=2024-09-02", "from"),
         ];

@@ -202,7 +202,8 @@ pub fn select_within(records: &[Record], start: i64, end: i64) -> Option<Vec<Rec
 }
 
 /// Everything that selects the records of a request (whose, range, zone as asked, filters,
-/// fields), as a typed value. Its [`QueryKey::digest`] — SHA-256 over a length-prefixed
+/// fields, and the record filters applied to the merged windows), as a typed value. Its
+/// [`QueryKey::digest`] — SHA-256 over a length-prefixed
 /// encoding, so no choice of filter value can make two different queries equal — keys the
 /// rendered-response cache and binds cursors.
 #[derive(Debug, Clone, Copy)]
@@ -218,6 +219,10 @@ pub struct QueryKey<'a> {
     /// The zone as the caller wrote it (it is echoed in `meta.tz`).
     pub tz: &'a str,
     pub filters: &'a Filters,
+    /// The lists of the record filters applied to the merged records (`agent`,
+    /// `direction`, `finalStatus`, `smartStatus`, `disposition`, in that order): never sent
+    /// upstream, so never in a [`WindowKey`], but they select what the answer holds.
+    pub select: [&'a [String]; 5],
 }
 
 impl QueryKey<'_> {
@@ -230,6 +235,9 @@ impl QueryKey<'_> {
         e.int(self.to);
         e.text(self.tz);
         e.filters(self.filters);
+        for list in self.select {
+            e.list(list);
+        }
         e.finish()
     }
 }

@@ -194,8 +194,9 @@ pub struct Cli {
     #[arg(long, env = "MAX_RANGE_DAYS", default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
     pub max_range_days: u32,
 
-    /// Defuse spreadsheet formulas in CSV text cells (OWASP): a cell starting with `=`, `+`,
-    /// `-`, `@`, tab or CR gets a leading `'`. Cells written from JSON numbers are exempt.
+    /// Defuse spreadsheet formulas in CSV text cells (OWASP): a cell starting with `=`, `@`,
+    /// tab or CR, or with `+`/`-` not followed by a plain number, gets a leading `'`. Cells
+    /// written from JSON numbers are exempt. The default of the `csv_escape` parameter.
     #[arg(long, env = "CSV_FORMULA_ESCAPE", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub csv_formula_escape: bool,
 
