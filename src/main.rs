@@ -159,7 +159,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     tracing::info!(%local, "kore-gateway listening");
     // Guarded: an over-long request line still reaches the stack (a 414 problem+json).
     axum::serve(
-        kore_gateway::api::uri_limit::Guarded(listener),
+        kore_gateway::api::middleware::uri_limit::Guarded(listener),
         kore_gateway::app(state),
     )
     .with_graceful_shutdown(shutdown_signal())

@@ -7,26 +7,20 @@ pub mod docs;
 pub mod dropin;
 pub mod interactions;
 pub mod jobs;
-pub mod layers;
+pub mod middleware;
 pub mod ops;
 pub mod query;
 pub mod status;
 pub mod stored;
 pub mod summary;
-pub mod uri_limit;
-
-use std::time::Duration;
 
 use axum::{
     Router,
     extract::{DefaultBodyLimit, FromRequestParts, Request},
-    http::{HeaderMap, HeaderName, HeaderValue, Method, header, request::Parts},
-    middleware,
+    http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts},
     response::Response,
     routing::{get, post},
 };
-use tower::ServiceBuilder;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::{AppState, error::AppError};
 
@@ -44,7 +38,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/cache",
             get(admin::cache_stats).delete(admin::cache_purge),
         )
-        .route_layer(middleware::from_fn(auth::require_admin));
+        .route_layer(axum::middleware::from_fn(auth::require_admin));
     let keyed = Router::new()
         .route("/v1/interactions", get(interactions::get_interactions))
         // One path per representation, for clients generated from the OpenAPI document
@@ -85,87 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(open)
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed });
-    with_middleware(routes, &state).with_state(state)
-}
-
-/// The middleware, outermost first. Each layer says why it is there and why in that place.
-fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
-    routes.layer(
-        ServiceBuilder::new()
-            // 1. The edge (layers::EdgeLayer), in one layer: the request id first, so every
-            //    later layer, log line and upstream call can use it, and every response
-            //    (errors included) carries it back; the request's span, so every log line
-            //    carries the id; the metrics, with the final status of everything below
-            //    (auth refusals included); and a panic below becomes a 500 problem+json, so
-            //    a bug never drops the connection.
-            .layer(layers::EdgeLayer::default())
-            // 2. CORS before auth: a browser's preflight carries no key and must still pass
-            //    (only with an allow-list: without one no CORS header is due).
-            .layer(tower::util::option_layer(cors(
-                &state.settings.cors_origins,
-            )))
-            // 2b. A target over MAX_URI_BYTES is a 414 problem+json (uri_limit; the server's
-            //     listener cuts lines hyper would refuse bare): inside CORS, so a browser can
-            //     read why, and before anything reads the query.
-            .layer(uri_limit::UriLimitLayer)
-            // 3. Compression of answers made for this request (misses, streams), once, on the
-            //    way out, at the fastest level (layers::CompressLayer). Stored answers come
-            //    with their forms made once at a level chosen for ratio (api::stored), and
-            //    this layer leaves them alone.
-            .layer(layers::CompressLayer(std::sync::Arc::clone(
-                &state.counters,
-            )))
-            // 4. One deadline for the whole request: a 504 problem, never a hung socket.
-            .layer(layers::DeadlineLayer(state.settings.request_timeout)),
-    )
-}
-
-/// Every response header the API documents that a script may need to read (a browser shows
-/// a cross-origin script only the CORS-safelisted ones, and these): whether an export is
-/// whole and fresh, and why not; its file name; cache and budget state; a job's place.
-pub const EXPOSED_HEADERS: [&str; 16] = [
-    "etag",
-    "age",
-    "cache-status",
-    "x-cache",
-    "x-request-id",
-    "x-complete",
-    "x-stale",
-    "x-warning",
-    "x-gateway-complete",
-    "x-gateway-stale",
-    "content-disposition",
-    "retry-after",
-    "location",
-    "preference-applied",
-    "ratelimit-policy",
-    "ratelimit",
-];
-
-/// The CORS layer for the allow-list, or none without one (same-origin only): then no CORS
-/// header is due, and a hit does not pay for the layer (it clones its policy per request).
-pub fn cors(origins: &[String]) -> Option<CorsLayer> {
-    let base = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::IF_NONE_MATCH,
-            HeaderName::from_static("prefer"),
-            HeaderName::from_static("x-api-key"),
-            X_REQUEST_ID.clone(),
-        ])
-        .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
-        .max_age(Duration::from_secs(600));
-    if origins.is_empty() {
-        None
-    } else if origins.iter().any(|o| o == "*") {
-        Some(base.allow_origin(Any))
-    } else {
-        Some(base.allow_origin(AllowOrigin::list(
-            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
-        )))
-    }
+    middleware::with_middleware(routes, &state).with_state(state)
 }
 
 /// The id of this request (also sent upstream), as the edge layer set it.
