@@ -235,6 +235,11 @@ async fn each_account_answers_its_own_truth_on_every_route() {
         )
         .await;
     assert_eq!(total(&both), us_truth.len() + eu_truth.len());
+    assert_eq!(
+        both["meta"]["windows"].as_u64().unwrap(),
+        2 * s_us["meta"]["windows"].as_u64().unwrap(),
+        "each account's windows are counted"
+    );
     let apart = t
         .json(
             "/v1/interactions/summary?from=2024-09-01&to=2024-09-30&account=us,eu&group_by=account",

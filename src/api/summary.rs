@@ -286,7 +286,7 @@ pub async fn get_summary(
                         complete,
                         stale,
                         warnings,
-                        windows: windows.len(),
+                        windows: windows.len() * accounts.len(),
                         upstream_calls,
                         cache: cache.as_str(),
                     },
@@ -445,7 +445,7 @@ struct Meta<'s> {
     /// while it is refreshed (see `warnings`).
     stale: bool,
     warnings: &'s [String],
-    /// Upstream windows the range was split into.
+    /// Upstream windows the range was split into, for every account summarised.
     #[schema(value_type = u64)]
     windows: usize,
     /// Upstream calls this request made (0 when every window was cached).
