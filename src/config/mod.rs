@@ -466,19 +466,28 @@ fn parse_secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s.to_owned()))
 }
 
-/// Parses `name:key,name2:key2`.
-pub fn parse_api_keys(raw: &str) -> Result<Vec<ApiKey>, String> {
-    let mut keys: Vec<ApiKey> = Vec::new();
-    for (i, item) in raw
-        .split(',')
+/// The `name:value` entries of a comma-separated setting, trimmed; an entry without `:` is
+/// an error naming its place and the `form` expected.
+fn named_entries<'a>(
+    raw: &'a str,
+    form: &'a str,
+) -> impl Iterator<Item = Result<(&'a str, &'a str), String>> + 'a {
+    raw.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .enumerate()
-    {
-        let (name, key) = item
-            .split_once(':')
-            .ok_or_else(|| format!("entry {} is not `name:key`", i + 1))?;
-        let (name, key) = (name.trim(), key.trim());
+        .map(move |(i, item)| {
+            item.split_once(':')
+                .map(|(n, v)| (n.trim(), v.trim()))
+                .ok_or_else(|| format!("entry {} is not `{form}`", i + 1))
+        })
+}
+
+/// Parses `name:key,name2:key2`.
+pub fn parse_api_keys(raw: &str) -> Result<Vec<ApiKey>, String> {
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for (i, entry) in named_entries(raw, "name:key").enumerate() {
+        let (name, key) = entry?;
         if name.is_empty() || key.is_empty() {
             return Err(format!("entry {} has an empty name or key", i + 1));
         }
