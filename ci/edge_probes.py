@@ -68,6 +68,14 @@ PROBES = [
     ("GET", "/v1/interactions?from=2024-10-30&to=2024-11-05&tz=America/New_York&format=ndjson", None, OK, {}),
     ("GET", "/v1/interactions?from=2024-10-30&to=2024-11-05&tz=America/New_York&format=csv", None, OK, {}),
     ("GET", "/v1/interactions?from=2024-09-26&to=2024-09-26", None, OK, {"Accept": "text/csv"}),
+    # The paths that name their representation (one OpenAPI operation each), and a second
+    # `format` beside one.
+    ("GET", "/v1/interactions.ndjson?from=2024-10-30&to=2024-11-05&tz=America/New_York", None, OK, {}),
+    ("GET", "/v1/interactions.csv?from=2024-10-30&to=2024-11-05&tz=America/New_York", None, OK, {}),
+    ("GET", "/v1/interactions/summary.csv?from=2024-10-30&to=2024-11-05&tz=America/New_York&group_by=hour", None, OK, {}),
+    ("GET", "/v1/interactions.csv?from=2024-09-26&to=2024-09-26&format=csv", None, BAD, {}),
+    ("GET", "/v1/interactions.ndjson?from=2024-09-26&to=2024-09-26&format=", None, BAD, {}),
+    ("GET", "/v1/interactions/summary.csv?from=2024-09-26&to=2024-09-26&format=json", None, BAD, {}),
     # Cursors that the gateway did not issue for this query.
     ("GET", "/v1/interactions?from=2024-09-26&to=2024-09-26&cursor=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", None, BAD, {}),
     ("GET", "/v1/interactions?from=2024-09-26&to=2024-09-26&cursor=" + "A" * 5000, None, BAD, {}),

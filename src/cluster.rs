@@ -31,10 +31,14 @@ use redis::{Script, aio::ConnectionManager};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use crate::budget::{SharedLog, Transitions};
+use crate::budget::{SharedCounter, SharedLog, Transitions};
 
 /// The prefix of every key the gateway writes to Redis.
 pub const PREFIX: &str = "kore-gateway:";
+
+/// The purge epoch every replica reads (`DELETE /v1/cache` raises it): one counter for
+/// the whole Redis, since a purge drops every account's copies.
+const PURGE_EPOCH: &str = "kore-gateway:purge-epoch";
 
 /// How long one Redis operation may take before it counts as a failure.
 const OP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -70,6 +74,7 @@ pub struct Cluster {
     acquire: Script,
     release: Script,
     heartbeat: Script,
+    count: Script,
     pub stats: ClusterStats,
 }
 
@@ -82,11 +87,28 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
-/// Sliding-window log with leases: prune, count, admit or say how long to wait (ms).
+/// Sliding-window log with leases: prune, count, admit or say how long to wait (ms). The
+/// priority order across replicas: a replica asking at priority p (0 callers, 1
+/// revalidations, 2 refresh-ahead) announces itself in `urgent:p` for a second; a call of
+/// priority p is refused (wait 50 ms) while another replica is announced at a more urgent
+/// priority. KEYS: the log, `urgent:0`, `urgent:1`; ARGV: limit, period, lease, member,
+/// priority, replica.
 const ACQUIRE_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, period, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local priority, replica = tonumber(ARGV[5]), ARGV[6]
+if priority < 2 then
+  redis.call('ZADD', KEYS[2 + priority], now + 1000, replica)
+  redis.call('PEXPIRE', KEYS[2 + priority], 2000)
+end
+for p = 0, priority - 1 do
+  local k = KEYS[2 + p]
+  redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+  local others = redis.call('ZCARD', k)
+  if redis.call('ZSCORE', k, replica) then others = others - 1 end
+  if others > 0 then return 50 end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
 if redis.call('ZCARD', KEYS[1]) < limit then
   redis.call('ZADD', KEYS[1], now + lease, ARGV[4])
@@ -97,6 +119,26 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = tonumber(oldest[2]) + period - now
 if wait < 1 then wait = 1 end
 return wait
+";
+
+/// A sliding-window log of events: prune, count, admit (returning what is left and when the
+/// oldest leaves) or say how long to wait (ms).
+const COUNT_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, period = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+local n = redis.call('ZCARD', KEYS[1])
+if n < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], period)
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {1, limit - n - 1, tonumber(oldest[2]) + period - now}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = tonumber(oldest[2]) + period - now
+if wait < 1 then wait = 1 end
+return {0, 0, wait}
 ";
 
 /// A call completed: its entry now counts from the completion time.
@@ -142,6 +184,7 @@ impl Cluster {
             changed: Mutex::new(Transitions::default()),
             acquire: Script::new(ACQUIRE_LUA),
             release: Script::new(RELEASE_LUA),
+            count: Script::new(COUNT_LUA),
             heartbeat: Script::new(HEARTBEAT_LUA),
             expected_replicas: expected_replicas.max(1),
             failures: AtomicU32::new(0),
@@ -195,6 +238,7 @@ impl Cluster {
         Arc::new(AccountLog {
             cluster: Arc::clone(self),
             budget: Self::key(label, "budget"),
+            urgent: [Self::key(label, "urgent:0"), Self::key(label, "urgent:1")],
         })
     }
 
@@ -259,21 +303,26 @@ impl Cluster {
     /// `None`: Redis unavailable.
     async fn acquire_slot(
         &self,
-        k: &str,
-        calls: u32,
+        log: &AccountLog,
+        limit: u32,
         period: Duration,
         lease: Duration,
+        priority: u8,
     ) -> Option<Result<String, Duration>> {
         let member = format!("{}:{:016x}", self.replica, fastrand::u64(..));
         let mut conn = self.conn.clone();
         let wait: i64 = self
             .run(
                 self.acquire
-                    .key(k)
-                    .arg(calls)
+                    .key(&log.budget)
+                    .key(&log.urgent[0])
+                    .key(&log.urgent[1])
+                    .arg(limit)
                     .arg(period.as_millis() as u64)
                     .arg(lease.as_millis() as u64)
                     .arg(&member)
+                    .arg(priority)
+                    .arg(&self.replica)
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -290,6 +339,23 @@ impl Cluster {
         let _: Option<i64> = self
             .run(self.release.key(k).arg(member).invoke_async(&mut conn))
             .await;
+    }
+
+    /// Raises the shared purge epoch; the new epoch, or `None` when Redis is unavailable.
+    pub async fn raise_purge_epoch(&self) -> Option<u64> {
+        let mut conn = self.conn.clone();
+        self.run(redis::cmd("INCR").arg(PURGE_EPOCH).query_async(&mut conn))
+            .await
+    }
+
+    /// The shared purge epoch (0 before the first purge), or `None` when Redis is
+    /// unavailable.
+    pub async fn purge_epoch(&self) -> Option<u64> {
+        let mut conn = self.conn.clone();
+        let v: Option<Option<u64>> = self
+            .run(redis::cmd("GET").arg(PURGE_EPOCH).query_async(&mut conn))
+            .await;
+        v.map(|e| e.unwrap_or(0))
     }
 
     /// Announces this replica for every account it serves and learns how many replicas
@@ -344,18 +410,22 @@ struct AccountLog {
     cluster: Arc<Cluster>,
     /// `kore-gateway:<label>:budget`.
     budget: String,
+    /// `kore-gateway:<label>:urgent:0` and `:1`: the replicas with callers (revalidations)
+    /// waiting, each announced for a second.
+    urgent: [String; 2],
 }
 
 #[async_trait::async_trait]
 impl SharedLog for AccountLog {
     async fn acquire(
         &self,
-        calls: u32,
+        limit: u32,
         period: Duration,
         lease: Duration,
+        priority: crate::budget::Priority,
     ) -> Option<Result<String, Duration>> {
         self.cluster
-            .acquire_slot(&self.budget, calls, period, lease)
+            .acquire_slot(self, limit, period, lease, priority as u8)
             .await
     }
 
@@ -373,5 +443,41 @@ impl SharedLog for AccountLog {
 
     fn transitions(&self) -> Transitions {
         self.cluster.transitions()
+    }
+}
+
+/// The API keys' request limit shared by every replica (`GATEWAY_KEY_RATE_LIMIT`): one
+/// sliding log per key name under `kore-gateway:keys:<name>`.
+#[async_trait::async_trait]
+impl SharedCounter for Cluster {
+    async fn admit(
+        &self,
+        name: &str,
+        limit: u32,
+        period: Duration,
+    ) -> Option<Result<(u32, Duration), Duration>> {
+        let k = format!("{PREFIX}keys:{name}");
+        let member = format!("{}:{:016x}", self.replica, fastrand::u64(..));
+        let mut conn = self.conn.clone();
+        let (admitted, left, ms): (i64, i64, i64) = self
+            .run(
+                self.count
+                    .key(&k)
+                    .arg(limit)
+                    .arg(period.as_millis() as u64)
+                    .arg(&member)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        let ms = Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(0));
+        Some(if admitted == 1 {
+            Ok((u32::try_from(left.max(0)).unwrap_or(0), ms))
+        } else {
+            Err(ms)
+        })
+    }
+
+    fn replicas(&self) -> u32 {
+        Cluster::replicas(self)
     }
 }

@@ -265,7 +265,7 @@ impl Streaming {
             Coding::Identity => return Ok(None),
             // Quality 2, a 256 KiB window. Qualities 0 and 1 are faster but, fed NDJSON a few
             // hundred bytes per write, brought it only to 54 % of its size (quality 2: 5 %;
-            // the unit test in api::layers).
+            // the unit test in api::middleware).
             Coding::Br => Streaming::Br(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
                 16 * 1024,

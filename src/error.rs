@@ -43,6 +43,16 @@ pub enum AppError {
     PayloadTooLarge,
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// No `format` was given and `Accept` accepts none of the media types the route offers.
+    #[error(
+        "`Accept` accepts none of the media types this route offers ({offered}); name one, or use the `format` parameter"
+    )]
+    NotAcceptable { offered: &'static str },
+    /// The request target is longer than the gateway reads.
+    #[error(
+        "the request target is longer than the {limit} bytes this gateway reads; send fewer or shorter filter values"
+    )]
+    UriTooLong { limit: usize },
     /// This caller exceeded GATEWAY_KEY_RATE_LIMIT.
     #[error("rate limit of this API key exceeded")]
     KeyRateLimited { retry_after: Duration },
@@ -132,6 +142,8 @@ impl AppError {
             AppError::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
+            AppError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             AppError::KeyRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::BudgetExhausted { .. }
             | AppError::TooMuchWork { .. }
@@ -157,6 +169,8 @@ impl AppError {
             AppError::TooManyJobs { .. } => ("/problems/too-many-jobs", "Too many jobs"),
             AppError::PayloadTooLarge => ("/problems/payload-too-large", "Request body too large"),
             AppError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
+            AppError::NotAcceptable { .. } => ("/problems/not-acceptable", "Not acceptable"),
+            AppError::UriTooLong { .. } => ("/problems/uri-too-long", "Request target too long"),
             AppError::KeyRateLimited { .. } => ("/problems/rate-limited", "Too many requests"),
             AppError::BudgetExhausted { .. } => {
                 ("/problems/budget-exhausted", "Upstream budget exhausted")
@@ -384,6 +398,21 @@ pub mod problems {
         }
     }
 
+    /// 403: the key may not read the account it names (GATEWAY_KEY_ACCOUNTS).
+    pub struct AccountForbidden;
+
+    impl IntoResponses for AccountForbidden {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            problem(
+                AppError::AccountForbidden {
+                    account: String::new(),
+                },
+                "This key may not read the account named (GATEWAY_KEY_ACCOUNTS); the problem names it",
+                false,
+            )
+        }
+    }
+
     /// 429: the key's own rate limit, or its limit of jobs under way.
     pub struct RateLimited;
 
@@ -395,6 +424,19 @@ pub mod problems {
                 },
                 "This key's rate limit exceeded, or it has too many jobs under way",
                 true,
+            )
+        }
+    }
+
+    /// 406: no `format`, and `Accept` accepts none of the route's media types.
+    pub struct NotAcceptable;
+
+    impl IntoResponses for NotAcceptable {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            problem(
+                AppError::NotAcceptable { offered: "" },
+                "No `format` was given and `Accept` accepts none of the media types the route offers (RFC 9110 §12.5.1: q-values, `q=0` excludes)",
+                false,
             )
         }
     }

@@ -491,6 +491,19 @@ pub fn estimated_calls(n: u64) -> u64 {
     }
 }
 
+/// A window that starts after `now` holds no record — no session starts in the future — so
+/// its answer is empty and whole without an upstream call, and stays so until it starts
+/// (then it is fetched like any other: `None` for a window that has started, one that
+/// straddles `now` included).
+fn not_started(window: Window, now: jiff::Timestamp) -> Option<WindowData> {
+    if window.start <= now {
+        return None;
+    }
+    let mut empty = WindowData::new(window, Vec::new(), Vec::new(), 0);
+    empty.fresh_for = now.duration_until(window.start).unsigned_abs();
+    Some(empty)
+}
+
 /// Exponential backoff with jitter: ~250 ms, 500 ms, 1 s … capped at 8 s, each drawn
 /// uniformly from its upper half so that synchronized retries spread out.
 fn backoff(attempt: u32) -> Duration {
@@ -596,9 +609,11 @@ impl RangeFetch {
     }
 
     /// Every one of `windows` is held fresh in some tier (memory, disk or Redis; a copy
-    /// found below memory is brought up, so the answer that follows reads memory).
+    /// found below memory is brought up, so the answer that follows reads memory), or needs
+    /// none: it has not started yet.
     pub async fn all_fresh(&self, windows: &[Window]) -> bool {
-        for w in windows {
+        let now = jiff::Timestamp::now();
+        for w in windows.iter().filter(|w| w.start <= now) {
             let key = WindowKey::new(&self.ns, w, &self.filters);
             if !self.cache.fresh_anywhere(&key).await {
                 return false;
@@ -610,10 +625,14 @@ impl RangeFetch {
     /// Upstream calls `window` is expected to need if it is not cached: from the account's
     /// volume for these filters, or `None` when nothing is known of it yet.
     pub fn expected_calls(&self, window: &Window) -> Option<u64> {
-        let now = jiff::Timestamp::now().as_second();
+        let now = jiff::Timestamp::now();
+        if window.start > now {
+            // Not started: answered empty without a call.
+            return Some(0);
+        }
         self.fetcher
             .volume
-            .expected_calls(&self.filters, window, now)
+            .expected_calls(&self.filters, window, now.as_second())
     }
 
     /// What `windows` are expected to cost: nothing for the ones held fresh in any tier, the
@@ -627,7 +646,7 @@ impl RangeFetch {
             informed: volume.per_second_confident(&self.filters).is_some(),
             ..RangeEstimate::default()
         };
-        for w in windows {
+        for w in windows.iter().filter(|w| w.start.as_second() <= now) {
             if look && !self.refresh {
                 let key = WindowKey::new(&self.ns, w, &self.filters);
                 if self.cache.fresh_anywhere(&key).await {
@@ -681,6 +700,15 @@ impl RangeFetch {
     }
 
     async fn window_through_cache(&self, window: Window) -> Result<WindowOutcome, UpstreamError> {
+        // Not through the cache: nothing to fetch, and nothing to refresh ahead.
+        if let Some(empty) = not_started(window, jiff::Timestamp::now()) {
+            return Ok(WindowOutcome {
+                data: Arc::new(empty),
+                source: Source::Hit,
+                calls: 0,
+                collapsed: false,
+            });
+        }
         let key = WindowKey::new(&self.ns, &window, &self.filters);
         let this = self.clone();
         let refetch: Refetch =
@@ -812,6 +840,27 @@ impl RangeFetch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_windows_wholly_after_now_are_empty_without_a_call() {
+        let now = jiff::Timestamp::from_second(1_900_000_000).unwrap();
+        let at = |s: i64| jiff::Timestamp::from_second(s).unwrap();
+        let window = |start: i64, end: i64| Window {
+            start: at(start),
+            end: at(end),
+            offset_seconds: 0,
+        };
+        let future = not_started(window(1_900_000_060, 1_900_086_399), now).expect("empty");
+        assert!(future.records.is_empty() && future.complete() && future.calls == 0);
+        assert_eq!(future.fresh_for, Duration::from_secs(60), "until it starts");
+        for (start, end) in [
+            (1_899_999_000, 1_900_086_399), // straddles now
+            (1_900_000_000, 1_900_086_399), // starts now
+            (1_800_000_000, 1_800_086_399), // past
+        ] {
+            assert!(not_started(window(start, end), now).is_none(), "{start}");
+        }
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

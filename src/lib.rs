@@ -81,7 +81,7 @@ use crate::{
     account::{Account, Accounts},
     api::auth::KeyRing,
     budget::{Budget, KeyLimiter},
-    cache::{CacheCounters, Namespace, ResponseCache, Tier, WindowCache, disk::DiskTier},
+    cache::{CacheCounters, Namespace, ResponseCache, Tier, WindowCache, disk::DiskSlot},
     cluster::Cluster,
     config::{BudgetSettings, Settings},
     fetch::Fetcher,
@@ -103,8 +103,9 @@ pub struct App {
     pub health: api::ops::Health,
     /// What replicas share through Redis, when REDIS_URL is set.
     pub cluster: Option<Arc<Cluster>>,
-    /// The disk tier below the window cache, when CACHE_DIR is set and it opened.
-    pub disk: Option<Arc<DiskTier>>,
+    /// The disk tier below the window cache, when CACHE_DIR is set (open, or waiting for
+    /// another process to let the store go).
+    pub disk: Option<Arc<DiskSlot>>,
     /// The Redis tier between replicas, when REDIS_URL is set.
     pub redis: Option<Arc<cache::redis::RedisTier>>,
     /// `Prefer: respond-async` jobs.
@@ -228,29 +229,37 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     let disk = settings
         .disk
         .as_ref()
-        .and_then(|d| match DiskTier::open(&d.dir, d.max_bytes) {
-            Ok(t) => Some(Arc::new(t)),
-            Err(e) => {
-                tracing::warn!(error = %e, "the disk cache tier is unavailable; running in memory");
-                None
-            }
-        });
+        .map(|d| DiskSlot::open(d.dir.clone(), d.max_bytes));
     let redis = cluster.as_ref().map(|c| {
         Arc::new(cache::redis::RedisTier::new(
             Arc::clone(c),
             settings.cache.stale_grace,
         ))
     });
-    let windows = Arc::new(WindowCache::with_tiers(
-        settings.cache,
-        Arc::clone(&counters),
-        disk.clone().map(|d| d as Arc<dyn Tier>),
-        redis.clone().map(|r| r as Arc<dyn Tier>),
-    ));
+    // With replicas, the purge epoch is learnt from Redis before the disk is read.
+    let epoch = cache::Epoch::new(cluster.is_none());
+    let windows = Arc::new(
+        WindowCache::with_tiers(
+            settings.cache,
+            Arc::clone(&counters),
+            disk.clone().map(|d| d as Arc<dyn Tier>),
+            redis.clone().map(|r| r as Arc<dyn Tier>),
+        )
+        .with_epoch(epoch.clone()),
+    );
     windows.spawn_refresh_ahead();
-    let responses = ResponseCache::new(&settings.cache);
+    if let Some(c) = &cluster {
+        cache::purge::watch(Arc::clone(c), Arc::downgrade(&windows), disk.clone());
+    }
+    let responses = ResponseCache::new(&settings.cache).with_epoch(epoch);
     let keys = KeyRing::new(&settings.api_keys, settings.allow_anonymous);
-    let key_limiter = settings.key_rate_limit.map(KeyLimiter::new);
+    let key_limiter = settings.key_rate_limit.map(|rate| {
+        let limiter = KeyLimiter::new(rate);
+        match &cluster {
+            Some(c) => limiter.with_shared(Arc::clone(c) as Arc<dyn budget::SharedCounter>),
+            None => limiter,
+        }
+    });
     let ratelimit_policy = ratelimit_headers::PolicyValues::new(
         key_limiter.as_ref().map(KeyLimiter::rate),
         accounts.all().iter().map(|a| a.rate),

@@ -170,9 +170,13 @@ async fn run(cli: Cli) -> Result<(), String> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let serve = axum::serve(listener, kore_gateway::app(state.clone()))
-        .with_graceful_shutdown(stopped(stopping.clone()))
-        .into_future();
+    // Guarded: an over-long request line still reaches the stack (a 414 problem+json).
+    let serve = axum::serve(
+        kore_gateway::api::middleware::uri_limit::Guarded(listener),
+        kore_gateway::app(state.clone()),
+    )
+    .with_graceful_shutdown(stopped(stopping.clone()))
+    .into_future();
     tokio::pin!(serve);
     tokio::select! {
         // The signal first: the server stops at the same signal, and must not be taken for

@@ -205,17 +205,38 @@ pub fn csv_header() -> Bytes {
     Bytes::from(w.into_inner().unwrap_or_default())
 }
 
-/// Defuses a text cell a spreadsheet would run as a formula (OWASP "CSV injection"): a
-/// cell starting with `=`, `+`, `-`, `@`, tab or carriage return gets a leading `'`, which
-/// spreadsheets show as text and do not evaluate. Applies to text only: a cell the gateway
-/// writes from a JSON *number* (`-5`, `-0.5`) is a number, not a formula, and stays as it
-/// is, so numeric columns remain numeric; the same text in a JSON *string* is defused.
+/// Defuses a text cell a spreadsheet would run as a formula (OWASP "CSV injection") by a
+/// leading `'`, which spreadsheets show as text and do not evaluate — and only such a cell,
+/// so that data stays data:
+///
+/// * a leading `=`, `@`, tab or carriage return always;
+/// * a leading `+` or `-` unless the rest is a plain number: digits with at most one
+///   decimal point (`+13413813633`, an E.164 phone number, `-5`, `-0.5`, `+.5`), which a
+///   spreadsheet reads as a number, never as a formula. Anything else after the sign is
+///   defused — `+cmd|…`, `-2+3+cmd|…`, `+33 1 23` (spaces), `-1,000` (separators) — and so
+///   is an exponent (`+1.5e3`): harmless as a number, but no phone number or id needs one,
+///   and keeping the rule to digits keeps it easy to trust.
+///
+/// Applies to text only: a cell the gateway writes from a JSON *number* (`-5`, `-0.5`) is
+/// a number, not a formula, and stays as it is.
 pub fn defuse_formula(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    let runs = match text.as_bytes().first() {
+        Some(b'=' | b'@' | b'\t' | b'\r') => true,
+        Some(b'+' | b'-') => !plain_number(&text[1..]),
+        _ => false,
+    };
+    if runs {
         std::borrow::Cow::Owned(format!("'{text}"))
     } else {
         std::borrow::Cow::Borrowed(text)
     }
+}
+
+/// Digits with at most one decimal point, and at least one digit.
+fn plain_number(text: &str) -> bool {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    !(whole.is_empty() && fraction.is_empty()) && digits(whole) && digits(fraction)
 }
 
 fn cell(v: Option<&serde_json::Value>, escape: bool) -> String {
@@ -560,7 +581,7 @@ mod tests {
         let on = row(true);
         assert_eq!(on("sessionId"), "'=1+1");
         assert_eq!(on("conversationId"), "'+33 1 23");
-        assert_eq!(on("channel"), "'-5", "a string, even a numeric-looking one");
+        assert_eq!(on("channel"), "-5", "a plain number after the sign is data");
         assert_eq!(on("finalStatus"), "'@SUM(A1)");
         assert_eq!(on("smartStatus"), "'\tx");
         assert_eq!(on("statusDetail"), "'\rx");
@@ -571,6 +592,56 @@ mod tests {
         assert_eq!(off("sessionId"), "=1+1");
         assert_eq!(off("channel"), "-5");
         assert_eq!(off("customerinfo.CustomerFirstName"), "=cmd|' /C calc'!A0");
+    }
+
+    /// Only what a spreadsheet would run is defused: numbers after a sign (phone numbers
+    /// above all) stay as they are, every formula shape stays defused.
+    #[test]
+    fn formula_escaping_keeps_numbers_and_defuses_formulas() {
+        for kept in [
+            "+13413813633",
+            "+1987654321",
+            "-5",
+            "-0.5",
+            "+1.5",
+            "+.5",
+            "-5.",
+            "plain",
+            "a=b",
+            "",
+            "0",
+            " =1",
+        ] {
+            assert_eq!(defuse_formula(kept), kept, "{kept:?}");
+        }
+        for defused in [
+            "=cmd|'/C calc'!A0",
+            "+cmd|'/C calc'!A0",
+            "-cmd|'/C calc'!A0",
+            "-2+3+cmd|'/C calc'!A0",
+            "@SUM(1)",
+            "=1+1",
+            "\tx",
+            "\rx",
+            "+33 1 23",
+            "-1,000",
+            "+1.5e3",
+            "+1.2.3",
+            "+",
+            "-",
+            "+-5",
+            "--5",
+            "+5%",
+            "+5)",
+            "-.",
+            "+١٢٣",
+        ] {
+            assert_eq!(
+                defuse_formula(defused),
+                format!("'{defused}"),
+                "{defused:?}"
+            );
+        }
     }
 
     #[test]

@@ -235,6 +235,11 @@ async fn each_account_answers_its_own_truth_on_every_route() {
         )
         .await;
     assert_eq!(total(&both), us_truth.len() + eu_truth.len());
+    assert_eq!(
+        both["meta"]["windows"].as_u64().unwrap(),
+        2 * s_us["meta"]["windows"].as_u64().unwrap(),
+        "each account's windows are counted"
+    );
     let apart = t
         .json(
             "/v1/interactions/summary?from=2024-09-01&to=2024-09-30&account=us,eu&group_by=account",
@@ -442,6 +447,16 @@ async fn each_account_shows_on_readyz_status_and_metrics() {
     assert!(eu["budget"]["granted"].as_u64().unwrap() > 0);
     let us = blocks.iter().find(|b| b["name"] == "us").unwrap();
     assert_eq!(us["default"], true);
+    // A key limited to `us` sees only its block.
+    let team = t.json("/status.json", KEY).await;
+    let names: Vec<&str> = team["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["us"]);
+    assert!(!team.to_string().contains(&t.eu.config().account_id));
     let metrics = t
         .http
         .get(format!("{}/metrics", t.base))

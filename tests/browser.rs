@@ -40,3 +40,80 @@ fn swagger_ui_try_it_out_works_in_chromium() {
     assert!(shot.exists(), "screenshot kept");
     println!("{text}");
 }
+
+/// A frontend on another origin reads whether an export is whole: the page (served here, on
+/// a port of its own, so another origin) fetches a CSV export from a `--demo` gateway that
+/// allows that origin, with an API key (so Chromium preflights), and its script must read
+/// `X-Complete`, `X-Stale` and `Content-Disposition` — headers a browser hides from a
+/// cross-origin script unless `Access-Control-Expose-Headers` names them.
+#[test]
+fn a_page_on_another_origin_reads_whether_an_export_is_whole() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(chromium) = common::browser_tools("the cross-origin browser test") else {
+        return;
+    };
+    // The other origin: a blank page on its own port.
+    let page = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let page_url = format!("http://{}/", page.local_addr().expect("bound"));
+    let origin = page_url.trim_end_matches('/').to_owned();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in page.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let body = "<!doctype html><title>dashboard</title>";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let (mut gateway, base) = common::spawn_demo(&[("GATEWAY_CORS_ORIGINS", origin.as_str())]);
+    assert_ne!(base, origin, "two origins");
+    let out = Command::new("timeout")
+        .args(["120", "node"])
+        .arg(root.join("tests/browser/cors.mjs"))
+        .args([page_url.as_str(), base.as_str(), "demo-key-0001"])
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("node runs");
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the browser test failed:\n{text}");
+    let seen: serde_json::Value = serde_json::from_str(
+        text.lines()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| panic!("no report: {text}")),
+    )
+    .expect("a JSON report");
+    assert_eq!(seen["origin"], origin.as_str());
+    let csv = &seen["csv"];
+    assert_eq!(csv["status"], 200, "{text}");
+    assert!(
+        csv["body"].as_str().unwrap_or("").lines().count() > 1,
+        "records: {text}"
+    );
+    assert_eq!(
+        csv["x_complete"], "true",
+        "the script reads X-Complete: {text}"
+    );
+    assert_eq!(csv["x_stale"], "false", "and X-Stale: {text}");
+    assert!(
+        csv["content_disposition"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("attachment; filename=")),
+        "and Content-Disposition: {text}"
+    );
+    for name in ["x_cache", "x_request_id", "cache_status"] {
+        assert!(csv[name].is_string(), "{name}: {text}");
+    }
+    assert!(seen["json"]["etag"].is_string(), "{text}");
+    println!("{text}");
+}

@@ -5,7 +5,10 @@
 use std::{fs, path::Path};
 
 use kore_gateway::{
-    api::{dropin::parse_body, interactions::plan_windows, query::parse_interactions},
+    api::{
+        accept::Acceptable, dropin::parse_body, interactions::plan_windows,
+        query::parse_interactions,
+    },
     merge::Position,
     render::{CursorKey, decode_cursor, encode_cursor},
 };
@@ -17,7 +20,7 @@ fn query_target(data: &[u8]) {
         Some((q, a)) => (q, Some(a)),
         None => (&*text, None),
     };
-    if let Ok(q) = parse_interactions(Some(raw), accept, 92) {
+    if let Ok(q) = parse_interactions(Some(raw), Acceptable::parse(accept), 92) {
         assert!(q.range.from <= q.range.to, "{raw}");
         let _ = plan_windows(&q.range);
         let key = CursorKey::derive(b"fuzz secret");
@@ -51,7 +54,7 @@ fn fixed_offset_with_multibyte_characters_is_a_400_not_a_panic() {
         "%2BF%CC%BE0",
     ] {
         let raw = format!("from=2024-09-01&to=2024-09-01&tz={tz}");
-        match parse_interactions(Some(&raw), None, 92) {
+        match parse_interactions(Some(&raw), Acceptable::default(), 92) {
             Err(kore_gateway::error::AppError::BadParam { param, .. }) => assert_eq!(param, "tz"),
             other => panic!("{raw}: {other:?}"),
         }
@@ -73,7 +76,7 @@ fn a_place_with_a_very_long_id_round_trips() {
     data.extend(std::iter::repeat_n(0xffu8, 4000)); // each byte becomes U+FFFD, three bytes
     let text = String::from_utf8_lossy(&data);
     assert!(
-        parse_interactions(Some(&text), None, 92).is_ok(),
+        parse_interactions(Some(&text), Acceptable::default(), 92).is_ok(),
         "reaches the cursor step"
     );
     query_target(&data);
@@ -108,7 +111,12 @@ fn query_seed_corpus_replays() {
     // The seeds reach past parsing: at least one is a valid query.
     assert!(seeds.iter().any(|(_, d)| {
         let t = String::from_utf8_lossy(d);
-        parse_interactions(Some(t.split('\n').next().unwrap_or("")), None, 92).is_ok()
+        parse_interactions(
+            Some(t.split('\n').next().unwrap_or("")),
+            Acceptable::default(),
+            92,
+        )
+        .is_ok()
     }));
 }
 

@@ -571,3 +571,81 @@ async fn a_range_the_budget_cannot_serve_in_time_is_told_so_before_it_spends() {
     );
     h.finish();
 }
+
+/// Every job id and every key name `/status.json` mentions, as `key` sees it.
+async fn status_names(h: &Harness, key: &str) -> (Value, Vec<String>, Vec<String>) {
+    let resp = h.get_with("/status.json", Some(key)).await;
+    assert_eq!(resp.status(), 200);
+    let s: Value = resp.json().await.unwrap();
+    let jobs = s["jobs"].as_array().expect("jobs").iter();
+    let ids = jobs.clone().map(|j| j["id"].as_str().unwrap().to_owned());
+    let owners = jobs.map(|j| j["owner"].as_str().unwrap().to_owned());
+    let callers = s["budget"]["by_caller"]
+        .as_array()
+        .expect("by_caller")
+        .iter()
+        .map(|c| c["caller"].as_str().unwrap().to_owned());
+    let mut names: Vec<String> = owners.chain(callers).collect();
+    names.sort();
+    names.dedup();
+    let ids = ids.collect();
+    (s, ids, names)
+}
+
+#[tokio::test]
+async fn the_status_page_shows_a_team_its_own_jobs_and_calls_and_an_admin_everyone_s() {
+    let h = Harness::start(scaled(50)).await;
+    // Each team runs a job (to its end, so the budget's counts are final) and calls the
+    // upstream under its own key.
+    let mut ids = Vec::new();
+    for (key, range) in [
+        (KEY, "from=2024-09-01&to=2024-09-09"),
+        (KEY_B, "from=2024-10-01&to=2024-10-09"),
+    ] {
+        let resp = prefer_async(&h, &format!("/v1/interactions?{range}&limit=5"), key).await;
+        assert_eq!(resp.status(), 202);
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        let done = follow(&h, &location, key, Duration::from_secs(60)).await;
+        assert_eq!(done["state"], "done", "{done}");
+        ids.push(done["id"].as_str().unwrap().to_owned());
+    }
+    let (a_job, b_job) = (&ids[0], &ids[1]);
+
+    let (admin, admin_ids, admin_names) = status_names(&h, ADMIN_KEY).await;
+    assert!(
+        admin_ids.contains(a_job) && admin_ids.contains(b_job),
+        "{admin}"
+    );
+    assert!(
+        admin_names.contains(&"team-a".to_owned()) && admin_names.contains(&"team-b".to_owned()),
+        "an admin key sees every team: {admin}"
+    );
+
+    for (key, own, own_job, other, other_job) in [
+        (KEY, "team-a", a_job, "team-b", b_job),
+        (KEY_B, "team-b", b_job, "team-a", a_job),
+    ] {
+        let (s, ids, names) = status_names(&h, key).await;
+        assert_eq!(
+            ids,
+            std::slice::from_ref(own_job),
+            "{own} sees its own job only: {s}"
+        );
+        assert_eq!(names, [own], "{own} sees its own name only: {s}");
+        let text = s.to_string();
+        assert!(
+            !text.contains(other) && !text.contains(other_job.as_str()),
+            "{own}'s view names neither {other} nor its job: {text}"
+        );
+        // The totals are the shared budget's, whoever reads them: every call the
+        // simulator answered, both teams' included.
+        assert_eq!(s["budget"]["granted"], admin["budget"]["granted"]);
+        assert_eq!(s["budget"]["granted"].as_u64(), Some(h.calls() as u64));
+        let own_calls = s["budget"]["by_caller"][0]["calls"].as_u64().unwrap();
+        assert!(
+            own_calls > 0 && own_calls < h.calls() as u64,
+            "{own}'s row counts its own calls, not everyone's: {s}"
+        );
+    }
+    h.finish();
+}

@@ -89,12 +89,24 @@ async fn replica(
     redis_port: Option<u16>,
     rate: Rate,
 ) -> (AppState, String) {
+    replica_with(sim, sim_addr, redis_port, rate, |_| {}).await
+}
+
+/// [`replica`] with its settings changed by `tweak` first.
+async fn replica_with(
+    sim: &Simulator,
+    sim_addr: std::net::SocketAddr,
+    redis_port: Option<u16>,
+    rate: Rate,
+    tweak: impl FnOnce(&mut kore_gateway::config::Settings),
+) -> (AppState, String) {
     let opts = Opts {
         rate,
         concurrency: 8,
         ..Opts::default()
     };
     let mut settings = settings_for(sim, sim_addr, &opts);
+    tweak(&mut settings);
     settings.redis_url = redis_port.map(|p| SecretString::from(format!("redis://127.0.0.1:{p}/")));
     settings.replicas = 3;
     let state = kore_gateway::build(settings).unwrap();
@@ -472,4 +484,267 @@ async fn another_account_on_the_same_redis_never_reads_the_first_accounts_window
     for sim in [&sim_a, &sim_b] {
         assert!(sim.violations().is_empty());
     }
+}
+
+/// A purge on one replica reaches the others (issue #22): once `DELETE /v1/cache` on B has
+/// answered, A — which holds the range in memory — makes upstream calls for it again and
+/// answers the truth, never its purged copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_replica_reaches_the_others() {
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let rate = Rate {
+        calls: 1000,
+        period: Duration::from_secs(1),
+    };
+    let (sim, sim_addr) = Simulator::spawn(SimConfig::demo()).await.unwrap();
+    let (_a, base_a) = replica(&sim, sim_addr, Some(redis.port), rate).await;
+    let (_b, base_b) = replica(&sim, sim_addr, Some(redis.port), rate).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let q = "from=2024-09-01&to=2024-09-10";
+    for base in [&base_a, &base_b] {
+        let (s, _) = get(&http, base, q).await;
+        assert_eq!(s, 200);
+    }
+    // Both hold it: a repeat on A is a hit with no call.
+    let calls = sim.call_count();
+    let (_, hit) = get(&http, &base_a, q).await;
+    assert_eq!(hit["meta"]["cache"], "HIT");
+    assert_eq!(sim.call_count(), calls);
+
+    let asked = Instant::now();
+    let purge = http
+        .delete(format!("{base_b}/v1/cache"))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purge.status(), 200);
+    let purged: Value = purge.json().await.unwrap();
+    eprintln!(
+        "DELETE /v1/cache answered in {:?}: {purged}",
+        asked.elapsed()
+    );
+    assert_eq!(purged["replicas"]["told"], true, "{purged}");
+
+    // On A, right after: the purged copy is not served; the upstream is asked again.
+    let calls = sim.call_count();
+    let (s, after) = get(&http, &base_a, q).await;
+    assert_eq!(s, 200);
+    assert_eq!(after["meta"]["cache"], "MISS", "{}", after["meta"]);
+    assert!(sim.call_count() > calls, "A refetched after B's purge");
+    assert_same_records(
+        after["data"].as_array().unwrap(),
+        &sim.truth(
+            at("2024-09-01T00:00:00", "UTC"),
+            at("2024-09-10T23:59:59", "UTC"),
+            0,
+            &all_fields(),
+        ),
+    );
+    assert!(sim.violations().is_empty());
+}
+
+/// One key limit across replicas (issue #22): with `GATEWAY_KEY_RATE_LIMIT=5/min` and two
+/// replicas behind a round robin, a key gets 5 answers in the minute, not 10; the 6th is a
+/// 429 with `Retry-After`. With Redis gone, each replica keeps to its share (5 ÷ the 3
+/// replicas expected = 1 each), never the whole limit each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_gets_its_limit_once_across_replicas() {
+    let Some(mut redis) = redis_or_skip() else {
+        return;
+    };
+    let rate = Rate {
+        calls: 1000,
+        period: Duration::from_secs(1),
+    };
+    let (sim, sim_addr) = Simulator::spawn(SimConfig::demo()).await.unwrap();
+    let limit = |s: &mut kore_gateway::config::Settings| {
+        s.key_rate_limit = Some(Rate {
+            calls: 5,
+            period: Duration::from_secs(60),
+        });
+    };
+    let (_a, base_a) = replica_with(&sim, sim_addr, Some(redis.port), rate, limit).await;
+    let (_b, base_b) = replica_with(&sim, sim_addr, Some(redis.port), rate, limit).await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let ask = |base: String, key: &'static str| {
+        let http = http.clone();
+        async move {
+            http.get(format!(
+                "{base}/v1/interactions?from=2024-09-26&to=2024-09-26&limit=1"
+            ))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+        }
+    };
+    let bases = [base_a.clone(), base_b.clone()];
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let resp = ask(bases[i % 2].clone(), KEY).await;
+        statuses.push(resp.status().as_u16());
+        if i == 5 {
+            let retry: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&retry), "Retry-After {retry}");
+            let p: Value = resp.json().await.unwrap();
+            assert_eq!(p["status"], 429);
+        }
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 429],
+        "round robin over A and B"
+    );
+    // Another key has its own limit.
+    assert_eq!(ask(base_b.clone(), KEY_B).await.status(), 200);
+
+    // Redis gone: each replica its share of the limit, so the pair never exceeds it.
+    redis.kill();
+    let mut admitted = 0;
+    for i in 0..10 {
+        if ask(bases[i % 2].clone(), ADMIN_KEY).await.status() == 200 {
+            admitted += 1;
+        }
+    }
+    assert!(
+        (1..=5).contains(&admitted),
+        "{admitted} of 10 admitted with Redis down (limit 5 across the replicas)"
+    );
+    assert!(sim.violations().is_empty());
+}
+
+/// The budget's priorities hold on the shared budget (issue #22): with one replica's
+/// refresh-ahead queue full and another replica's callers arriving, no refresh-ahead call
+/// is granted (beyond one already on its way) while those callers wait; and refresh-ahead
+/// never takes more than three quarters of any period across the replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priorities_and_refresh_headroom_hold_across_replicas() {
+    use kore_gateway::{
+        budget::{Budget, Priority},
+        cluster::Cluster,
+        config::BudgetSettings,
+    };
+    let Some(redis) = redis_or_skip() else {
+        return;
+    };
+    let url = SecretString::from(format!("redis://127.0.0.1:{}/", redis.port));
+    let settings = BudgetSettings {
+        rate: Rate {
+            calls: 4,
+            period: Duration::from_secs(1),
+        },
+        max_wait: Duration::from_secs(60),
+        concurrency: 100,
+        max_calls_per_request: 1000,
+    };
+    let label = "acct-priorities:000000000000";
+    let budget = || {
+        let c = Cluster::new(&url, 2).unwrap();
+        let b = Arc::new(Budget::new(
+            &settings,
+            "t".into(),
+            Some(c.account_log(label)),
+            Duration::from_secs(10),
+        ));
+        (c, b)
+    };
+    let ((ca, a), (cb, b)) = (budget(), budget());
+    // Steady state: both replicas reached Redis more than a period ago (for one period after
+    // Redis is first reached a replica also keeps to its local share, and asks Redis less).
+    ca.heartbeat().await;
+    cb.heartbeat().await;
+    assert!(ca.is_up() && cb.is_up());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let log = Arc::new(std::sync::Mutex::new(Vec::<(Priority, Instant)>::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (a, log) = (Arc::clone(&a), Arc::clone(&log));
+        tasks.push(tokio::spawn(async move {
+            let who: Arc<str> = "refresh_ahead".into();
+            let p = a.acquire_as(&who, Priority::RefreshAhead).await.unwrap();
+            log.lock()
+                .unwrap()
+                .push((Priority::RefreshAhead, Instant::now()));
+            drop(p);
+        }));
+    }
+    until("refresh-ahead has begun on replica A", || {
+        log.lock().unwrap().len() >= 2
+    })
+    .await;
+    let arrived = Instant::now();
+    for _ in 0..6 {
+        let (b, log) = (Arc::clone(&b), Arc::clone(&log));
+        tasks.push(tokio::spawn(async move {
+            let who: Arc<str> = "team-a".into();
+            let p = b.acquire(&who).await.unwrap();
+            log.lock().unwrap().push((Priority::Caller, Instant::now()));
+            drop(p);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let log = log.lock().unwrap().clone();
+    let last_caller = log
+        .iter()
+        .filter(|(p, _)| *p == Priority::Caller)
+        .map(|(_, t)| *t)
+        .max()
+        .unwrap();
+    // One refresh-ahead slot may already have been on its way when the callers arrived.
+    let overtaking = log
+        .iter()
+        .filter(|(p, t)| {
+            *p == Priority::RefreshAhead
+                && *t > arrived + Duration::from_millis(200)
+                && *t < last_caller
+        })
+        .count();
+    assert!(
+        overtaking <= 1,
+        "{overtaking} refresh-ahead calls granted on A while B's callers waited: {log:?}"
+    );
+    let times = |only: Option<Priority>| {
+        let mut v: Vec<Instant> = log
+            .iter()
+            .filter(|(p, _)| only.is_none_or(|o| *p == o))
+            .map(|(_, t)| *t)
+            .collect();
+        v.sort();
+        v
+    };
+    let most_in_a_period = |v: &[Instant]| {
+        v.iter()
+            .enumerate()
+            .map(|(i, t)| {
+                v[i..]
+                    .iter()
+                    .take_while(|u| u.duration_since(*t) < Duration::from_millis(990))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(
+        most_in_a_period(&times(None)) <= 4,
+        "the shared budget held"
+    );
+    assert!(
+        most_in_a_period(&times(Some(Priority::RefreshAhead))) <= 3,
+        "refresh-ahead kept a quarter of the period free across the replicas"
+    );
 }

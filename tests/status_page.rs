@@ -17,6 +17,7 @@ use serde_json::Value;
 mod common;
 
 const KEY: &str = "demo-key-0001";
+const ADMIN_KEY: &str = "admin-demo-key-0001";
 
 /// Sum of every sample of `name` (any labels) whose label text contains `labels`.
 fn metric(text: &str, names: &[&str], labels: &str) -> Option<f64> {
@@ -83,7 +84,7 @@ async fn exercise(root: &Path, chromium: &str, base: &str) {
         .get(format!(
             "{base}/v1/interactions?from=2024-10-01&to=2024-10-09&limit=5"
         ))
-        .bearer_auth("admin-demo-key-0001")
+        .bearer_auth(ADMIN_KEY)
         .send()
         .await
         .unwrap();
@@ -104,35 +105,18 @@ async fn exercise(root: &Path, chromium: &str, base: &str) {
     }
 
     std::fs::create_dir_all(root.join("artifacts")).expect("artifacts dir");
+    // The page as an admin sees it (every team) and as the team that made the job sees it
+    // (its own row and job, the shared totals): /status.json is scoped by key.
     let shot = root.join("artifacts/status.png");
-    let script = root.join("tests/browser/status.mjs");
-    let (node_base, node_shot, node_chromium) =
-        (base.to_owned(), shot.clone(), chromium.to_owned());
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["120", "node"])
-            .arg(script)
-            .args([node_base.as_str(), KEY])
-            .arg(&node_shot)
-            .env("CHROMIUM", node_chromium)
-            .output()
-    })
-    .await
-    .expect("node task")
-    .expect("node runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "the browser test failed:\n{text}");
-    let shown: Value = text
-        .lines()
-        .find_map(|l| l.strip_prefix("SHOWN "))
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or_else(|| panic!("no numbers from the page:\n{text}"));
-    println!("the page shows {shown}");
-
+    let shown = page_shows(root, chromium, base, ADMIN_KEY, &shot).await;
+    let team = page_shows(
+        root,
+        chromium,
+        base,
+        KEY,
+        &root.join("artifacts/status-team.png"),
+    )
+    .await;
     let metrics = http
         .get(format!("{base}/metrics"))
         .send()
@@ -176,5 +160,55 @@ async fn exercise(root: &Path, chromium: &str, base: &str) {
     assert_eq!(shown["job_states"][0], "done");
     assert_eq!(shown["chart_bars"], 30);
     assert!(shown["upstream_calls"].as_f64().unwrap() > 0.0);
+    // The team key: the same totals, its own row and its own job, not the admin's row.
+    for total in [
+        "upstream_calls",
+        "budget_quota",
+        "window_entries",
+        "chart_bars",
+    ] {
+        assert_eq!(
+            team[total], shown[total],
+            "{total} is a total, the same for every key"
+        );
+    }
+    assert_eq!(team["callers"], 1, "a team key sees its own row only");
+    assert_eq!(team["jobs"], 1, "the team's own job");
+}
+
+/// Opens `/status#key=…` in Chromium and returns the numbers the page draws.
+async fn page_shows(root: &Path, chromium: &str, base: &str, key: &str, shot: &Path) -> Value {
+    let script = root.join("tests/browser/status.mjs");
+    let (node_base, node_key, node_shot, node_chromium) = (
+        base.to_owned(),
+        key.to_owned(),
+        shot.to_owned(),
+        chromium.to_owned(),
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["120", "node"])
+            .arg(script)
+            .args([node_base.as_str(), node_key.as_str()])
+            .arg(&node_shot)
+            .env("CHROMIUM", node_chromium)
+            .output()
+    })
+    .await
+    .expect("node task")
+    .expect("node runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "the browser test failed:\n{text}");
+    let shown: Value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("SHOWN "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("no numbers from the page:\n{text}"));
+    println!("the page shows {key:.5}…: {shown}");
     assert!(shot.exists(), "screenshot kept");
+    shown
 }

@@ -212,3 +212,36 @@ fn no_product_module_uses_the_simulator() {
         "main.rs uses the simulator outside its `demo` module"
     );
 }
+
+/// No Rust file of the workspace is over 1,000 lines: a file that grows past it holds more
+/// than one concern (its tests go to a sibling `tests.rs`, its parts to a folder).
+#[test]
+fn no_rust_file_is_over_a_thousand_lines() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in [
+        "src",
+        "tests",
+        "benches",
+        "crates/sim/src",
+        "crates/tools/src",
+    ] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    assert!(
+        files.len() > 50,
+        "the walk found the sources: {}",
+        files.len()
+    );
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let n = fs::read_to_string(f)
+                .expect("read a source file")
+                .lines()
+                .count();
+            (n > 1000).then(|| format!("{} ({n} lines)", f.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "over 1,000 lines: {long:?}");
+}

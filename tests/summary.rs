@@ -541,3 +541,84 @@ async fn bad_summary_parameters_are_problems_naming_the_parameter() {
     assert_eq!(h.calls(), 0, "no refused request reached the upstream");
     h.finish();
 }
+
+/// The `group_by` and `metrics` values the published OpenAPI document allows (arrays of its
+/// enums, comma-separated; `group_by` at most three) are accepted by both summary paths, and
+/// each JSON operation's one `format` too; what the enums forbid is a 400 naming the
+/// parameter.
+#[tokio::test]
+async fn group_by_and_metrics_accept_whatever_the_schema_allows() {
+    let doc: Value = serde_json::from_str(kore_gateway::api::docs::OPENAPI_JSON).unwrap();
+    let h = Harness::start(Opts::default()).await;
+    let param = |path: &str, name: &str| -> Value {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} documents {name}"))
+            .clone()
+    };
+    let names = |p: &Value| -> Vec<String> {
+        p["schema"]["items"]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("an enum: {p}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let status = |path: String| {
+        let h = &h;
+        async move {
+            let r = h.get(&path).await;
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let range = "from=2024-09-26&to=2024-09-26";
+    for path in ["/v1/interactions/summary", "/v1/interactions/summary.csv"] {
+        let (group_by, metrics) = (param(path, "group_by"), param(path, "metrics"));
+        assert_eq!(group_by["schema"]["maxItems"], 3, "{group_by}");
+        for p in [&group_by, &metrics] {
+            assert_eq!(
+                (&p["style"], &p["explode"]),
+                (&"form".into(), &false.into()),
+                "{p}"
+            );
+        }
+        let (dims, mets) = (names(&group_by), names(&metrics));
+        assert_eq!((dims.len(), mets.len()), (11, 5), "{dims:?} {mets:?}");
+        // Every dimension alone and in threes (each once), every metric alone and all of
+        // them together.
+        let mut values: Vec<String> = dims.iter().map(|d| format!("group_by={d}")).collect();
+        values.extend(dims.chunks(3).map(|c| format!("group_by={}", c.join(","))));
+        values.extend(mets.iter().map(|m| format!("metrics={m}")));
+        values.push(format!("metrics={}", mets.join(",")));
+        for v in &values {
+            let (s, body) = status(format!("{path}?{range}&{v}")).await;
+            assert_eq!(s, 200, "{path}?{v}: {body}");
+        }
+        for (bad, name) in [
+            (format!("group_by={}", dims[..4].join(",")), "group_by"),
+            ("group_by=week".to_owned(), "group_by"),
+            ("metrics=avg".to_owned(), "metrics"),
+        ] {
+            let (s, body) = status(format!("{path}?{range}&{bad}")).await;
+            assert_eq!(
+                (s, &body["param"]),
+                (400, &name.into()),
+                "{path}?{bad}: {body}"
+            );
+        }
+    }
+    for path in ["/v1/interactions", "/v1/interactions/summary"] {
+        let format = param(path, "format");
+        for f in format["schema"]["enum"].as_array().unwrap() {
+            let f = f.as_str().unwrap();
+            let (s, body) = status(format!("{path}?{range}&format={f}")).await;
+            assert_eq!(s, 200, "{path}?format={f}: {body}");
+            assert!(body.is_object(), "{path}?format={f} is JSON: {body}");
+        }
+    }
+    h.finish();
+}

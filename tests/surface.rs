@@ -138,6 +138,125 @@ async fn ndjson_and_csv_hold_exactly_the_json_total() {
     h.finish();
 }
 
+/// Each representation is an operation of its own, so a client generated from the document
+/// parses each answer by the one media type its operation lists (openapi-python-client
+/// parses an operation that lists JSON first as JSON, whatever came back).
+#[test]
+fn every_data_operation_documents_one_representation() {
+    let doc: Value = serde_json::from_str(kore_gateway::api::docs::OPENAPI_JSON).unwrap();
+    for (path, media) in [
+        ("/v1/interactions", &["application/json"][..]),
+        (
+            "/v1/interactions.ndjson",
+            // octet-stream: the same bytes, for generators that know no NDJSON.
+            &["application/x-ndjson", "application/octet-stream"],
+        ),
+        ("/v1/interactions.csv", &["text/csv"]),
+        ("/v1/interactions/summary", &["application/json"]),
+        ("/v1/interactions/summary.csv", &["text/csv"]),
+    ] {
+        let op = &doc["paths"][path]["get"];
+        let listed: HashSet<&str> = op["responses"]["200"]["content"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{path} is documented"))
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(listed, media.iter().copied().collect(), "{path}");
+        let format = op["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "format");
+        match media[0] {
+            "application/json" => assert_eq!(
+                format.unwrap()["schema"]["enum"],
+                serde_json::json!(["json"]),
+                "{path}: the JSON operation's format"
+            ),
+            _ => assert!(format.is_none(), "{path}: the path names the format"),
+        }
+    }
+}
+
+/// `/v1/interactions.ndjson`, `.csv` and `/v1/interactions/summary.csv` answer exactly what
+/// the plain paths answer with `format` set — the same records as the simulator's truth —
+/// and refuse a second `format`.
+#[tokio::test]
+async fn the_representation_paths_answer_what_format_selects() {
+    let h = Harness::start(Opts::default()).await;
+    let tz = "Asia/Kolkata";
+    let q = "from=2024-09-24&to=2024-09-26&tz=Asia/Kolkata&channels=voice,chat";
+    let truth = truth_in_zone(
+        &h.sim,
+        at("2024-09-24T00:00:00", tz),
+        at("2024-09-26T23:59:59", tz),
+        tz,
+        &filter(&["voice", "chat"], &[], &[], &ALL_FIELDS),
+    );
+    assert!(truth.len() > 100, "{} records", truth.len());
+    let body = |path: String| {
+        let h = &h;
+        async move {
+            let r = h.get(&path).await;
+            assert_eq!(r.status(), 200, "{path}");
+            let ct = r.headers()["content-type"].to_str().unwrap().to_owned();
+            (ct, r.text().await.unwrap())
+        }
+    };
+
+    let (ct, nd) = body(format!("/v1/interactions.ndjson?{q}")).await;
+    assert_eq!(ct, "application/x-ndjson");
+    let records: Vec<Value> = nd
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_same_records(&records, &truth);
+    assert_eq!(
+        (ct, nd),
+        body(format!("/v1/interactions?{q}&format=ndjson")).await
+    );
+
+    let (ct, csv_text) = body(format!("/v1/interactions.csv?{q}")).await;
+    assert!(ct.starts_with("text/csv"), "{ct}");
+    let mut rd = csv::Reader::from_reader(csv_text.as_bytes());
+    let ids: HashSet<String> = rd.records().map(|r| r.unwrap()[0].to_owned()).collect();
+    let truth_ids: HashSet<String> = truth.iter().map(|r| id(r).0).collect();
+    assert_eq!(ids, truth_ids);
+    assert_eq!(
+        (ct, csv_text),
+        body(format!("/v1/interactions?{q}&format=csv")).await
+    );
+
+    let sq = format!("{q}&group_by=day,channel&metrics=count,interactionDuration");
+    let (ct, summary_csv) = body(format!("/v1/interactions/summary.csv?{sq}")).await;
+    assert!(ct.starts_with("text/csv"), "{ct}");
+    let counted: u64 = csv::Reader::from_reader(summary_csv.as_bytes())
+        .records()
+        .map(|r| r.unwrap()[2].parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted as usize, truth.len(), "{summary_csv}");
+    assert_eq!(
+        (ct, summary_csv),
+        body(format!("/v1/interactions/summary?{sq}&format=csv")).await
+    );
+
+    // The path names the format: a `format` as well is a 400 naming it, whatever its value.
+    for path in [
+        "/v1/interactions.ndjson",
+        "/v1/interactions.csv",
+        "/v1/interactions/summary.csv",
+    ] {
+        for f in ["csv", "ndjson", "json"] {
+            let r = h.get(&format!("{path}?{q}&format={f}")).await;
+            assert_eq!(r.status(), 400, "{path}?format={f}");
+            let p: Value = r.json().await.unwrap();
+            assert_eq!(p["param"], "format", "{path}: {p}");
+        }
+    }
+    h.finish();
+}
+
 async fn post_json(
     http: &reqwest::Client,
     url: &str,

@@ -432,3 +432,64 @@ async fn a_caller_revalidations_and_refresh_ahead_share_a_small_budget_without_a
     );
     h.finish();
 }
+
+/// An overlapping (rolling) deploy: a second process starts on the same CACHE_DIR while the
+/// first still holds the store. It answers from memory meanwhile and says so in `/readyz`;
+/// once the first lets the store go, it opens it and answers what the first fetched with
+/// no upstream call — it does not run cold for its whole life (issue #22).
+#[tokio::test]
+async fn a_second_process_on_one_cache_dir_opens_the_store_once_the_first_lets_go() {
+    let dir = temp_dir("overlap");
+    let path = "/v1/interactions?from=2024-09-01&to=2024-09-14&limit=10000";
+    let first = Harness::start(Opts {
+        cache_dir: Some(dir.clone()),
+        ..Opts::default()
+    })
+    .await;
+    let fetched = first.json(path).await;
+    assert!(first.calls() > 0);
+    let upstream = (first.sim.clone(), first.sim_addr);
+    let second = Harness::start(Opts {
+        cache_dir: Some(dir.clone()),
+        upstream: Some(upstream),
+        ..Opts::default()
+    })
+    .await;
+    let ready: Value = second.get_with("/readyz", None).await.json().await.unwrap();
+    let detail = ready["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("open in another process"), "{ready}");
+    // It answers meanwhile, from memory and the upstream.
+    let day = second
+        .json("/v1/interactions?from=2024-09-20&to=2024-09-20&limit=10000")
+        .await;
+    assert_eq!(day["meta"]["complete"], true);
+
+    let gone = std::sync::Arc::downgrade(&first.state.0);
+    first.finish();
+    until("the first gateway has let its store go", || {
+        gone.strong_count() == 0
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready: Value = second.get_with("/readyz", None).await.json().await.unwrap();
+        if ready["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("disk cache: up"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the store never opened: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.sim.reset_log();
+    let again = second.json(path).await;
+    assert_eq!(
+        second.calls(),
+        0,
+        "what the first fetched is read from disk"
+    );
+    assert_eq!(again["data"], fetched["data"]);
+    second.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -53,8 +53,10 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
 /// Drops every cached window and response, of every account.
 ///
 /// This replica's memory and disk tier (`CACHE_DIR`), and the windows shared through Redis
-/// when `REDIS_URL` is set; the answer says what went, per tier. Other replicas' memory and
-/// disk keep what they hold until it expires (purge each replica to drop it at once). Admin
+/// when `REDIS_URL` is set; the answer says what went, per tier. Other replicas stop serving
+/// what they hold (memory and disk) once they read the raised purge epoch from Redis, and
+/// free their memory then; with other replicas alive the answer comes once all have read
+/// it (`replicas.reach_ms`). Admin
 /// keys only; the next requests refetch from the upstream, within the shared budget.
 #[utoipa::path(delete, path = "/v1/cache", tag = "admin",
     responses((status = 200, description = "Purged; what went, per tier", body = CachePurge),
@@ -63,8 +65,10 @@ pub async fn cache_stats(State(state): State<AppState>) -> Json<CacheStats> {
 pub async fn cache_purge(State(state): State<AppState>) -> Json<CachePurge> {
     let (windows, _) = state.windows.usage().await;
     let (responses, _) = state.responses.usage();
+    // First the epoch, so that from now on no replica serves a copy fetched before.
+    let (epoch, told) = crate::cache::purge::raise(state.cluster.as_ref(), &state.windows).await;
     state.windows.purge();
-    let disk = match &state.disk {
+    let disk = match state.disk.as_ref().and_then(|d| d.tier()) {
         Some(d) => Some(d.purge().await),
         None => None,
     };
@@ -82,7 +86,14 @@ pub async fn cache_purge(State(state): State<AppState>) -> Json<CachePurge> {
             Some(PurgedRedis { windows, complete })
         }
     };
+    // The other replicas read the epoch on a clock: answer once every one has.
+    let others = told && state.cluster.as_ref().is_some_and(|c| c.replicas() > 1);
+    if others {
+        tokio::time::sleep(crate::cache::purge::REACH).await;
+    }
     tracing::info!(
+        epoch,
+        replicas_told = told,
         memory_windows = windows,
         memory_responses = responses,
         disk_windows = disk,
@@ -94,6 +105,15 @@ pub async fn cache_purge(State(state): State<AppState>) -> Json<CachePurge> {
         memory: PurgedMemory { windows, responses },
         disk,
         redis,
+        replicas: PurgedReplicas {
+            epoch,
+            told,
+            reach_ms: if told {
+                crate::cache::purge::REACH.as_millis() as u64
+            } else {
+                0
+            },
+        },
     })
 }
 
@@ -127,6 +147,21 @@ pub struct CachePurge {
     pub disk: Option<u64>,
     /// The windows shared through Redis; null when `REDIS_URL` is not set.
     pub redis: Option<PurgedRedis>,
+    /// The other replicas: they stop serving what they hold once they read the new epoch.
+    pub replicas: PurgedReplicas,
+}
+
+/// How the purge reaches the other replicas.
+#[derive(Serialize, ToSchema)]
+pub struct PurgedReplicas {
+    /// The purge epoch now in force: copies fetched before it are served by no replica.
+    pub epoch: u64,
+    /// The epoch went to Redis, where every replica reads it; false without Redis (or with
+    /// Redis unreachable: then only this replica's copies went).
+    pub told: bool,
+    /// Within how long every replica has read it (the answer waited that long when other
+    /// replicas are alive); 0 when not told.
+    pub reach_ms: u64,
 }
 
 /// Entries dropped from this replica's memory.

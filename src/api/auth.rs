@@ -122,10 +122,17 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Identifies the caller and applies the per-key rate limit: the caller, or the answer
-/// that refuses the request.
-fn admit(state: &AppState, req: &mut Request) -> Result<Arc<str>, Box<Response>> {
-    let caller = match presented_key(req.headers()) {
+/// The 429 of a key over its limit, with where its budgets stand.
+fn over_limit(state: &AppState, caller: &Arc<str>, retry_after: std::time::Duration) -> Response {
+    let mut refused = AppError::KeyRateLimited { retry_after }.into_response();
+    let account = state.accounts.default_account().map_or(0, |a| a.index);
+    crate::ratelimit_headers::stamp(state, Some(caller), account, refused.headers_mut());
+    refused
+}
+
+/// Who is calling: the caller, or the answer that refuses the request.
+fn identify(state: &AppState, req: &Request) -> Result<Caller, Box<Response>> {
+    Ok(match presented_key(req.headers()) {
         Some(k) if !k.is_empty() => state
             .keys
             .identify(k)
@@ -135,14 +142,17 @@ fn admit(state: &AppState, req: &mut Request) -> Result<Arc<str>, Box<Response>>
             admin: false,
         },
         _ => return Err(Box::new(AppError::Unauthorized.into_response())),
-    };
+    })
+}
+
+/// Identifies the caller and applies the per-key rate limit kept in this process: the
+/// caller, or the answer that refuses the request.
+fn admit(state: &AppState, req: &mut Request) -> Result<Arc<str>, Box<Response>> {
+    let caller = identify(state, req)?;
     if let Some(limiter) = &state.key_limiter
         && let Err(retry_after) = limiter.check(&caller.name)
     {
-        let mut refused = AppError::KeyRateLimited { retry_after }.into_response();
-        let account = state.accounts.default_account().map_or(0, |a| a.index);
-        crate::ratelimit_headers::stamp(state, Some(&caller.name), account, refused.headers_mut());
-        return Err(Box::new(refused));
+        return Err(Box::new(over_limit(state, &caller.name, retry_after)));
     }
     let name = Arc::clone(&caller.name);
     req.extensions_mut().insert(caller);
@@ -176,7 +186,8 @@ pub struct RequireKey<S> {
 
 impl<S> tower::Service<Request> for RequireKey<S>
 where
-    S: tower::Service<Request, Response = Response, Error = Infallible>,
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
 {
     type Response = Response;
     type Error = Infallible;
@@ -187,6 +198,14 @@ where
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
+        if self
+            .state
+            .key_limiter
+            .as_ref()
+            .is_some_and(|l| l.is_shared())
+        {
+            return self.call_shared(req);
+        }
         match admit(&self.state, &mut req) {
             Ok(name) => KeyedFuture::Admitted {
                 inner: self.inner.call(req),
@@ -200,12 +219,53 @@ where
     }
 }
 
+impl<S> RequireKey<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// With replicas, the key's limit is counted in Redis: the check awaits it before the
+    /// inner service is called (a boxed future only in this configuration).
+    fn call_shared(&mut self, mut req: Request) -> KeyedFuture<S::Future> {
+        let caller = match identify(&self.state, &req) {
+            Ok(c) => c,
+            Err(refused) => {
+                return KeyedFuture::Refused {
+                    answer: Some(*refused),
+                };
+            }
+        };
+        let state = self.state.clone();
+        // The service made ready goes with the request; a clone stays for the next call.
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        KeyedFuture::Checking {
+            fut: Box::pin(async move {
+                let name = Arc::clone(&caller.name);
+                if let Some(limiter) = &state.key_limiter
+                    && let Err(retry_after) = limiter.check_shared(&name).await
+                {
+                    return Ok(over_limit(&state, &name, retry_after));
+                }
+                req.extensions_mut().insert(caller);
+                let Ok(mut resp) = inner.call(req).await;
+                crate::ratelimit_headers::stamp_response(&state, Some(&name), &mut resp);
+                Ok(resp)
+            }),
+        }
+    }
+}
+
+/// A keyed answer that awaited the shared key limit.
+type Checked = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
 pin_project_lite::pin_project! {
     /// The answer of [`RequireKey`].
     #[project = KeyedProj]
     pub enum KeyedFuture<F> {
         Refused { answer: Option<Response> },
         Admitted { #[pin] inner: F, state: AppState, name: Arc<str> },
+        Checking { fut: Checked },
     }
 }
 
@@ -222,6 +282,7 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for KeyedFuture<F>
                 crate::ratelimit_headers::stamp_response(state, Some(name), &mut resp);
                 Poll::Ready(Ok(resp))
             }
+            KeyedProj::Checking { fut } => fut.as_mut().poll(cx),
         }
     }
 }

@@ -36,7 +36,10 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
     servers((url = "/", description = "This gateway")),
     paths(
         crate::api::interactions::get_interactions,
+        crate::api::interactions::get_interactions_ndjson,
+        crate::api::interactions::get_interactions_csv,
         crate::api::summary::get_summary,
+        crate::api::summary::get_summary_csv,
         crate::api::dropin::interaction_details,
         crate::api::admin::cache_stats,
         crate::api::admin::cache_purge,

@@ -21,8 +21,12 @@ use crate::{
     account::Account,
     api::{
         DataRequest,
-        query::{Format, InteractionsParams, InteractionsQuery, RangeQuery, parse_interactions},
-        range_fetch, stamp_cache_headers, stored,
+        query::{
+            AccountParam, CsvEscape, CsvEscapeParam, Format, INTERACTIONS_FORMATS,
+            InteractionsQuery, JsonFormatParam, PageParams, PreferParam, RangeParams, RangeQuery,
+            parse_interactions,
+        },
+        range_fetch, stamp_cache_headers, stored, with_path_format,
     },
     cache::{KeyEncoder, Rendered, WindowOutcome, hex},
     error::{AppError, problems},
@@ -34,36 +38,31 @@ use crate::{
     spool::Spool,
 };
 
-/// Interaction records for a date range, merged from every upstream window.
+/// Interaction records for a date range, merged from every upstream window, as JSON pages.
 ///
-/// Any range up to MAX_RANGE_DAYS, every record, as JSON pages (cursor), NDJSON or CSV. With
-/// `Prefer: respond-async`, a range not already cached answers 202 with a job instead.
+/// Any range up to MAX_RANGE_DAYS, every record, one page per call (follow
+/// `meta.next_cursor`). The whole range as NDJSON or CSV is `/v1/interactions.ndjson` and
+/// `/v1/interactions.csv` (this path also answers them for `format=ndjson|csv` or `Accept`).
+/// With `Prefer: respond-async`, a range not already cached answers 202 with a job instead.
 #[utoipa::path(
     get,
     path = "/v1/interactions",
     tag = "interactions",
-    params(InteractionsParams,
-        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 at once with a job to poll, instead of holding the connection while the budget serves it; a cached range answers 200 as usual.")),
+    params(RangeParams, AccountParam, PageParams, JsonFormatParam, PreferParam),
     responses(
-        (status = 200, description = "Records of the range, oldest first: one page as JSON, or the whole range as NDJSON (one record per line, unchanged) or CSV (formula-looking text cells defused unless CSV_FORMULA_ESCAPE=false), by `format` or `Accept`. NDJSON and CSV say in their headers, before the first byte, whether the answer is whole: `X-Complete: false` when a window's count did not check out, `X-Stale: true` when a window is an expired copy, with the reasons in `X-Warning` headers (what `meta` says in JSON).",
-            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String, description = "JSON only"), ("X-Request-Id" = String),
+        (status = 200, description = "One page of the range's records, oldest first, with `meta` saying whether the range is whole (`complete`), fresh (`stale`) and where the next page starts (`next_cursor`).",
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("ETag" = String), ("X-Request-Id" = String),
                 ("Cache-Status" = String, description = "RFC 9211: `kore-gateway; hit; ttl=N` (negative once stale) or `kore-gateway; fwd=miss; stored` (`collapsed`, `fwd=request`), with a `detail` when partial or stale"),
                 ("Age" = u64, description = "Seconds since the oldest data in the answer was fetched"),
-                ("X-Complete" = String, description = "NDJSON/CSV only: `true` when every window's count checked out, else `false`"),
-                ("X-Stale" = String, description = "NDJSON/CSV only: `true` when a window is an expired copy"),
-                ("X-Warning" = String, description = "NDJSON/CSV only: one header per reason the answer is not whole or fresh"),
                 ("RateLimit-Policy" = String, description = "The key's limit (`\"key\"`, when GATEWAY_KEY_RATE_LIMIT is set) and the shared upstream budget (`\"upstream\"`), draft-ietf-httpapi-ratelimit-headers: `\"upstream\";q=60;w=60`"),
                 ("RateLimit" = String, description = "What is left of each policy now and the seconds until a unit comes back: `\"upstream\";r=42;t=17`")),
-            content(
-                (render::InteractionsResponse = "application/json"),
-                (String = "application/x-ndjson", example = json!("{\"sessionId\":\"66f4f3aa205c5afb97d3xxxx\",\"channel\":\"voice\",\"sessionStartTime\":\"2024-09-26T11:09:54\"}\n")),
-                (String = "text/csv", example = json!("sessionId,conversationId,channel,sessionStartTime\n66f4f3aa205c5afb97d3xxxx,,voice,2024-09-26T11:09:54\n")),
-            )),
+            body = render::InteractionsResponse, content_type = "application/json"),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
             headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
                 ("Preference-Applied" = String, description = "`respond-async`"))),
         (status = 304, description = "Not modified (If-None-Match matched the ETag)"),
-        problems::BadParam, problems::Unauthorized, problems::RateLimited,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::NotAcceptable,
+        problems::RateLimited,
         problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
@@ -73,13 +72,15 @@ pub async fn get_interactions(
     req: axum::extract::Request,
 ) -> Result<Response, AppError> {
     let r = DataRequest::new(req)?;
-    let (headers, raw, accept_format, refresh) =
-        (&r.headers, r.query(), r.accept_format, r.refresh);
+    let (headers, raw, refresh) = (&r.headers, r.query(), r.refresh);
+    // What `Accept` chooses among this route's formats (`None`: nothing it accepts, which
+    // only a `format` parameter can make a 200).
+    let chosen = r.accept.choose(&INTERACTIONS_FORMATS);
     // A query string answered before maps to its response-cache key without being parsed
     // again: what a stored hit needs is the key, and the key is a pure function of the query
     // string and `Accept` (only queries that parsed are remembered).
     if !refresh
-        && let Some((key, format, accounts)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && let Some((key, format, accounts)) = state.query_keys.get(ROUTE, raw, chosen)
         && r.may_read_all(&state, &accounts)
         && let Some(hit) = state.responses.get(&key)
     {
@@ -87,19 +88,20 @@ pub async fn get_interactions(
         tag(&mut resp, accounts.first().copied().unwrap_or(0));
         return Ok(resp);
     }
-    let q = parse_interactions(raw, r.accept(), state.settings.max_range_days)?;
+    let q = parse_interactions(raw, r.accept, state.settings.max_range_days)?;
     let account = state
         .accounts
         .resolve_one(&q.range.accounts, &r.caller.name, r.caller.admin)?;
+    let escape = CsvEscape::resolve(q.csv_escape, state.settings.csv_formula_escape);
     // A stored answer needs no plan, no fetch context: look it up first.
     let (key, after) = match q.format {
         Format::Json => json_key(&account, &q)?,
-        Format::Ndjson | Format::Csv => (export_key(&account, &q), None),
+        Format::Ndjson | Format::Csv => (export_key(account.ns.digest(), &q, escape), None),
     };
     state.query_keys.remember(
         ROUTE,
         raw,
-        accept_format,
+        chosen,
         &key,
         q.format,
         Arc::from([account.index]),
@@ -145,7 +147,9 @@ pub async fn get_interactions(
             ))
             .await
         }
-        Format::Ndjson | Format::Csv => Box::pin(streamed(&state, &q, windows, range, key)).await,
+        Format::Ndjson | Format::Csv => {
+            Box::pin(streamed(&state, &q, escape, windows, range, key)).await
+        }
     }?;
     tag(&mut resp, account.index);
     Ok(resp)
@@ -155,6 +159,62 @@ pub async fn get_interactions(
 fn tag(resp: &mut Response, account: usize) {
     resp.extensions_mut()
         .insert(crate::ratelimit_headers::AccountUsed(account));
+}
+
+/// Interaction records for a date range, the whole range as NDJSON.
+///
+/// One record per line, exactly as the upstream sent it, oldest first; the same records as
+/// the JSON pages of `/v1/interactions` with the same parameters (it is that route with
+/// `format=ndjson`). With `Prefer: respond-async`, a range not already cached answers 202
+/// with a job instead.
+#[utoipa::path(
+    get,
+    path = "/v1/interactions.ndjson",
+    tag = "interactions",
+    params(RangeParams, AccountParam, PreferParam),
+    responses(
+        answers::Ndjson,
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
+                ("Preference-Applied" = String, description = "`respond-async`"))),
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
+        problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn get_interactions_ndjson(
+    state: State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, AppError> {
+    get_interactions(state, with_path_format(req, Format::Ndjson)?).await
+}
+
+/// Interaction records for a date range, the whole range as CSV.
+///
+/// One row per record, oldest first, nested fields flattened to dotted columns; the same
+/// records as `/v1/interactions` with the same parameters (it is that route with
+/// `format=csv`). With `Prefer: respond-async`, a range not already cached answers 202 with
+/// a job instead.
+#[utoipa::path(
+    get,
+    path = "/v1/interactions.csv",
+    tag = "interactions",
+    params(RangeParams, AccountParam, CsvEscapeParam, PreferParam),
+    responses(
+        answers::Csv,
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it. Poll `Location`; when done its `result` answers this request from the cache.", body = crate::jobs::JobView,
+            headers(("Location" = String, description = "`/v1/jobs/{id}`"), ("Retry-After" = u64, description = "Seconds before looking again"),
+                ("Preference-Applied" = String, description = "`respond-async`"))),
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
+        problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn get_interactions_csv(
+    state: State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, AppError> {
+    get_interactions(state, with_path_format(req, Format::Csv)?).await
 }
 
 /// A stored answer of this route, counted as a response hit.
@@ -225,12 +285,17 @@ fn json_key(
     Ok((hex(&e.finish()), after))
 }
 
-/// The response-cache key of a whole CSV or NDJSON export.
-fn export_key(account: &Account, q: &InteractionsQuery) -> String {
+/// The response-cache key of a whole CSV or NDJSON export of the account(s) whose
+/// namespace digest is `ns`: the query's digest, the format and, for CSV, how its cells are
+/// escaped (two escapings never share a stored answer).
+fn export_key(ns: &[u8; 32], q: &InteractionsQuery, escape: CsvEscape) -> String {
     let mut e = KeyEncoder::default();
     e.text("export");
-    e.bytes(&q.range.key("interactions", account.ns.digest()).digest());
+    e.bytes(&q.range.key("interactions", ns).digest());
     e.text(q.format.as_str());
+    if q.format == Format::Csv {
+        e.text(escape.as_str());
+    }
     hex(&e.finish())
 }
 
@@ -258,7 +323,12 @@ async fn json(
 ) -> Result<Response, AppError> {
     let binding = q.range.key("interactions", account.ns.digest()).digest();
     let outcomes = range.all(windows).await?;
-    let records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+    let mut records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+    // The record filters: the windows (and their cache) hold every record, the answer, its
+    // total and its cursors only those kept.
+    if !q.range.select.is_empty() {
+        records.retain(|r| q.range.select.matches(r));
+    }
     let total = records.len();
     // Resume after the last record the previous page returned, wherever it now stands:
     // records that appeared or vanished since never shift the rest.
@@ -316,6 +386,7 @@ async fn json(
             fresh_until(&outcomes),
         );
         r.fetched_unix_ms = oldest_fetch(&outcomes);
+        r.epoch = oldest_epoch(&outcomes);
         state.responses.insert(key, Arc::new(r));
         body.slice(..head_len)
     } else {
@@ -343,6 +414,12 @@ fn fresh_until(outcomes: &[WindowOutcome]) -> Instant {
         .map(|o| o.data.fresh_until())
         .min()
         .unwrap_or_else(Instant::now)
+}
+
+/// The oldest purge epoch of these windows (a stored answer is no younger than its
+/// oldest window).
+pub fn oldest_epoch(outcomes: &[WindowOutcome]) -> u64 {
+    outcomes.iter().map(|o| o.data.epoch).min().unwrap_or(0)
 }
 
 /// Wall-clock fetch time of the oldest of these windows (Unix ms).
@@ -442,12 +519,12 @@ impl http_body::Body for HeadTail {
 async fn streamed(
     state: &AppState,
     q: &InteractionsQuery,
+    escape: CsvEscape,
     windows: Vec<Window>,
     range: RangeFetch,
     key: String,
 ) -> Result<Response, AppError> {
     let format = q.format;
-    let csv_formula_escape = state.settings.csv_formula_escape;
     let ahead = windows_ahead(state.settings.budget.concurrency);
     let memory_cap = state.responses.max_entry_bytes().max(MIN_SPOOL_MEMORY);
     let dir = state
@@ -466,7 +543,13 @@ async fn streamed(
     while let Some(o) = resolved.next().await {
         let o = o?;
         spool
-            .push(render_window(&o, format, csv_formula_escape, &mut seen))
+            .push(render_window(
+                &o,
+                format,
+                escape,
+                &q.range.select,
+                &mut seen,
+            ))
             .await;
         outcomes.push(WindowOutcome {
             data: Arc::new(o.data.without_records()),
@@ -506,6 +589,7 @@ async fn streamed(
             );
             r.disposition = disposition.clone();
             r.fetched_unix_ms = fetched_unix_ms;
+            r.epoch = oldest_epoch(&outcomes);
             state.responses.insert(key, Arc::new(r));
             Body::from(whole)
         }
@@ -577,18 +661,188 @@ fn ascii_header_text(text: &str) -> String {
         .collect()
 }
 
+/// The records of one window not already sent by an earlier one and kept by the record
+/// filters, as NDJSON lines or CSV rows.
 fn render_window(
     o: &WindowOutcome,
     format: Format,
-    csv_formula_escape: bool,
+    escape: CsvEscape,
+    select: &crate::summary::RecordFilter,
     seen: &mut HashSet<(Arc<str>, Option<Arc<str>>)>,
 ) -> Bytes {
-    let fresh = o.data.records.iter().filter(|r| match &r.session_id {
-        Some(s) => seen.insert((s.clone(), r.conversation_id.clone())),
-        None => true,
-    });
+    let fresh = o
+        .data
+        .records
+        .iter()
+        .filter(|r| match &r.session_id {
+            Some(s) => seen.insert((s.clone(), r.conversation_id.clone())),
+            None => true,
+        })
+        .filter(|r| select.matches(r));
     match format {
-        Format::Csv => render::csv_rows(fresh, csv_formula_escape),
+        Format::Csv => render::csv_rows(fresh, escape.formula()),
         _ => render::ndjson_lines(fresh),
+    }
+}
+
+/// The 200 answers of the export operations as the OpenAPI document tells them: one
+/// representation each, with the headers that say, before the first byte, whether the
+/// export is whole and fresh.
+pub mod answers {
+    use std::collections::BTreeMap;
+
+    use utoipa::{
+        IntoResponses, PartialSchema,
+        openapi::{
+            ContentBuilder, Header, HeaderBuilder, KnownFormat, ObjectBuilder, RefOr,
+            ResponseBuilder, SchemaFormat, Type, response::Response,
+        },
+    };
+
+    /// `/v1/interactions.ndjson`.
+    pub struct Ndjson;
+
+    impl IntoResponses for Ndjson {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            ok(export(
+                "The whole range, one record per line exactly as the upstream sent it, oldest \
+first. The gateway sends `application/x-ndjson`; `application/octet-stream` is listed too \
+because generators that know no NDJSON (openapi-python-client) then hand the body over as \
+bytes rather than dropping it.",
+                &[
+                    (
+                        "application/x-ndjson",
+                        Some(
+                            "{\"sessionId\":\"66f4f3aa205c5afb97d3xxxx\",\"channel\":\"voice\",\"sessionStartTime\":\"2024-09-26T11:09:54\"}\n",
+                        ),
+                    ),
+                    ("application/octet-stream", None),
+                ],
+            ))
+        }
+    }
+
+    /// `/v1/interactions.csv`.
+    pub struct Csv;
+
+    impl IntoResponses for Csv {
+        fn responses() -> BTreeMap<String, RefOr<Response>> {
+            ok(export(
+                "The whole range, one row per record, oldest first; nested fields are dotted \
+columns, and text cells a spreadsheet would run as a formula are defused unless \
+CSV_FORMULA_ESCAPE=false. Sent as an attachment.",
+                &[(
+                    "text/csv",
+                    Some(
+                        "sessionId,conversationId,channel,sessionStartTime\n66f4f3aa205c5afb97d3xxxx,,voice,2024-09-26T11:09:54\n",
+                    ),
+                )],
+            )
+            .header(
+                "Content-Disposition",
+                header("`attachment; filename=\"interactions-<from>-<to>.csv\"`"),
+            ))
+        }
+    }
+
+    /// A text header with its description.
+    fn header(description: &str) -> Header {
+        HeaderBuilder::new()
+            .schema(String::schema())
+            .description(Some(description))
+            .build()
+    }
+
+    /// A 200 of an export: `description`, the media types with their examples, and the
+    /// headers every export carries.
+    fn export(description: &str, media: &[(&str, Option<&str>)]) -> ResponseBuilder {
+        let mut response = ResponseBuilder::new()
+            .description(description)
+            .header("X-Cache", header("HIT, MISS or PARTIAL"))
+            .header("X-Request-Id", header("This request's id, taken from the request or made"))
+            .header(
+                "X-Complete",
+                header("`true` when every window's count checked out, else `false`"),
+            )
+            .header("X-Stale", header("`true` when a window is an expired copy"))
+            .header(
+                "X-Warning",
+                header("One header per reason the answer is not whole or fresh"),
+            )
+            .header(
+                "Cache-Status",
+                header("RFC 9211, as on `/v1/interactions`"),
+            )
+            .header(
+                "Age",
+                HeaderBuilder::new()
+                    .schema(u64::schema())
+                    .description(Some(
+                        "Seconds since the oldest data in the answer was fetched",
+                    ))
+                    .build(),
+            )
+            .header(
+                "RateLimit-Policy",
+                header("The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
+            )
+            .header(
+                "RateLimit",
+                header("What is left of each policy now, and the seconds until a unit comes back"),
+            );
+        for (media_type, example) in media {
+            // Bytes as they come: a string, binary where no example shows its text.
+            let mut schema = ObjectBuilder::new().schema_type(Type::String);
+            if example.is_none() {
+                schema = schema.format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)));
+            }
+            response = response.content(
+                *media_type,
+                ContentBuilder::new()
+                    .schema(Some(schema))
+                    .example(example.map(serde_json::Value::from))
+                    .build(),
+            );
+        }
+        response
+    }
+
+    /// The responses map of one 200.
+    fn ok(response: ResponseBuilder) -> BTreeMap<String, RefOr<Response>> {
+        BTreeMap::from([("200".to_owned(), response.build().into())])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::accept::Acceptable;
+
+    fn q(query: &str) -> InteractionsQuery {
+        parse_interactions(Some(query), Acceptable::default(), 92).unwrap()
+    }
+
+    #[test]
+    fn csv_escapings_never_share_a_stored_export() {
+        let csv = q("from=2024-09-01&to=2024-09-02&format=csv");
+        assert_ne!(
+            export_key(&[0; 32], &csv, CsvEscape::Formula),
+            export_key(&[0; 32], &csv, CsvEscape::None)
+        );
+        let nd = q("from=2024-09-01&to=2024-09-02&format=ndjson");
+        assert_eq!(
+            export_key(&[0; 32], &nd, CsvEscape::Formula),
+            export_key(&[0; 32], &nd, CsvEscape::None),
+            "NDJSON has no cells to escape"
+        );
+        assert_ne!(
+            export_key(&[0; 32], &csv, CsvEscape::Formula),
+            export_key(&[0; 32], &nd, CsvEscape::Formula)
+        );
+        let filtered = q("from=2024-09-01&to=2024-09-02&format=csv&agent=u-1");
+        assert_ne!(
+            export_key(&[0; 32], &csv, CsvEscape::Formula),
+            export_key(&[0; 32], &filtered, CsvEscape::Formula)
+        );
     }
 }

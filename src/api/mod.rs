@@ -1,30 +1,26 @@
 //! The public HTTP surface (SPEC §3): routes, and the one middleware stack around them.
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod docs;
 pub mod dropin;
 pub mod interactions;
 pub mod jobs;
-pub mod layers;
+pub mod middleware;
 pub mod ops;
 pub mod query;
 pub mod status;
 pub mod stored;
 pub mod summary;
 
-use std::time::Duration;
-
 use axum::{
     Router,
     extract::{DefaultBodyLimit, FromRequestParts, Request},
-    http::{HeaderMap, HeaderName, HeaderValue, Method, header, request::Parts},
-    middleware,
+    http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts},
     response::Response,
     routing::{get, post},
 };
-use tower::ServiceBuilder;
-use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::{AppState, error::AppError};
 
@@ -42,10 +38,24 @@ pub fn router(state: AppState) -> Router {
             "/v1/cache",
             get(admin::cache_stats).delete(admin::cache_purge),
         )
-        .route_layer(middleware::from_fn(auth::require_admin));
+        .route_layer(axum::middleware::from_fn(auth::require_admin));
     let keyed = Router::new()
         .route("/v1/interactions", get(interactions::get_interactions))
+        // One path per representation, for clients generated from the OpenAPI document
+        // (see `query::JsonFormatParam`): the same handlers, the format named by the path.
+        .route(
+            "/v1/interactions.ndjson",
+            get(interactions::get_interactions_ndjson),
+        )
+        .route(
+            "/v1/interactions.csv",
+            get(interactions::get_interactions_csv),
+        )
         .route("/v1/interactions/summary", get(summary::get_summary))
+        .route(
+            "/v1/interactions/summary.csv",
+            get(summary::get_summary_csv),
+        )
         // Bodies are small by nature here, and this is the one route that reads one: a big
         // one is refused before it is read.
         .route(
@@ -69,72 +79,7 @@ pub fn router(state: AppState) -> Router {
         .merge(open)
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed });
-    with_middleware(routes, &state).with_state(state)
-}
-
-/// The middleware, outermost first. Each layer says why it is there and why in that place.
-fn with_middleware(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
-    routes.layer(
-        ServiceBuilder::new()
-            // 1. The edge (layers::EdgeLayer), in one layer: the request id first, so every
-            //    later layer, log line and upstream call can use it, and every response
-            //    (errors included) carries it back; the request's span, so every log line
-            //    carries the id; the metrics, with the final status of everything below
-            //    (auth refusals included); and a panic below becomes a 500 problem+json, so
-            //    a bug never drops the connection.
-            .layer(layers::EdgeLayer::default())
-            // 2. CORS before auth: a browser's preflight carries no key and must still pass
-            //    (only with an allow-list: without one no CORS header is due).
-            .layer(tower::util::option_layer(cors(
-                &state.settings.cors_origins,
-            )))
-            // 3. Compression of answers made for this request (misses, streams), once, on the
-            //    way out, at the fastest level (layers::CompressLayer). Stored answers come
-            //    with their forms made once at a level chosen for ratio (api::stored), and
-            //    this layer leaves them alone.
-            .layer(layers::CompressLayer(std::sync::Arc::clone(
-                &state.counters,
-            )))
-            // 4. One deadline for the whole request: a 504 problem, never a hung socket.
-            .layer(layers::DeadlineLayer(state.settings.request_timeout)),
-    )
-}
-
-/// The CORS layer for the allow-list, or none without one (same-origin only): then no CORS
-/// header is due, and a hit does not pay for the layer (it clones its policy per request).
-fn cors(origins: &[String]) -> Option<CorsLayer> {
-    let base = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([
-            header::AUTHORIZATION,
-            header::CONTENT_TYPE,
-            header::IF_NONE_MATCH,
-            HeaderName::from_static("prefer"),
-            HeaderName::from_static("x-api-key"),
-            X_REQUEST_ID.clone(),
-        ])
-        .expose_headers([
-            header::ETAG,
-            header::AGE,
-            HeaderName::from_static("cache-status"),
-            HeaderName::from_static("x-cache"),
-            X_REQUEST_ID.clone(),
-            header::RETRY_AFTER,
-            header::LOCATION,
-            HeaderName::from_static("preference-applied"),
-            HeaderName::from_static("ratelimit-policy"),
-            HeaderName::from_static("ratelimit"),
-        ])
-        .max_age(Duration::from_secs(600));
-    if origins.is_empty() {
-        None
-    } else if origins.iter().any(|o| o == "*") {
-        Some(base.allow_origin(Any))
-    } else {
-        Some(base.allow_origin(AllowOrigin::list(
-            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()),
-        )))
-    }
+    middleware::with_middleware(routes, &state).with_state(state)
 }
 
 /// The id of this request (also sent upstream), as the edge layer set it.
@@ -166,8 +111,9 @@ pub struct DataRequest {
     pub caller: auth::Caller,
     pub headers: HeaderMap,
     uri: axum::http::Uri,
-    /// The format `Accept` asks for (a `format` parameter still overrides it).
-    pub accept_format: query::Format,
+    /// What `Accept` accepts (a `format` parameter still overrides it): each route asks it
+    /// for its choice among the formats it offers.
+    pub accept: accept::Acceptable,
     /// An admin's `Cache-Control: no-cache`: stored answers and fresh windows are skipped.
     pub refresh: bool,
 }
@@ -182,27 +128,25 @@ impl DataRequest {
             .remove::<auth::Caller>()
             .ok_or(AppError::Unauthorized)?;
         let refresh = caller.admin && wants_refresh(&parts.headers);
-        let mut r = DataRequest {
+        let accept = accept::Acceptable::parse(
+            parts
+                .headers
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        Ok(DataRequest {
             caller,
             headers: parts.headers,
             uri: parts.uri,
-            accept_format: query::Format::Json,
+            accept,
             refresh,
-        };
-        r.accept_format = query::format_from_accept(r.accept());
-        Ok(r)
+        })
     }
 
     /// The raw query string.
     pub fn query(&self) -> Option<&str> {
         self.uri.query()
-    }
-
-    /// The `Accept` header, when it is text.
-    pub fn accept(&self) -> Option<&str> {
-        self.headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
     }
 
     /// This request's id, as the edge layer set it.
@@ -219,6 +163,34 @@ impl DataRequest {
                 .may_read(&self.caller.name, self.caller.admin, i)
         })
     }
+}
+
+/// A request to a path that names its representation (`/v1/interactions.csv`) as the same
+/// request to the plain path with `format` added to its query: the plain path's handler
+/// then answers it, and its stored answers, cursors and jobs are the very ones of
+/// `/v1/interactions?…&format=csv` (the query string is what they are keyed by).
+///
+/// # Errors
+/// 400 naming `format` when the query names one too: the path already did.
+pub fn with_path_format(mut req: Request, format: query::Format) -> Result<Request, AppError> {
+    let raw = req.uri().query().unwrap_or("");
+    if query::pairs(Some(raw)).iter().any(|(k, _)| k == "format") {
+        return Err(AppError::param(
+            "format",
+            format!(
+                "this path answers {} only: leave `format` out",
+                format.as_str()
+            ),
+        ));
+    }
+    let path_and_query = if raw.is_empty() {
+        format!("{}?format={}", req.uri().path(), format.as_str())
+    } else {
+        format!("{}?{raw}&format={}", req.uri().path(), format.as_str())
+    };
+    *req.uri_mut() = axum::http::Uri::try_from(path_and_query)
+        .map_err(|_| AppError::param("query", "the query string is not a valid URI part"))?;
+    Ok(req)
 }
 
 /// The windows of one request on `account`, through the cache and that account's budget,

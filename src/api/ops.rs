@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use utoipa::ToSchema;
 
-use crate::AppState;
+use crate::{AppState, cache::disk::SlotState};
 
 /// An upstream answer younger than this makes the gateway ready without asking again.
 const RECENT: i64 = 300;
@@ -92,14 +92,19 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         }
     });
     // So is the disk tier: a lost one is reported, and the gateway goes on in memory.
-    let disk = match (&state.settings.disk, &state.disk) {
-        (None, _) => None,
-        (Some(_), Some(d)) if d.is_healthy() => Some("disk cache: up".to_owned()),
-        (Some(_), Some(_)) => Some(
-            "disk cache: writes failed (disk full or read-only?), running in memory".to_owned(),
+    let disk = state.disk.as_ref().map(|slot| match (slot.state(), slot.tier()) {
+        (SlotState::Open, Some(d)) if d.is_healthy() => "disk cache: up".to_owned(),
+        (SlotState::Open, _) => {
+            "disk cache: writes failed (disk full or read-only?), running in memory".to_owned()
+        }
+        (SlotState::Waiting, _) => format!(
+            "disk cache: the store is open in another process (an overlapping deploy?); running in memory, asking again every {} s",
+            crate::cache::disk::RETRY_EVERY.as_secs()
         ),
-        (Some(_), None) => Some("disk cache: could not be opened, running in memory".to_owned()),
-    };
+        (SlotState::Failed(_), _) => {
+            "disk cache: could not be opened, running in memory".to_owned()
+        }
+    });
     let redis = match (redis, disk) {
         (Some(r), Some(d)) => Some(format!("{r}; {d}")),
         (r, d) => r.or(d),
@@ -414,7 +419,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .absolute(c.revalidations.load(Ordering::Relaxed));
     metrics::counter!("gateway_cache_refresh_ahead_total")
         .absolute(c.refresh_ahead.load(Ordering::Relaxed));
-    if let Some(d) = &state.disk {
+    if let Some(d) = state.disk.as_ref().and_then(|d| d.tier()) {
         let (d_entries, d_bytes) = d.usage();
         let dc = &d.counters;
         metrics::gauge!("gateway_cache_disk_up").set(if d.is_healthy() { 1.0 } else { 0.0 });

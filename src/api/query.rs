@@ -1,6 +1,8 @@
 //! Parsing and validating the `GET /v1/interactions` query (pure): dates local to a time
-//! zone, lists that may be comma-separated or repeated, paging and format. Every problem is
-//! a 400 that names the parameter; nothing here can panic on input.
+//! zone, lists that may be comma-separated or repeated, record filters, paging, format and
+//! CSV escaping. Every problem is a 400 that names the parameter (a 406 when `Accept` leaves
+//! no format and none was named); nothing here can panic on input. jQuery's cache-buster
+//! `_` is accepted on every route that reads its query here, and ignored.
 
 use jiff::{
     Timestamp,
@@ -16,7 +18,8 @@ use std::{
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::{error::AppError, upstream::Filters};
+use super::accept::{Acceptable, SERVER_ORDER, offered_types};
+use crate::{error::AppError, summary::RecordFilter, upstream::Filters};
 
 /// The optional blocks the vendor returns only when asked (`selectedFields`).
 pub const FIELDS: [&str; 4] = [
@@ -59,6 +62,55 @@ impl Format {
     }
 }
 
+/// How the text cells of a CSV answer are written (`csv_escape`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CsvEscape {
+    /// Cells a spreadsheet would run as a formula are defused
+    /// ([`crate::render::defuse_formula`]).
+    Formula,
+    /// Every cell exactly as the record holds it, for pipelines that are not spreadsheets.
+    None,
+}
+
+impl CsvEscape {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CsvEscape::Formula => "formula",
+            CsvEscape::None => "none",
+        }
+    }
+
+    /// The escaping asked for, or the gateway's default (CSV_FORMULA_ESCAPE) when none was.
+    pub fn resolve(asked: Option<CsvEscape>, formula_by_default: bool) -> CsvEscape {
+        asked.unwrap_or(if formula_by_default {
+            CsvEscape::Formula
+        } else {
+            CsvEscape::None
+        })
+    }
+
+    /// Whether formula-looking cells are defused.
+    pub fn formula(self) -> bool {
+        self == CsvEscape::Formula
+    }
+}
+
+/// `csv_escape`: `formula` or `none`, `None` when not given.
+///
+/// # Errors
+/// 400 naming `csv_escape` for any other value.
+pub fn parse_csv_escape(p: &Params) -> Result<Option<CsvEscape>, AppError> {
+    match p.one("csv_escape")?.map(str::trim) {
+        None => Ok(None),
+        Some(v) if v.eq_ignore_ascii_case("formula") => Ok(Some(CsvEscape::Formula)),
+        Some(v) if v.eq_ignore_ascii_case("none") => Ok(Some(CsvEscape::None)),
+        Some(_) => Err(AppError::param(
+            "csv_escape",
+            "`csv_escape` must be formula (the default) or none",
+        )),
+    }
+}
+
 /// The common range part of the data routes.
 #[derive(Debug, Clone)]
 pub struct RangeQuery {
@@ -67,7 +119,10 @@ pub struct RangeQuery {
     pub tz: TimeZone,
     /// As given (`Asia/Kolkata`, `+05:30`, `UTC`).
     pub tz_name: String,
+    /// What the upstream is asked for (and the window cache keyed by).
     pub filters: Filters,
+    /// What is kept of the merged records (never sent upstream).
+    pub select: RecordFilter,
     /// The accounts named by `account` (empty: the default one), as written; which exist and
     /// who may read them is the account registry's to say.
     pub accounts: Vec<String>,
@@ -89,6 +144,7 @@ impl RangeQuery {
             to: self.to.as_second(),
             tz: &self.tz_name,
             filters: &self.filters,
+            select: self.select.lists(),
         }
     }
 }
@@ -100,21 +156,25 @@ pub struct InteractionsQuery {
     pub limit: usize,
     pub cursor: Option<String>,
     pub format: Format,
+    /// `csv_escape` as given (the default is the gateway's: [`CsvEscape::resolve`]).
+    pub csv_escape: Option<CsvEscape>,
 }
 
-/// Query parameters of `GET /v1/interactions`, as the OpenAPI document describes them; the
-/// query is read by [`parse_interactions`], which holds the rules.
+/// The range and filter parameters of every data operation (`/v1/interactions` in each
+/// representation and the summary), as the OpenAPI document describes them; the query is
+/// read by [`parse_range`], which holds the rules.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub struct InteractionsParams {
+pub struct RangeParams {
     /// Start, local to `tz`: `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]`.
     #[param(example = "2024-09-26")]
     from: String,
     /// End, inclusive, local to `tz`; a coarser value means the end of its unit (a date alone is 23:59:59, `HH:MM` is `HH:MM:59`).
     #[param(example = "2024-09-26")]
     to: String,
-    /// IANA time zone (`Asia/Kolkata`) or fixed offset (`+05:30`, `-04:00`, `Z`). Default `UTC`.
+    /// IANA time zone (`Asia/Kolkata`) or fixed offset (`+05:30`, `-04:00`, `Z`). Default
+    /// `UTC`. A summary's `day` and `hour` buckets are in it.
     #[param(example = "Asia/Kolkata")]
     tz: Option<String>,
     /// Channels, comma-separated (the parameter may also repeat).
@@ -124,13 +184,48 @@ pub struct InteractionsParams {
     /// Bot ids, comma-separated.
     bots: Option<String>,
     /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`, comma-separated (the
-    /// parameter may also repeat). Default: all four.
+    /// parameter may also repeat). Default: all four (a summary's `direction` falls back to
+    /// `customerinfo.Direction`).
     #[param(style = Form, explode = false, min_items = 1, inline)]
     fields: Option<Vec<SelectedField>>,
+    // The record filters carry no example: Swagger UI's "Try it out" fills examples in,
+    // and an example value would filter the demo's records away.
+    /// Only records with a segment answered by one of these agents: agent ids
+    /// (`respondingAgent.agentId`, exact) or e-mails (`respondingAgent.email`, any ASCII
+    /// case), comma-separated (the parameter may also repeat). Like the other record
+    /// filters it is applied by the gateway to the cached records: it costs no upstream call.
+    agent: Option<String>,
+    /// Only records of these directions (`Direction`, else `customerinfo.Direction`, as the
+    /// summary groups them), comma-separated, exact.
+    direction: Option<String>,
+    /// Only records of these `finalStatus` values, comma-separated, exact.
+    #[param(rename = "finalStatus")]
+    final_status: Option<String>,
+    /// Only records of these `smartStatus` values, comma-separated, exact.
+    #[param(rename = "smartStatus")]
+    smart_status: Option<String>,
+    /// Only records with one of these codes among their `dispositions`, comma-separated, exact.
+    disposition: Option<String>,
+}
+
+/// The `account` of the `/v1/interactions` operations, as the OpenAPI document describes it
+/// (the summary takes several: its own `account` in `SummaryParams`).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct AccountParam {
     /// The vendor account to read (a name of the gateway's accounts, `[a-z0-9-]{1,32}`);
     /// default: the gateway's default account.
-    #[param(pattern = "^[a-z0-9-]{1,32}$", example = "default")]
+    #[param(pattern = "^[a-z0-9-]{1,32}$")]
     account: Option<String>,
+}
+
+/// Paging of `GET /v1/interactions` as JSON, as the OpenAPI document describes it (read by
+/// [`parse_interactions`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct PageParams {
     /// Records in this response (JSON), 1..10000, default 1000.
     #[param(minimum = 1, maximum = 10000)]
     limit: Option<u32>,
@@ -138,9 +233,59 @@ pub struct InteractionsParams {
     /// record of that page, so records that appear or vanish meanwhile never make a page
     /// skip or repeat one. Signed and bound to the query: a cursor of another query is a 400.
     cursor: Option<String>,
-    /// `json` (default), `ndjson` or `csv`; `Accept` works too. ndjson and csv stream the whole range.
-    #[param(pattern = "^(json|ndjson|csv)$")]
-    format: Option<String>,
+}
+
+/// The representation of a JSON operation.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JsonFormat {
+    Json,
+}
+
+/// `format` of the JSON operations, as the OpenAPI document describes it.
+///
+/// One operation per representation: a generated client parses an operation's answer by
+/// the media types its document lists, so an operation that could answer JSON, NDJSON or
+/// CSV gets every answer parsed as JSON (openapi-python-client does). NDJSON and CSV are
+/// therefore operations of their own (`/v1/interactions.ndjson`, `/v1/interactions.csv`,
+/// `/v1/interactions/summary.csv`), and the JSON operations document `format=json` only;
+/// the server still takes `format=ndjson|csv` and `Accept` on them (SPEC §3).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct JsonFormatParam {
+    /// `json` (the default). The other representations are operations of their own —
+    /// `/v1/interactions.ndjson`, `/v1/interactions.csv`, `/v1/interactions/summary.csv` — so
+    /// a generated client parses each answer right; `format=ndjson|csv` and `Accept` still
+    /// select them here for scripts that use them.
+    #[param(inline)]
+    format: Option<JsonFormat>,
+}
+
+/// `Prefer: respond-async` on the data operations, as the OpenAPI document describes it.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct PreferParam {
+    /// `respond-async` (RFC 7240): a range not already cached answers 202 at once with a job
+    /// to poll, instead of holding the connection while the budget serves it; a cached range
+    /// answers 200 as usual.
+    #[param(rename = "Prefer")]
+    prefer: Option<String>,
+}
+
+/// `csv_escape` of the CSV operations, as the OpenAPI document describes it (read by
+/// [`parse_csv_escape`]).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct CsvEscapeParam {
+    /// `formula` (default, unless the gateway runs with CSV_FORMULA_ESCAPE=false) writes a
+    /// text cell a spreadsheet would run as a formula with a leading `'` (a leading `=`,
+    /// `@`, tab or CR; `+` or `-` unless a plain number follows, so `+13413813633` stays as
+    /// it is); `none` writes every cell as the record holds it.
+    #[param(pattern = "^(formula|none)$")]
+    csv_escape: Option<String>,
 }
 
 /// Raw `(name, value)` pairs of a query string.
@@ -156,9 +301,16 @@ pub struct Params {
 }
 
 impl Params {
+    /// jQuery's cache-buster `_` (`_=1700000000000`) is dropped here, whatever its value:
+    /// it never fails a request and never reaches a key.
+    ///
     /// # Errors
     /// A parameter not in `allowed`.
-    pub fn new(pairs: Vec<(String, String)>, allowed: &[&'static str]) -> Result<Self, AppError> {
+    pub fn new(
+        mut pairs: Vec<(String, String)>,
+        allowed: &[&'static str],
+    ) -> Result<Self, AppError> {
+        pairs.retain(|(k, _)| k != CACHE_BUSTER);
         if let Some((k, _)) = pairs.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
             let shown: String = k.chars().take(40).collect();
             return Err(AppError::BadParam {
@@ -216,11 +368,36 @@ impl Params {
 }
 
 /// Parameters shared by every data route.
-pub const RANGE_PARAMS: [&str; 8] = [
-    "from", "to", "tz", "channels", "queues", "bots", "fields", "account",
+pub const RANGE_PARAMS: [&str; 13] = [
+    "from",
+    "to",
+    "tz",
+    "channels",
+    "queues",
+    "bots",
+    "fields",
+    "account",
+    RecordFilter::PARAMS[0],
+    RecordFilter::PARAMS[1],
+    RecordFilter::PARAMS[2],
+    RecordFilter::PARAMS[3],
+    RecordFilter::PARAMS[4],
 ];
 
+/// jQuery's cache-buster parameter (`$.ajax({cache: false})`), ignored.
+pub const CACHE_BUSTER: &str = "_";
+
+/// Whether a raw query string carries the cache-buster `_` (then it is unique per request,
+/// and not worth remembering).
+fn has_cache_buster(raw: &str) -> bool {
+    raw.split('&')
+        .any(|pair| pair == CACHE_BUSTER || pair.starts_with("_="))
+}
+
 /// Parses the range, time zone and filters.
+///
+/// The range's length is counted in calendar days of `tz` — on its wall clock, so a DST
+/// change neither adds nor removes an hour: a quarter is 92 days in every zone.
 ///
 /// # Errors
 /// 400 for anything missing, malformed, inverted or longer than `max_range_days`.
@@ -244,26 +421,20 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
             "`to` is required (YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS])",
         )
     })?;
-    let from = to_instant(
-        parse_local(from_text, Bound::Start).map_err(|d| AppError::param("from", d))?,
-        &tz,
-        Bound::Start,
-    )
-    .map_err(|d| AppError::param("from", d))?;
-    let to = to_instant(
-        parse_local(to_text, Bound::End).map_err(|d| AppError::param("to", d))?,
-        &tz,
-        Bound::End,
-    )
-    .map_err(|d| AppError::param("to", d))?;
+    let from_local =
+        parse_local(from_text, Bound::Start).map_err(|d| AppError::param("from", d))?;
+    let to_local = parse_local(to_text, Bound::End).map_err(|d| AppError::param("to", d))?;
+    let from = to_instant(from_local, &tz, Bound::Start).map_err(|d| AppError::param("from", d))?;
+    let to = to_instant(to_local, &tz, Bound::End).map_err(|d| AppError::param("to", d))?;
     if from > to {
         return Err(AppError::param("from", "`from` is after `to`"));
     }
-    let span_days = (to.as_second() - from.as_second() + 1) as f64 / 86_400.0;
-    if span_days > f64::from(max_range_days) {
+    if calendar_seconds(from_local, to_local) > i64::from(max_range_days) * 86_400 {
         return Err(AppError::param(
             "to",
-            format!("the range is longer than the {max_range_days} days one request may ask for"),
+            format!(
+                "the range is longer than the {max_range_days} days one request may ask for (calendar days in `tz`)"
+            ),
         ));
     }
     let fields = p.list("fields")?;
@@ -292,6 +463,13 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
         fields,
     }
     .normalized();
+    let select = RecordFilter::new([
+        p.list(RecordFilter::PARAMS[0])?,
+        p.list(RecordFilter::PARAMS[1])?,
+        p.list(RecordFilter::PARAMS[2])?,
+        p.list(RecordFilter::PARAMS[3])?,
+        p.list(RecordFilter::PARAMS[4])?,
+    ]);
     let accounts = p.list("account")?;
     if let Some(bad) = accounts
         .iter()
@@ -312,21 +490,43 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
         tz,
         tz_name,
         filters,
+        select,
         accounts,
     })
 }
 
-/// Parses the whole `GET /v1/interactions` query.
+/// Seconds from `from` to `to` inclusive, read on the wall clock (civil time): the span a
+/// calendar shows, whatever DST did in between.
+fn calendar_seconds(from: DateTime, to: DateTime) -> i64 {
+    from.duration_until(to).as_secs() + 1
+}
+
+/// The formats `/v1/interactions` offers, in the server's order.
+pub const INTERACTIONS_FORMATS: [Format; 3] = SERVER_ORDER;
+
+/// The format `Accept` leaves a route offering `offered`, when no `format` was given.
 ///
 /// # Errors
-/// 400 naming the parameter at fault.
+/// 406 when `Accept` accepts none of them.
+pub fn negotiated(accept: Acceptable, offered: &[Format]) -> Result<Format, AppError> {
+    accept.choose(offered).ok_or(AppError::NotAcceptable {
+        offered: offered_types(offered),
+    })
+}
+
+/// Parses the whole `GET /v1/interactions` query; `accept` is what the request's `Accept`
+/// accepts.
+///
+/// # Errors
+/// 400 naming the parameter at fault; 406 when there is no `format` and `Accept` accepts
+/// none of the formats.
 pub fn parse_interactions(
     raw: Option<&str>,
-    accept: Option<&str>,
+    accept: Acceptable,
     max_range_days: u32,
 ) -> Result<InteractionsQuery, AppError> {
     let mut allowed: Vec<&'static str> = RANGE_PARAMS.to_vec();
-    allowed.extend(["limit", "cursor", "format"]);
+    allowed.extend(["limit", "cursor", "format", "csv_escape"]);
     let p = Params::new(pairs(raw), &allowed)?;
     let range = parse_range(&p, max_range_days)?;
     let limit = match p.one("limit")? {
@@ -359,18 +559,20 @@ pub fn parse_interactions(
                 ));
             }
         },
-        None => format_from_accept(accept),
+        None => negotiated(accept, &INTERACTIONS_FORMATS)?,
     };
+    let csv_escape = parse_csv_escape(&p)?;
     Ok(InteractionsQuery {
         range,
         limit,
         cursor,
         format,
+        csv_escape,
     })
 }
 
 /// Response-cache keys of query strings that parsed, per route and per format `Accept`
-/// asked for, so that a repeat finds its stored answer without parsing and hashing the query
+/// chose for it (`None`: none, so the query must name one), so that a repeat finds its stored answer without parsing and hashing the query
 /// again: the key is a pure function of these. Bounded: it forgets everything when full (a
 /// forgotten query is parsed again, nothing else).
 #[derive(Debug, Default)]
@@ -378,9 +580,10 @@ pub struct KeyMemo {
     map: RwLock<HashMap<String, Vec<Remembered>>>,
 }
 
-/// One remembered parse: route, the format `Accept` asked for, the key, the format chosen,
-/// and the accounts it reads (a stored hit is served only to a key that may read them all).
-type Remembered = (&'static str, Format, Arc<str>, Format, Accounts);
+/// One remembered parse: route, the format `Accept` chose for it (`None`: none), the key,
+/// the format answered, and the accounts it reads (a stored hit is served only to a key
+/// that may read them all).
+type Remembered = (&'static str, Option<Format>, Arc<str>, Format, Accounts);
 
 /// Indexes of the accounts a query reads (see `Account::index`).
 pub type Accounts = Arc<[usize]>;
@@ -392,12 +595,12 @@ impl KeyMemo {
     const MAX_QUERY_LEN: usize = 512;
 
     /// The response-cache key, the format and the accounts that `raw` on `route`, with an
-    /// `Accept` that asked for `accept`, parsed to.
+    /// `Accept` that chose `accept`, parsed to.
     pub fn get(
         &self,
         route: &str,
         raw: Option<&str>,
-        accept: Format,
+        accept: Option<Format>,
     ) -> Option<(Arc<str>, Format, Accounts)> {
         let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
         map.get(raw.unwrap_or(""))?
@@ -406,18 +609,23 @@ impl KeyMemo {
             .map(|(_, _, key, format, accounts)| (Arc::clone(key), *format, Arc::clone(accounts)))
     }
 
-    /// Remembers what [`KeyMemo::get`] answers, once `raw` parsed.
+    /// Remembers what [`KeyMemo::get`] answers, once `raw` parsed. A query with the
+    /// cache-buster `_` is not remembered: it is never asked again, and a stream of them
+    /// would only push out the queries that are.
     pub fn remember(
         &self,
         route: &'static str,
         raw: Option<&str>,
-        accept: Format,
+        accept: Option<Format>,
         key: &str,
         format: Format,
         accounts: Accounts,
     ) {
         let raw = raw.unwrap_or("");
-        if raw.len() > Self::MAX_QUERY_LEN || self.get(route, Some(raw), accept).is_some() {
+        if raw.len() > Self::MAX_QUERY_LEN
+            || has_cache_buster(raw)
+            || self.get(route, Some(raw), accept).is_some()
+        {
             return;
         }
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
@@ -429,30 +637,6 @@ impl KeyMemo {
             entry.push((route, accept, key.into(), format, accounts));
         }
     }
-}
-
-/// Picks a format from `Accept`; JSON unless CSV or NDJSON is preferred outright.
-pub fn format_from_accept(accept: Option<&str>) -> Format {
-    let Some(accept) = accept else {
-        return Format::Json;
-    };
-    // Compared without a lowercase copy: `Accept` is read on every data request, hits too.
-    const TYPES: [(&str, Format); 7] = [
-        ("application/json", Format::Json),
-        ("*/*", Format::Json),
-        ("application/*", Format::Json),
-        ("text/csv", Format::Csv),
-        ("application/x-ndjson", Format::Ndjson),
-        ("application/ndjson", Format::Ndjson),
-        ("application/jsonl", Format::Ndjson),
-    ];
-    for part in accept.split(',') {
-        let media = part.split(';').next().unwrap_or("").trim();
-        if let Some((_, f)) = TYPES.iter().find(|(t, _)| media.eq_ignore_ascii_case(t)) {
-            return *f;
-        }
-    }
-    Format::Json
 }
 
 /// IANA name, fixed offset (`+05:30`, `-04:00`, `+0530`, `Z`) or `UTC`.
@@ -598,178 +782,4 @@ fn to_instant(dt: DateTime, tz: &TimeZone, bound: Bound) -> Result<Timestamp, St
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn q(s: &str) -> Result<InteractionsQuery, AppError> {
-        parse_interactions(Some(s), None, 92)
-    }
-
-    fn param_of(e: AppError) -> &'static str {
-        match e {
-            AppError::BadParam { param, .. } => param,
-            other => panic!("not a parameter error: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn coarse_to_means_end_of_unit() {
-        let r = q("from=2024-09-01&to=2024-09-30&tz=Asia/Kolkata")
-            .unwrap()
-            .range;
-        assert_eq!(r.local_rfc3339(r.from), "2024-09-01T00:00:00+05:30");
-        assert_eq!(r.local_rfc3339(r.to), "2024-09-30T23:59:59+05:30");
-        let r = q("from=2024-09-01T10:15&to=2024-09-01T10:20")
-            .unwrap()
-            .range;
-        assert_eq!(r.local_rfc3339(r.from), "2024-09-01T10:15:00+00:00");
-        assert_eq!(r.local_rfc3339(r.to), "2024-09-01T10:20:59+00:00");
-        let r = q("from=2024-09-01 10:15:07&to=2024-09-01T10:20:08&tz=-04:00")
-            .unwrap()
-            .range;
-        assert_eq!(r.local_rfc3339(r.to), "2024-09-01T10:20:08-04:00");
-    }
-
-    #[test]
-    fn defaults() {
-        let x = q("from=2024-09-01&to=2024-09-02").unwrap();
-        assert_eq!(x.range.tz_name, "UTC");
-        assert_eq!(x.limit, DEFAULT_LIMIT);
-        assert_eq!(x.format, Format::Json);
-        assert_eq!(
-            x.range.filters.fields,
-            [
-                "customerinfo",
-                "sessionleveltags",
-                "skills",
-                "userleveltags"
-            ]
-        );
-    }
-
-    #[test]
-    fn lists_split_repeat_and_normalize() {
-        let x = q("from=2024-09-01&to=2024-09-02&channels=voice,chat&channels=voice&queues=%20qu-1%20,&fields=skills").unwrap();
-        assert_eq!(x.range.filters.channels, ["chat", "voice"]);
-        assert_eq!(x.range.filters.queues, ["qu-1"]);
-        assert_eq!(x.range.filters.fields, ["skills"]);
-    }
-
-    #[test]
-    fn malformed_requests_name_the_parameter() {
-        let cases = [
-            ("to=2024-09-02", "from"),
-            ("from=2024-09-02", "to"),
-            ("from=2024-09-03&to=2024-09-02", "from"),
-            ("from=2024-02-30&to=2024-03-02", "from"),
-            ("from=2024-9-1&to=2024-09-02", "from"),
-            ("from=2024-09-01T25:00&to=2024-09-02", "from"),
-            ("from=2024-09-01&to=2024-09-02T10", "to"),
-            ("from=2024-09-01&to=2024-09-02T10:00:00Z", "to"),
-            ("from=1900-01-01&to=1900-01-02", "from"),
-            ("from=2024-01-01&to=2024-12-31", "to"),
-            ("from=2024-09-01&to=2024-09-02&tz=Mars/Olympus", "tz"),
-            ("from=2024-09-01&to=2024-09-02&tz=+15:00", "tz"),
-            ("from=2024-09-01&to=2024-09-02&tz=../../etc/passwd", "tz"),
-            (
-                "from=2024-09-01&to=2024-09-02&fields=skills,bogus",
-                "fields",
-            ),
-            ("from=2024-09-01&to=2024-09-02&fields=", "fields"),
-            ("from=2024-09-01&to=2024-09-02&format=xml", "format"),
-            ("from=2024-09-01&to=2024-09-02&limit=0", "limit"),
-            ("from=2024-09-01&to=2024-09-02&limit=10001", "limit"),
-            ("from=2024-09-01&to=2024-09-02&limit=ten", "limit"),
-            ("from=2024-09-01&from=2024-09-01&to=2024-09-02", "from"),
-            ("from=2024-09-01&to=2024-09-02&colour=red", "query"),
-            ("from=2024-09-01&to=2024-09-02&channels=%01", "channels"),
-            ("from=２０２４-09-01&to=2024-09-02", "from"),
-        ];
-        for (query, param) in cases {
-            let err = q(query).expect_err(query);
-            assert_eq!(param_of(err), param, "{query}");
-        }
-    }
-
-    #[test]
-    fn fixed_offsets_and_accept() {
-        for (s, secs) in [
-            ("+05:30", 19_800),
-            ("-04:00", -14_400),
-            ("+0530", 19_800),
-            ("-03", -10_800),
-        ] {
-            assert_eq!(parse_fixed_offset(s).unwrap().seconds(), secs, "{s}");
-        }
-        assert!(parse_tz("Z").is_ok());
-        assert_eq!(format_from_accept(Some("text/csv")), Format::Csv);
-        assert_eq!(
-            format_from_accept(Some("application/x-ndjson")),
-            Format::Ndjson
-        );
-        assert_eq!(
-            format_from_accept(Some("text/html,*/*;q=0.8")),
-            Format::Json
-        );
-        let x = parse_interactions(
-            Some("from=2024-09-01&to=2024-09-01&format=ndjson"),
-            Some("text/csv"),
-            92,
-        )
-        .unwrap();
-        assert_eq!(
-            x.format,
-            Format::Ndjson,
-            "an explicit format wins over Accept"
-        );
-    }
-
-    #[test]
-    fn dst_gap_resolves_compatibly_and_a_fold_widens_the_range() {
-        let ny = TimeZone::get("America/New_York").unwrap();
-        let utc = |s: &str| s.parse::<Timestamp>().unwrap();
-        for bound in [Bound::Start, Bound::End] {
-            // 02:30 does not exist on 2024-03-10: the later side (03:30 EDT) for both ends.
-            let gap =
-                to_instant(parse_local("2024-03-10T02:30", bound).unwrap(), &ny, bound).unwrap();
-            assert_eq!(ny.to_offset(gap).seconds(), -4 * 3600, "{bound:?}");
-        }
-        // 01:30 happens twice on 2024-11-03 (05:30Z in EDT, 06:30Z in EST): `from` is the
-        // earlier, `to` the later, to the second (`HH:MM` means `HH:MM:59` as an end).
-        let from = to_instant(
-            parse_local("2024-11-03T01:30", Bound::Start).unwrap(),
-            &ny,
-            Bound::Start,
-        )
-        .unwrap();
-        assert_eq!(from, utc("2024-11-03T05:30:00Z"));
-        let to = to_instant(
-            parse_local("2024-11-03T01:30", Bound::End).unwrap(),
-            &ny,
-            Bound::End,
-        )
-        .unwrap();
-        assert_eq!(to, utc("2024-11-03T06:30:59Z"));
-        // Through the whole parser: the range keeps the repeated hour.
-        let r = q("from=2024-11-03T00:00&to=2024-11-03T01:30&tz=America/New_York")
-            .unwrap()
-            .range;
-        assert_eq!(r.local_rfc3339(r.to), "2024-11-03T01:30:59-05:00");
-        assert_eq!(
-            r.to.as_second() - r.from.as_second(),
-            2 * 3600 + 30 * 60 + 59
-        );
-    }
-
-    #[test]
-    fn the_documented_fields_are_the_accepted_ones() {
-        let documented = [
-            SelectedField::Skills,
-            SelectedField::Userleveltags,
-            SelectedField::Sessionleveltags,
-            SelectedField::Customerinfo,
-        ]
-        .map(|f| serde_json::to_value(f).unwrap());
-        assert_eq!(documented, FIELDS.map(serde_json::Value::from));
-    }
-}
+mod tests;

@@ -4,7 +4,9 @@
 //!
 //! The page is a shell served from the binary (inline SVG and script, no CDN) and holds no
 //! data, so anyone may load it; its numbers come from `/status.json`, which needs an API
-//! key (any key; none when anonymous access is on). The page asks for the key once and
+//! key (any key; none when anonymous access is on). What `/status.json` names is scoped
+//! like `/v1/jobs` (OWASP API3): a team key sees its own jobs and calls beside the shared
+//! totals; only an admin key sees every team's. The page asks for the key once and
 //! keeps it in the tab's session storage, or reads it from the URL fragment
 //! (`/status#key=…`), which browsers never send to a server.
 
@@ -64,8 +66,9 @@ pub struct Status {
     pub now: i64,
     /// The default account's budget (the first account's when none is the default).
     pub budget: BudgetStatus,
-    /// Every account's own block: its budget and upstream health.
+    /// The block of every account this key may read: its budget and upstream health.
     pub accounts: Vec<AccountStatus>,
+    /// The caller's own jobs for a team key; every key's for an admin key.
     pub jobs: Vec<JobStatus>,
     pub cache: CacheStatus,
     pub upstream: UpstreamStatus,
@@ -87,7 +90,8 @@ pub struct BudgetStatus {
     /// seconds without a call omitted.
     #[schema(value_type = Vec<Vec<i64>>)]
     pub history: Vec<(i64, u32)>,
-    /// Calls granted since start and calls waiting now, per API key name.
+    /// Calls granted since start and calls waiting now, per API key name: the caller's own
+    /// row for a team key, every key's for an admin key (the totals above count everyone).
     pub by_caller: Vec<CallerStatus>,
 }
 
@@ -149,31 +153,38 @@ pub struct UpstreamStatus {
 /// The numbers of the status page.
 ///
 /// The shared budget (now and per second over five minutes), calls by key, jobs, cache tiers
-/// and upstream health; any API key.
+/// and upstream health; any API key. A team key sees its own jobs and calls and the shared
+/// totals; an admin key sees every key's.
 #[utoipa::path(get, path = "/status.json", tag = "operations",
-    responses((status = 200, description = "Budget, calls by key, jobs, cache tiers and upstream health", body = Status),
+    responses((status = 200, description = "Budget, calls by key, jobs, cache tiers and upstream health; jobs and calls by key are the caller's own unless the key is an admin key", body = Status),
               problems::Unauthorized),
     security(("bearer" = []), ("api_key" = [])))]
 pub async fn status_json(
     State(state): State<AppState>,
-    Extension(_caller): Extension<Caller>,
+    Extension(caller): Extension<Caller>,
 ) -> Response {
+    // Another team's key names and job ids are theirs to see (as `/v1/jobs/{id}` answers 404
+    // to anyone else); the totals say how busy the shared budget is without naming anyone.
+    let visible = |name: &str| caller.admin || name == &*caller.name;
     let now = jiff::Timestamp::now().as_second();
     let default = state
         .accounts
         .default_account()
         .or_else(|| state.accounts.all().first());
+    // Only the accounts this key may read (GATEWAY_KEY_ACCOUNTS): another account's id and
+    // traffic are not this team's to see.
     let accounts: Vec<AccountStatus> = state
         .accounts
         .all()
         .iter()
+        .filter(|a| state.accounts.may_read(&caller.name, caller.admin, a.index))
         .map(|a| {
             let last_ok = a.fetcher.last_ok();
             AccountStatus {
                 name: a.name.to_string(),
                 account_id: a.account_id.clone(),
                 default: default.is_some_and(|d| d.index == a.index),
-                budget: budget_status(a.fetcher.budget(), now),
+                budget: budget_status(a.fetcher.budget(), now, &visible),
                 last_ok_seconds_ago: (last_ok > 0).then(|| (now - last_ok).max(0)),
             }
         })
@@ -181,7 +192,7 @@ pub async fn status_json(
     let main = default.map(|a| a.fetcher.budget());
     let jobs = state
         .jobs
-        .list("", true)
+        .list(&caller.name, caller.admin)
         .iter()
         .map(|j| {
             let v = state.jobs.view(j, j.budget());
@@ -238,7 +249,7 @@ pub async fn status_json(
     };
     let body = Status {
         now,
-        budget: budget_status(main, now),
+        budget: budget_status(main, now, &visible),
         accounts,
         jobs,
         cache: CacheStatus {
@@ -257,21 +268,27 @@ pub async fn status_json(
     resp
 }
 
-/// A budget as the status page shows it: now, per second over [`HISTORY_SHOWN`], and per key.
-fn budget_status(budget: &crate::budget::Budget, now: i64) -> BudgetStatus {
+/// A budget as the status page shows it: now, per second over [`HISTORY_SHOWN`], and per key
+/// for the keys `visible` lets the caller see.
+fn budget_status(
+    budget: &crate::budget::Budget,
+    now: i64,
+    visible: &dyn Fn(&str) -> bool,
+) -> BudgetStatus {
     let stats = budget.stats();
     let (remaining, reset) = budget.remaining();
     let waiting = budget.waiting_by_caller();
     let mut by_caller: Vec<CallerStatus> = budget
         .granted_by_caller()
         .into_iter()
+        .filter(|(c, _)| visible(c))
         .map(|(c, n)| CallerStatus {
             waiting: waiting.get(&c).copied().unwrap_or(0),
             caller: c.to_string(),
             calls: n,
         })
         .collect();
-    for (c, w) in &waiting {
+    for (c, w) in waiting.iter().filter(|(c, _)| visible(c)) {
         if !by_caller.iter().any(|b| *b.caller == **c) {
             by_caller.push(CallerStatus {
                 caller: c.to_string(),

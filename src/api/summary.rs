@@ -23,12 +23,13 @@ use crate::{
     AppState,
     api::{
         DataRequest,
+        accept::Acceptable,
         interactions::plan_windows,
         query::{
-            Format, Params, RANGE_PARAMS, RangeQuery, SelectedField, format_from_accept, pairs,
-            parse_range,
+            CsvEscape, CsvEscapeParam, Format, JsonFormatParam, Params, PreferParam, RANGE_PARAMS,
+            RangeParams, RangeQuery, negotiated, pairs, parse_csv_escape, parse_range,
         },
-        range_fetch, stored,
+        range_fetch, stored, with_path_format,
     },
     cache::{KeyEncoder, Rendered, hex},
     error::{AppError, PROBLEM_JSON, Problem, problems},
@@ -45,20 +46,27 @@ pub struct SummaryQuery {
     pub metrics: Vec<Metric>,
     /// JSON or CSV only: a summary is one small document, never a stream.
     pub format: Format,
+    /// `csv_escape` as given (the default is the gateway's: [`CsvEscape::resolve`]).
+    pub csv_escape: Option<CsvEscape>,
 }
 
-/// Parses the whole summary query: the range parameters of `/v1/interactions`, plus
-/// `group_by`, `metrics` and `format`.
+/// The formats a summary offers, in the server's order: it is one document, so no NDJSON.
+pub const SUMMARY_FORMATS: [Format; 2] = [Format::Json, Format::Csv];
+
+/// Parses the whole summary query: the range parameters of `/v1/interactions` (record
+/// filters included), plus `group_by`, `metrics`, `format` and `csv_escape`; `accept` is
+/// what the request's `Accept` accepts.
 ///
 /// # Errors
-/// 400 naming the parameter at fault.
+/// 400 naming the parameter at fault; 406 when there is no `format` and `Accept` accepts
+/// neither JSON nor CSV.
 pub fn parse_summary(
     raw: Option<&str>,
-    accept: Option<&str>,
+    accept: Acceptable,
     max_range_days: u32,
 ) -> Result<SummaryQuery, AppError> {
     let mut allowed: Vec<&'static str> = RANGE_PARAMS.to_vec();
-    allowed.extend(["group_by", "metrics", "format"]);
+    allowed.extend(["group_by", "metrics", "format", "csv_escape"]);
     let p = Params::new(pairs(raw), &allowed)?;
     let range = parse_range(&p, max_range_days)?;
     let group_by =
@@ -76,46 +84,60 @@ pub fn parse_summary(
                 ));
             }
         },
-        // NDJSON makes no sense for one document: anything but CSV is JSON.
-        None => match format_from_accept(accept) {
-            Format::Csv => Format::Csv,
-            _ => Format::Json,
-        },
+        None => negotiated(accept, &SUMMARY_FORMATS)?,
     };
+    let csv_escape = parse_csv_escape(&p)?;
     Ok(SummaryQuery {
         range,
         group_by,
         metrics,
         format,
+        csv_escape,
     })
 }
 
 /// This route, as the query-key memo tells routes apart.
 const ROUTE: &str = "/v1/interactions/summary";
 
-/// Counts and duration statistics of a date range, grouped.
+/// The stored answer's key: the range's digest on the account(s) whose namespace digest is
+/// `ns` (record filters included), then each dimension, metric and the format,
+/// length-prefixed, and for CSV how cells are escaped (two escapings never share a stored
+/// answer).
+fn summary_key(ns: &[u8; 32], q: &SummaryQuery, escape: CsvEscape) -> String {
+    let mut e = KeyEncoder::default();
+    e.bytes(&q.range.key("summary", ns).digest());
+    let dims: Vec<String> = q.group_by.iter().map(|d| format!("{d:?}")).collect();
+    let metrics: Vec<String> = q.metrics.iter().map(|m| format!("{m:?}")).collect();
+    e.list(&dims);
+    e.list(&metrics);
+    e.text(q.format.as_str());
+    if q.format == Format::Csv {
+        e.text(escape.as_str());
+    }
+    hex(&e.finish())
+}
+
+/// Counts and duration statistics of a date range, grouped, as JSON.
 ///
-/// From the same cached windows as `/v1/interactions`; `Prefer: respond-async` works as there.
+/// From the same cached windows as `/v1/interactions`; `Prefer: respond-async` works as
+/// there. The same summary as CSV is `/v1/interactions/summary.csv` (this path also answers
+/// it for `format=csv` or `Accept: text/csv`).
 #[utoipa::path(
     get,
     path = "/v1/interactions/summary",
     tag = "interactions",
-    params(SummaryParams,
-        ("Prefer" = Option<String>, Header, description = "`respond-async` (RFC 7240): a range not already cached answers 202 with a job to poll; a cached range answers 200 as usual.")),
+    params(RangeParams, SummaryParams, JsonFormatParam, PreferParam),
     responses(
         (status = 200, description = "One entry per group, sorted by key (time by instant, missing values last)",
             headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String),
                 ("RateLimit-Policy" = String, description = "The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
                 ("RateLimit" = String, description = "What is left of each policy now, and the seconds until a unit comes back")),
-            content(
-                (Body = "application/json"),
-                (String = "text/csv", example = json!("day,channel,count,interactionDuration.count,interactionDuration.sum,interactionDuration.mean,interactionDuration.p50,interactionDuration.p90,interactionDuration.max\n2024-09-26,voice,12,7,3907,558.1428571428571,540,1023,1107\n2024-09-26,(none),1,0,0,,,,\n")),
-            )),
+            body = Body, content_type = "application/json"),
         (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
             headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
-        problems::BadParam, problems::Unauthorized, problems::RateLimited,
-        (status = 502, description = "Upstream failed after retries (or, for CSV, part of the range could not be cross-checked)", body = Problem, content_type = PROBLEM_JSON),
-        problems::BudgetExhausted, problems::UpstreamTimeout,
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::NotAcceptable,
+        problems::RateLimited,
+        problems::UpstreamFailed, problems::BudgetExhausted, problems::UpstreamTimeout,
     ),
     security(("bearer" = []), ("api_key" = []))
 )]
@@ -124,18 +146,20 @@ pub async fn get_summary(
     req: axum::extract::Request,
 ) -> Result<Response, AppError> {
     let r = DataRequest::new(req)?;
-    let (headers, raw, accept_format, refresh) =
-        (&r.headers, r.query(), r.accept_format, r.refresh);
+    let (headers, raw, refresh) = (&r.headers, r.query(), r.refresh);
+    // What `Accept` chooses among a summary's formats (`None`: nothing it accepts).
+    let chosen = r.accept.choose(&SUMMARY_FORMATS);
     // A query string that parsed before: its key without parsing again (see KeyMemo).
     if !refresh
-        && let Some((key, _, accounts)) = state.query_keys.get(ROUTE, raw, accept_format)
+        && let Some((key, _, accounts)) = state.query_keys.get(ROUTE, raw, chosen)
         && r.may_read_all(&state, &accounts)
         && let Some(hit) = state.responses.get(&key)
     {
         state.counters.response_hits.fetch_add(1, Ordering::Relaxed);
         return Ok(stored::reply(&state, &key, &hit, headers).await);
     }
-    let q = parse_summary(raw, r.accept(), state.settings.max_range_days)?;
+    let q = parse_summary(raw, r.accept, state.settings.max_range_days)?;
+    let escape = CsvEscape::resolve(q.csv_escape, state.settings.csv_formula_escape);
     let accounts = state
         .accounts
         .resolve(&q.range.accounts, &r.caller.name, r.caller.admin)?;
@@ -154,22 +178,11 @@ pub async fn get_summary(
         }
     };
     // A warm summary is stored bytes: no merge, no aggregation, no serialisation.
-    // The stored answer's key: the range's digest, then each dimension, metric and the
-    // format, length-prefixed.
-    let key = {
-        let mut e = KeyEncoder::default();
-        e.bytes(&q.range.key("summary", &ns).digest());
-        let dims: Vec<String> = q.group_by.iter().map(|d| format!("{d:?}")).collect();
-        let metrics: Vec<String> = q.metrics.iter().map(|m| format!("{m:?}")).collect();
-        e.list(&dims);
-        e.list(&metrics);
-        e.text(q.format.as_str());
-        hex(&e.finish())
-    };
+    let key = summary_key(&ns, &q, escape);
     state.query_keys.remember(
         ROUTE,
         raw,
-        accept_format,
+        chosen,
         &key,
         Format::Json,
         accounts.iter().map(|a| a.index).collect(),
@@ -227,17 +240,17 @@ pub async fn get_summary(
     let per_account =
         futures_util::future::try_join_all(ranges.iter().map(|r| r.all(&windows))).await?;
     let summary = if accounts.len() == 1 && !q.group_by.contains(&Dimension::Account) {
-        let records = merge_runs(per_account[0].iter().map(|o| o.data.records.as_slice()));
+        let mut records = merge_runs(per_account[0].iter().map(|o| o.data.records.as_slice()));
+        keep_selected(&mut records, &q.range.select);
         summarise(&records, &q.range.tz, &q.group_by, &q.metrics)
     } else {
         let tagged: Vec<(&str, Vec<&crate::merge::Record>)> = accounts
             .iter()
             .zip(&per_account)
             .map(|(a, outcomes)| {
-                (
-                    &*a.name,
-                    merge_runs(outcomes.iter().map(|o| o.data.records.as_slice())),
-                )
+                let mut records = merge_runs(outcomes.iter().map(|o| o.data.records.as_slice()));
+                keep_selected(&mut records, &q.range.select);
+                (&*a.name, records)
             })
             .collect();
         summarise_accounts(&tagged, &q.range.tz, &q.group_by, &q.metrics)
@@ -262,7 +275,7 @@ pub async fn get_summary(
             if !complete {
                 return Err(AppError::Upstream(warnings.join("; ")));
             }
-            let body = Bytes::from(to_csv(&summary, state.settings.csv_formula_escape));
+            let body = Bytes::from(to_csv(&summary, escape.formula()));
             ("text/csv; charset=utf-8", body.clone(), body)
         }
         _ => {
@@ -278,7 +291,7 @@ pub async fn get_summary(
                         complete,
                         stale,
                         warnings,
-                        windows: windows.len(),
+                        windows: windows.len() * accounts.len(),
                         upstream_calls,
                         cache: cache.as_str(),
                     },
@@ -320,6 +333,7 @@ pub async fn get_summary(
             fresh_until,
         );
         r.disposition = disposition.clone();
+        r.epoch = crate::api::interactions::oldest_epoch(&outcomes);
         r.fetched_unix_ms = outcomes
             .iter()
             .map(|o| o.data.fetched_unix_ms)
@@ -353,6 +367,46 @@ pub async fn get_summary(
         resp.headers_mut().insert(header::CONTENT_DISPOSITION, v);
     }
     Ok(resp)
+}
+
+/// Counts and duration statistics of a date range, grouped, as CSV.
+///
+/// One row per group: the `group_by` columns, then each metric's columns. The same summary
+/// as `/v1/interactions/summary` with the same parameters (it is that route with
+/// `format=csv`); refused with a 502 rather than passed off as whole when part of the range
+/// could not be cross-checked, since CSV has no `meta` to say so.
+#[utoipa::path(
+    get,
+    path = "/v1/interactions/summary.csv",
+    tag = "interactions",
+    params(RangeParams, SummaryParams, CsvEscapeParam, PreferParam),
+    responses(
+        (status = 200, description = "One row per group, sorted by key (time by instant, missing values last); sent as an attachment",
+            headers(("X-Cache" = String, description = "HIT, MISS or PARTIAL"), ("X-Request-Id" = String),
+                ("Content-Disposition" = String, description = "`attachment; filename=\"summary-<from>-<to>.csv\"`"),
+                ("RateLimit-Policy" = String, description = "The key's limit and the shared upstream budget (draft-ietf-httpapi-ratelimit-headers)"),
+                ("RateLimit" = String, description = "What is left of each policy now, and the seconds until a unit comes back")),
+            content((String = "text/csv", example = json!("day,channel,count,interactionDuration.count,interactionDuration.sum,interactionDuration.mean,interactionDuration.p50,interactionDuration.p90,interactionDuration.max\n2024-09-26,voice,12,7,3907,558.1428571428571,540,1023,1107\n2024-09-26,(none),1,0,0,,,,\n")))),
+        (status = 202, description = "`Prefer: respond-async` and the range is not cached: a job fetches it; poll `Location`.", body = crate::jobs::JobView,
+            headers(("Location" = String), ("Retry-After" = u64), ("Preference-Applied" = String))),
+        problems::BadParam, problems::Unauthorized, problems::AccountForbidden, problems::RateLimited,
+        (status = 502, description = "Upstream failed after retries, or part of the range could not be cross-checked", body = Problem, content_type = PROBLEM_JSON),
+        problems::BudgetExhausted, problems::UpstreamTimeout,
+    ),
+    security(("bearer" = []), ("api_key" = []))
+)]
+pub async fn get_summary_csv(
+    state: State<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, AppError> {
+    get_summary(state, with_path_format(req, Format::Csv)?).await
+}
+
+/// Keeps the records the record filters select (the windows hold every record).
+fn keep_selected(records: &mut Vec<&crate::merge::Record>, select: &crate::summary::RecordFilter) {
+    if !select.is_empty() {
+        records.retain(|r| select.matches(r));
+    }
 }
 
 /// `GET /v1/interactions/summary` answer (JSON).
@@ -396,7 +450,7 @@ struct Meta<'s> {
     /// while it is refreshed (see `warnings`).
     stale: bool,
     warnings: &'s [String],
-    /// Upstream windows the range was split into.
+    /// Upstream windows the range was split into, for every account summarised.
     #[schema(value_type = u64)]
     windows: usize,
     /// Upstream calls this request made (0 when every window was cached).
@@ -409,50 +463,25 @@ struct Meta<'s> {
 // ---------------------------------------------------------------------------------------
 // OpenAPI: the parameters, read by hand in `parse_summary`, documented next to the handler.
 
-/// Query parameters of `GET /v1/interactions/summary`.
+/// The accounts, grouping and metrics of a summary, as the OpenAPI document describes them
+/// (the range parameters are [`RangeParams`]).
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct SummaryParams {
-    /// Start, local to `tz`: `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM[:SS]`.
-    #[param(example = "2024-09-26")]
-    from: String,
-    /// End, inclusive, local to `tz`; a coarser value means the end of its unit.
-    #[param(example = "2024-09-26")]
-    to: String,
-    /// IANA time zone or fixed offset; `day` and `hour` buckets are in it. Default `UTC`.
-    #[param(example = "America/New_York")]
-    tz: Option<String>,
-    /// Channels, comma-separated (the parameter may also repeat).
-    channels: Option<String>,
-    /// Queue ids, comma-separated.
-    queues: Option<String>,
-    /// Bot ids, comma-separated.
-    bots: Option<String>,
-    /// Subset of `skills,userleveltags,sessionleveltags,customerinfo`. Default: all four
-    /// (`direction` falls back to `customerinfo.Direction`; the default also shares the
-    /// cache with `/v1/interactions`).
-    #[param(style = Form, explode = false, min_items = 1, inline)]
-    fields: Option<Vec<SelectedField>>,
     /// The vendor accounts to summarise, comma-separated (names of the gateway's accounts);
     /// several are counted together, or apart with `group_by=account`. Default: the
     /// gateway's default account.
-    #[param(example = "default")]
     account: Option<String>,
-    /// Up to three of `day`, `hour`, `channel`, `queue`, `bot`, `agent`, `finalStatus`,
-    /// `smartStatus`, `direction`, `disposition`, `account`, comma-separated, each once. None:
-    /// one group for the whole range. `hour` buckets carry their offset, so a 25-hour day has
-    /// 25; `queue`, `agent` and `disposition` may put one record in several groups.
-    #[param(example = "day,channel")]
-    group_by: Option<String>,
-    /// Any of `count`, `interactionDuration`, `firstResponseDuration`,
-    /// `afterCallWorkDuration`, `queueWait`, comma-separated. Default `count`. Durations are
-    /// per agent segment, in seconds: count, sum, mean, p50, p90 (nearest rank), max.
-    #[param(example = "count,interactionDuration")]
-    metrics: Option<String>,
-    /// `json` (default) or `csv`; `Accept: text/csv` works too.
-    #[param(pattern = "^(json|csv)$")]
-    format: Option<String>,
+    /// Up to three dimensions, comma-separated, each once. None: one group for the whole
+    /// range. `hour` buckets carry their offset, so a 25-hour day has 25; `queue`, `agent`
+    /// and `disposition` may put one record in several groups.
+    #[param(style = Form, explode = false, max_items = 3, inline, example = json!(["day", "channel"]))]
+    group_by: Option<Vec<Dimension>>,
+    /// Metrics, comma-separated, each once. Default `count`. Durations are per agent
+    /// segment, in seconds: count, sum, mean, p50, p90 (nearest rank), max.
+    #[param(style = Form, explode = false, inline, example = json!(["count", "interactionDuration"]))]
+    metrics: Option<Vec<Metric>>,
 }
 
 #[cfg(test)]
@@ -460,7 +489,7 @@ mod tests {
     use super::*;
 
     fn q(s: &str) -> Result<SummaryQuery, AppError> {
-        parse_summary(Some(s), None, 92)
+        parse_summary(Some(s), Acceptable::default(), 92)
     }
 
     fn param_of(e: AppError) -> &'static str {
@@ -483,16 +512,46 @@ mod tests {
         let d = q("from=2024-09-01&to=2024-09-02").unwrap();
         assert!(d.group_by.is_empty());
         assert_eq!(d.metrics, [Metric::Count]);
-        let csv =
-            parse_summary(Some("from=2024-09-01&to=2024-09-02"), Some("text/csv"), 92).unwrap();
-        assert_eq!(csv.format, Format::Csv);
-        let nd = parse_summary(
-            Some("from=2024-09-01&to=2024-09-02"),
-            Some("application/x-ndjson"),
-            92,
-        )
-        .unwrap();
-        assert_eq!(nd.format, Format::Json);
+        let with = |accept: &str| {
+            parse_summary(
+                Some("from=2024-09-01&to=2024-09-02"),
+                Acceptable::parse([accept]),
+                92,
+            )
+            .map(|s| s.format)
+        };
+        assert_eq!(with("text/csv").unwrap(), Format::Csv);
+        assert_eq!(
+            with("application/x-ndjson, */*;q=0.1").unwrap(),
+            Format::Json
+        );
+        assert_eq!(
+            with("application/json;q=0.5, text/csv").unwrap(),
+            Format::Csv
+        );
+        assert!(
+            matches!(
+                with("application/x-ndjson"),
+                Err(AppError::NotAcceptable { .. })
+            ),
+            "a summary is never NDJSON"
+        );
+    }
+
+    #[test]
+    fn csv_escapings_never_share_a_stored_summary() {
+        let key = |query: &str, escape| summary_key(&[0; 32], &q(query).unwrap(), escape);
+        let csv = "from=2024-09-01&to=2024-09-02&format=csv&group_by=disposition";
+        assert_ne!(key(csv, CsvEscape::Formula), key(csv, CsvEscape::None));
+        let json = "from=2024-09-01&to=2024-09-02&group_by=disposition";
+        assert_eq!(key(json, CsvEscape::Formula), key(json, CsvEscape::None));
+        assert_ne!(key(csv, CsvEscape::Formula), key(json, CsvEscape::Formula));
+        // Record filters select what is summarised: part of the key.
+        let filtered = "from=2024-09-01&to=2024-09-02&group_by=disposition&direction=Inbound";
+        assert_ne!(
+            key(json, CsvEscape::Formula),
+            key(filtered, CsvEscape::Formula)
+        );
     }
 
     #[test]
@@ -519,6 +578,8 @@ mod tests {
                 "format",
             ),
             ("from=2024-09-01&to=2024-09-02&limit=10", "query"),
+            ("from=2024-09-01&to=2024-09-02&csv_escape=raw", "csv_escape"),
+            ("from=2024-09-01&to=2024-12-02", "to"),
             ("to=2024-09-02&group_by=day", "from"),
             ("from=2024-09-03&to=2024-09-02", "from"),
         ];

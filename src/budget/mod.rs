@@ -39,7 +39,7 @@ mod shared;
 
 pub use self::{
     keys::KeyLimiter,
-    shared::{SharedLog, Transitions},
+    shared::{SharedCounter, SharedLog, Transitions},
 };
 
 use crate::config::{BudgetSettings, Rate};
@@ -563,6 +563,11 @@ async fn dispatch(shared: Arc<Shared>) {
             Step::Wait(t) => t,
             Step::AskGlobal(cluster) => {
                 let (calls, period) = (shared.rate.calls, shared.rate.period);
+                // The slot is asked for at the priority the next grant goes to, so the
+                // replicas keep the order and refresh-ahead's headroom together.
+                let best = lock(&shared.queues)
+                    .best_priority()
+                    .unwrap_or(Priority::Caller);
                 let share = calls / cluster.replicas();
                 let now = Instant::now();
                 let changed = cluster.transitions();
@@ -571,7 +576,10 @@ async fn dispatch(shared: Arc<Shared>) {
                 let recovering = changed.regained_at.is_some_and(|t| now < t + shared.span);
                 match recovering.then(|| local_room(&shared, share)).flatten() {
                     Some(wait) => wait,
-                    None => match cluster.acquire(calls, period, shared.lease).await {
+                    None => match cluster
+                        .acquire(room_for(best, calls) as u32, period, shared.lease, best)
+                        .await
+                    {
                         Some(Ok(member)) => {
                             grant(&shared, Some((Arc::clone(&cluster), member)));
                             continue;

@@ -16,14 +16,19 @@ pub struct Transitions {
 /// One account's budget shared by every replica.
 #[async_trait::async_trait]
 pub trait SharedLog: Send + Sync + std::fmt::Debug {
-    /// Takes a slot of `calls` per sliding `period`, held as in flight for at most `lease`.
-    /// `Some(Ok(member))`: granted (give it to [`SharedLog::release`] when the call
-    /// completes); `Some(Err(wait))`: full for about `wait`; `None`: unreachable.
+    /// Takes a slot for a call at `priority` while fewer than `limit` calls (the room of
+    /// that priority: all of the period's calls, or refresh-ahead's three quarters) are in
+    /// the log of the sliding `period`, held as in flight for at most `lease`. The order of
+    /// priorities holds across replicas: a call is refused while another replica has calls
+    /// of a more urgent priority waiting. `Some(Ok(member))`: granted (give it to
+    /// [`SharedLog::release`] when the call completes); `Some(Err(wait))`: not now, for
+    /// about `wait`; `None`: unreachable.
     async fn acquire(
         &self,
-        calls: u32,
+        limit: u32,
         period: Duration,
         lease: Duration,
+        priority: super::Priority,
     ) -> Option<Result<String, Duration>>;
 
     /// Records the completion of the call that took `member`.
@@ -38,4 +43,23 @@ pub trait SharedLog: Send + Sync + std::fmt::Debug {
 
     /// When the log was last lost and regained.
     fn transitions(&self) -> Transitions;
+}
+
+/// A sliding-window counter every replica writes to (Redis): one limit shared by all.
+#[async_trait::async_trait]
+pub trait SharedCounter: Send + Sync + std::fmt::Debug {
+    /// Counts one event of `name` if fewer than `limit` were counted within the last
+    /// `period`. `Some(Ok((left, reset)))`: counted, `left` more may follow now and the
+    /// oldest counted leaves the window in `reset`; `Some(Err(wait))`: over the limit for
+    /// about `wait`; `None`: unreachable.
+    async fn admit(
+        &self,
+        name: &str,
+        limit: u32,
+        period: Duration,
+    ) -> Option<Result<(u32, Duration), Duration>>;
+
+    /// Replicas sharing the counter (at least the number expected): while it is
+    /// unreachable each keeps to its share.
+    fn replicas(&self) -> u32;
 }

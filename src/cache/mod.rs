@@ -19,12 +19,15 @@
 //! only reclaims memory after the stale grace.
 
 pub mod disk;
+pub mod epoch;
+pub mod purge;
 pub mod redis;
 mod responses;
 pub mod tier;
 mod windows;
 
 pub use self::{
+    epoch::Epoch,
     responses::{Rendered, ResponseCache},
     tier::{FetchLock, MemoryTier, Tier},
     windows::{CacheCounters, Refetch, WindowCache},
@@ -199,7 +202,8 @@ pub fn select_within(records: &[Record], start: i64, end: i64) -> Option<Vec<Rec
 }
 
 /// Everything that selects the records of a request (whose, range, zone as asked, filters,
-/// fields), as a typed value. Its [`QueryKey::digest`] — SHA-256 over a length-prefixed
+/// fields, and the record filters applied to the merged windows), as a typed value. Its
+/// [`QueryKey::digest`] — SHA-256 over a length-prefixed
 /// encoding, so no choice of filter value can make two different queries equal — keys the
 /// rendered-response cache and binds cursors.
 #[derive(Debug, Clone, Copy)]
@@ -215,6 +219,10 @@ pub struct QueryKey<'a> {
     /// The zone as the caller wrote it (it is echoed in `meta.tz`).
     pub tz: &'a str,
     pub filters: &'a Filters,
+    /// The lists of the record filters applied to the merged records (`agent`,
+    /// `direction`, `finalStatus`, `smartStatus`, `disposition`, in that order): never sent
+    /// upstream, so never in a [`WindowKey`], but they select what the answer holds.
+    pub select: [&'a [String]; 5],
 }
 
 impl QueryKey<'_> {
@@ -227,6 +235,9 @@ impl QueryKey<'_> {
         e.int(self.to);
         e.text(self.tz);
         e.filters(self.filters);
+        for list in self.select {
+            e.list(list);
+        }
         e.finish()
     }
 }
@@ -301,6 +312,8 @@ pub struct WindowData {
     pub weight: u32,
     /// Fetched by another replica and taken from the shared L2 cache.
     pub shared: bool,
+    /// The purge [`Epoch`] its fetch began in: not served once a purge raised the epoch.
+    pub epoch: u64,
 }
 
 impl WindowData {
@@ -316,6 +329,7 @@ impl WindowData {
             fetched_unix_ms: Timestamp::now().as_millisecond(),
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
             shared: false,
+            epoch: 0,
         }
     }
 
@@ -336,6 +350,7 @@ impl WindowData {
             fetched_unix_ms: self.fetched_unix_ms,
             weight: 0,
             shared: self.shared,
+            epoch: self.epoch,
         }
     }
 

@@ -30,6 +30,8 @@ pub struct Rendered {
     pub fresh_until: Instant,
     /// Wall-clock fetch time of its oldest window (Unix ms), for `Age`.
     pub fetched_unix_ms: i64,
+    /// The oldest purge epoch of its windows: not served once a purge raised the epoch.
+    pub epoch: u64,
     /// br, zstd, gzip, deflate, in the order of [`Coding::STORED`].
     forms: [tokio::sync::OnceCell<Bytes>; 4],
 }
@@ -48,6 +50,7 @@ impl Rendered {
             etag,
             fresh_until,
             fetched_unix_ms: Timestamp::now().as_millisecond(),
+            epoch: 0,
             forms: Default::default(),
         }
     }
@@ -78,6 +81,8 @@ impl Rendered {
 /// Stored answers of complete requests (JSON pages, exports, summaries).
 pub struct ResponseCache {
     store: moka::sync::Cache<String, Arc<Rendered>>,
+    /// The purge epoch shared with the window cache.
+    epoch: super::Epoch,
     /// Compressor runs, for `/metrics` and for tests that prove a hit makes none.
     compressions: AtomicU64,
 }
@@ -114,8 +119,15 @@ impl ResponseCache {
             .build();
         ResponseCache {
             store,
+            epoch: super::Epoch::default(),
             compressions: AtomicU64::new(0),
         }
+    }
+
+    /// Shares `epoch` with the window cache (see [`super::Epoch`]).
+    pub fn with_epoch(mut self, epoch: super::Epoch) -> Self {
+        self.epoch = epoch;
+        self
     }
 
     /// Largest export worth storing whole: an eighth of the responses' share, so one export
@@ -128,7 +140,7 @@ impl ResponseCache {
     pub fn get(&self, key: &str) -> Option<Arc<Rendered>> {
         self.store
             .get(key)
-            .filter(|r| Instant::now() < r.fresh_until)
+            .filter(|r| Instant::now() < r.fresh_until && self.epoch.is_live(r.epoch))
     }
 
     pub fn insert(&self, key: String, r: Arc<Rendered>) {

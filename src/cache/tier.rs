@@ -104,6 +104,9 @@ struct Stored<'a> {
     /// Unix milliseconds of the fetch, and how long it stays fresh.
     fetched_at_ms: i64,
     fresh_for_ms: u64,
+    /// The purge epoch of its fetch (absent in what older versions wrote: epoch 0).
+    #[serde(default)]
+    epoch: u64,
     #[serde(borrow)]
     records: Vec<&'a RawValue>,
 }
@@ -121,6 +124,7 @@ pub fn encode_stored(data: &WindowData, fetched_at_ms: i64) -> Option<Vec<u8>> {
         warnings: data.warnings.clone(),
         fetched_at_ms,
         fresh_for_ms: data.fresh_for.as_millis() as u64,
+        epoch: data.epoch,
         records: data.records.iter().map(|r| &*r.raw).collect(),
     };
     let json = serde_json::to_vec(&stored).ok()?;
@@ -144,6 +148,7 @@ pub fn decode_stored(bytes: &[u8]) -> Option<WindowData> {
         .collect();
     let mut data = WindowData::new(window, records, stored.warnings, 0);
     data.fetched_unix_ms = stored.fetched_at_ms;
+    data.epoch = stored.epoch;
     let left = stored.fetched_at_ms + stored.fresh_for_ms as i64 - unix_ms();
     if left > 0 {
         // Fresh: it expires `left` from now.

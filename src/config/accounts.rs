@@ -286,16 +286,8 @@ pub(super) fn parse_key_accounts(
     accounts: &[AccountSettings],
 ) -> Result<super::KeyAccounts, String> {
     let mut out: Vec<(Arc<str>, Vec<Arc<str>>)> = Vec::new();
-    for (i, item) in raw
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .enumerate()
-    {
-        let (key, list) = item
-            .split_once(':')
-            .ok_or_else(|| format!("entry {} is not `key-name:account+account`", i + 1))?;
-        let key = key.trim();
+    for entry in super::named_entries(raw, "key-name:account+account") {
+        let (key, list) = entry?;
         let shown: String = key.chars().take(40).collect();
         let Some(known) = keys.iter().find(|k| &*k.name == key) else {
             return Err(format!("`{shown}` is not a key name of GATEWAY_API_KEYS"));

@@ -194,8 +194,9 @@ pub struct Cli {
     #[arg(long, env = "MAX_RANGE_DAYS", default_value_t = 92, value_parser = clap::value_parser!(u32).range(1..=3660))]
     pub max_range_days: u32,
 
-    /// Defuse spreadsheet formulas in CSV text cells (OWASP): a cell starting with `=`, `+`,
-    /// `-`, `@`, tab or CR gets a leading `'`. Cells written from JSON numbers are exempt.
+    /// Defuse spreadsheet formulas in CSV text cells (OWASP): a cell starting with `=`, `@`,
+    /// tab or CR, or with `+`/`-` not followed by a plain number, gets a leading `'`. Cells
+    /// written from JSON numbers are exempt. The default of the `csv_escape` parameter.
     #[arg(long, env = "CSV_FORMULA_ESCAPE", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub csv_formula_escape: bool,
 
@@ -473,19 +474,28 @@ fn parse_secret(s: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(s.to_owned()))
 }
 
-/// Parses `name:key,name2:key2`.
-pub fn parse_api_keys(raw: &str) -> Result<Vec<ApiKey>, String> {
-    let mut keys: Vec<ApiKey> = Vec::new();
-    for (i, item) in raw
-        .split(',')
+/// The `name:value` entries of a comma-separated setting, trimmed; an entry without `:` is
+/// an error naming its place and the `form` expected.
+fn named_entries<'a>(
+    raw: &'a str,
+    form: &'a str,
+) -> impl Iterator<Item = Result<(&'a str, &'a str), String>> + 'a {
+    raw.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .enumerate()
-    {
-        let (name, key) = item
-            .split_once(':')
-            .ok_or_else(|| format!("entry {} is not `name:key`", i + 1))?;
-        let (name, key) = (name.trim(), key.trim());
+        .map(move |(i, item)| {
+            item.split_once(':')
+                .map(|(n, v)| (n.trim(), v.trim()))
+                .ok_or_else(|| format!("entry {} is not `{form}`", i + 1))
+        })
+}
+
+/// Parses `name:key,name2:key2`.
+pub fn parse_api_keys(raw: &str) -> Result<Vec<ApiKey>, String> {
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for (i, entry) in named_entries(raw, "name:key").enumerate() {
+        let (name, key) = entry?;
         if name.is_empty() || key.is_empty() {
             return Err(format!("entry {} has an empty name or key", i + 1));
         }

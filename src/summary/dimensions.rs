@@ -15,7 +15,9 @@ use jiff::{
 pub const MAX_GROUP_BY: usize = 3;
 
 /// What a summary can group by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// Serialised as its `name`, for the OpenAPI document's enum (a test holds them together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub enum Dimension {
     Day,
     Hour,
@@ -107,7 +109,9 @@ impl Dimension {
 }
 
 /// What a summary can measure per group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+// Serialised as its `name`, for the OpenAPI document's enum (a test holds them together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub enum Metric {
     /// Records in the group.
     Count,
@@ -261,6 +265,20 @@ mod tests {
 
     fn ny() -> TimeZone {
         TimeZone::get("America/New_York").unwrap()
+    }
+
+    #[test]
+    fn the_documented_names_are_the_parsed_ones() {
+        // The OpenAPI document's enums come from serde; `group_by` and `metrics` are read
+        // by `name`: a rename on one side only would document a name the gateway refuses.
+        for d in Dimension::ALL {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.name());
+            assert_eq!(Dimension::parse(d.name()), Some(d));
+        }
+        for m in Metric::ALL {
+            assert_eq!(serde_json::to_value(m).unwrap(), m.name());
+            assert_eq!(Metric::parse(m.name()), Some(m));
+        }
     }
 
     /// One bot session per `step` seconds over the local day `date` in New York, each

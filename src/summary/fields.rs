@@ -49,6 +49,9 @@ struct DestinationFields<'a> {
 struct AgentFields<'a> {
     #[serde(rename = "agentId", borrow, default)]
     agent_id: Option<&'a RawValue>,
+    /// Read only by the `agent` filter, which takes an e-mail as well as an id.
+    #[serde(borrow, default)]
+    email: Option<&'a RawValue>,
     #[serde(rename = "interactionDuration", borrow, default)]
     interaction_duration: Option<&'a RawValue>,
     #[serde(rename = "firstResponseDuration", borrow, default)]
@@ -139,6 +142,19 @@ impl<'a> Segment<'a> {
             _ => &self.agent,
         }
     }
+}
+
+/// The responding agent of each of a record's segments, as `(agentId, email)`: the agent
+/// the `agent` grouping counts a segment under, with the e-mail the `agent` filter also
+/// takes. A segment without a responding agent gives nothing.
+pub(super) fn responding_agents<'a>(
+    f: &Fields<'a>,
+) -> impl Iterator<Item = (Option<Cow<'a, str>>, Option<Cow<'a, str>>)> {
+    array(f.destinations).into_iter().filter_map(|raw| {
+        let d: DestinationFields<'a> = object(Some(raw));
+        let a: AgentFields<'a> = object(Some(d.responding_agent?));
+        Some((text(a.agent_id), text(a.email)))
+    })
 }
 
 fn text_part(raw: Option<&RawValue>) -> KeyPart<'_> {

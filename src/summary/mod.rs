@@ -40,15 +40,18 @@
 //!
 //! The steps, one file each: `dimensions` (what can be grouped and measured, the parts of a
 //! key), `fields` (reading them out of a raw record), `aggregate` (groups and their
-//! statistics) and `output` (the JSON and CSV writers).
+//! statistics) and `output` (the JSON and CSV writers). `filter` reads the same fields to
+//! select records by the same meanings (the record filters of both data routes).
 
 mod aggregate;
 mod dimensions;
 mod fields;
+mod filter;
 mod output;
 #[cfg(test)]
 mod testing;
 
 pub use aggregate::{Group, Stats, Summary, summarise, summarise_accounts};
 pub use dimensions::{Dimension, KeyPart, MAX_GROUP_BY, Metric};
+pub use filter::RecordFilter;
 pub use output::{CSV_MISSING, GroupsJson, csv_header, to_csv};

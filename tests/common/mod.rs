@@ -193,7 +193,11 @@ impl Harness {
         let addr = listener.local_addr().unwrap();
         let app = kore_gateway::app(state.clone());
         let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(
+                kore_gateway::api::middleware::uri_limit::Guarded(listener),
+                app,
+            )
+            .await;
         });
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))

@@ -36,7 +36,7 @@ impl WindowCache {
         });
         for outer in candidates {
             debug_assert!(outer.contains(key));
-            let Some(c) = self.store.get(&outer).await else {
+            let Some(c) = self.live(&outer).await else {
                 continue;
             };
             if !c.is_fresh() || !c.complete() {
@@ -54,6 +54,7 @@ impl WindowCache {
             data.fetched_at = c.fetched_at;
             data.fetched_unix_ms = c.fetched_unix_ms;
             data.fresh_for = c.fresh_for;
+            data.epoch = c.epoch;
             let data = Arc::new(data);
             self.store.insert(key.clone(), Arc::clone(&data)).await;
             index(&self.spans, key);

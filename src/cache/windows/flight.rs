@@ -52,6 +52,7 @@ impl WindowCache {
         }
         let lead = Leader {
             store: self.store.clone(),
+            epoch: self.epoch.clone(),
             spans: Arc::clone(&self.spans),
             local: self.local.clone(),
             shared: self.shared.clone(),
@@ -96,6 +97,7 @@ pub(super) struct Leader {
     pub(super) refresh: bool,
     /// Containment reuse is on: a complete window may replace the windows it contains.
     pub(super) replaces_contained: bool,
+    pub(super) epoch: super::Epoch,
 }
 
 impl Leader {
@@ -103,15 +105,22 @@ impl Leader {
     where
         Fut: Future<Output = Result<WindowData, UpstreamError>>,
     {
+        // A fetch that began before a purge is of the purged epoch.
+        let epoch = self.epoch.current();
+        let live = |d: &WindowData| self.epoch.is_live(d.epoch);
         if !self.refresh
-            && let Some(d) = self.store.get(&self.key).await.filter(|d| d.is_fresh())
+            && let Some(d) = self
+                .store
+                .get(&self.key)
+                .await
+                .filter(|d| d.is_fresh() && live(d))
         {
             return Ok(d);
         }
         let mut locked = false;
         if let Some(t) = &self.shared {
             if !self.refresh
-                && let Some(d) = t.get(&self.key).await
+                && let Some(d) = t.get(&self.key).await.filter(live)
             {
                 return Ok(self.keep(d).await);
             }
@@ -121,13 +130,15 @@ impl Leader {
                     locked = true;
                     // The previous holder may have published between our look and our lock.
                     if !self.refresh
-                        && let Some(d) = t.get(&self.key).await
+                        && let Some(d) = t.get(&self.key).await.filter(live)
                     {
                         t.unlock(&self.key).await;
                         return Ok(self.keep(d).await);
                     }
                 }
-                FetchLock::Filled(d) => return Ok(self.keep(d).await),
+                FetchLock::Filled(d) if live(&d) => return Ok(self.keep(d).await),
+                // Filled before a purge: this one fetches again.
+                FetchLock::Filled(_) => {}
                 FetchLock::Unlocked => {}
             }
         }
@@ -161,6 +172,7 @@ impl Leader {
                 );
                 data.fetched_at = Instant::now();
                 data.fetched_unix_ms = Timestamp::now().as_millisecond();
+                data.epoch = epoch;
                 let data = Arc::new(data);
                 for t in [&self.local, &self.shared].into_iter().flatten() {
                     t.put(&self.key, &data).await;

@@ -21,8 +21,11 @@ use std::{
 use futures_util::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
-use super::{Purpose, Source, Tier, WindowData, WindowKey, WindowOutcome};
+use super::{Epoch, Purpose, Source, Tier, WindowData, WindowKey, WindowOutcome};
 use crate::{config::CacheSettings, upstream::UpstreamError};
+
+/// Longest a read of the disk tier waits for the replicas' purge epoch at start-up.
+const EPOCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 mod containment;
 mod flight;
@@ -79,6 +82,8 @@ pub struct WindowCache {
     containment: std::sync::atomic::AtomicBool,
     policy: CacheSettings,
     pub counters: Arc<CacheCounters>,
+    /// The purge epoch: a copy of an older one is not served from any tier.
+    epoch: Epoch,
 }
 
 impl std::fmt::Debug for WindowCache {
@@ -138,6 +143,7 @@ impl WindowCache {
             containment: std::sync::atomic::AtomicBool::new(true),
             policy,
             counters,
+            epoch: Epoch::default(),
         }
     }
 
@@ -146,9 +152,29 @@ impl WindowCache {
         self.containment.store(on, Ordering::Relaxed);
     }
 
+    /// Shares `epoch` with the other caches of the process (the purges of `DELETE
+    /// /v1/cache`, on this replica or another).
+    pub fn with_epoch(mut self, epoch: Epoch) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
+    /// The purge epoch this cache serves.
+    pub fn epoch(&self) -> &Epoch {
+        &self.epoch
+    }
+
+    /// The copy in memory, unless a purge came after its fetch.
+    async fn live(&self, key: &WindowKey) -> Option<Arc<WindowData>> {
+        self.store
+            .get(key)
+            .await
+            .filter(|d| self.epoch.is_live(d.epoch))
+    }
+
     /// The fresh cached data of `key`, if any.
     pub async fn get_fresh(&self, key: &WindowKey) -> Option<Arc<WindowData>> {
-        self.store.get(key).await.filter(|d| d.is_fresh())
+        self.live(key).await.filter(|d| d.is_fresh())
     }
 
     /// Whether `key` is held fresh in some tier: memory (itself or a window containing
@@ -164,8 +190,12 @@ impl WindowCache {
         let Some(shared) = &self.shared else {
             return false;
         };
-        // The shared tier answers only fresh copies.
-        let Some(mut d) = shared.get(key).await else {
+        // The shared tier answers only fresh copies; one fetched before a purge is none.
+        let Some(mut d) = shared
+            .get(key)
+            .await
+            .filter(|d| self.epoch.is_live(d.epoch))
+        else {
             return false;
         };
         d.shared = true;
@@ -180,11 +210,19 @@ impl WindowCache {
 
     /// The copy in memory, or else the local tier's (which then fills memory).
     async fn cached(&self, key: &WindowKey) -> Option<Arc<WindowData>> {
-        if let Some(d) = self.store.get(key).await {
+        if let Some(d) = self.live(key).await {
             return Some(d);
         }
         let local = self.local.as_ref()?;
-        let d = Arc::new(local.get(key).await?);
+        // What outlives the process is read only once this replica knows the purges of the
+        // others (or knows it cannot learn them).
+        self.epoch.known(EPOCH_WAIT).await;
+        let d = Arc::new(
+            local
+                .get(key)
+                .await
+                .filter(|d| self.epoch.is_live(d.epoch))?,
+        );
         if d.is_fresh() || d.expired_for() < self.policy.stale_grace.max(self.policy.swr) {
             self.store.insert(key.clone(), Arc::clone(&d)).await;
             index(&self.spans, key);
@@ -284,7 +322,7 @@ impl WindowCache {
                     })
                 }
             }
-            Err(e) => match self.store.get(&key).await {
+            Err(e) => match self.live(&key).await {
                 Some(old) => {
                     self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, window_start = key.start, "serving a stale window after an upstream failure");

@@ -46,7 +46,7 @@ impl WindowCache {
         };
         let mut started = 0;
         for (key, refetch) in due {
-            let expiring = match self.store.get(&key).await {
+            let expiring = match self.live(&key).await {
                 Some(d) => d.fresh_until() <= now + lead,
                 None => true,
             };

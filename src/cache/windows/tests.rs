@@ -362,6 +362,7 @@ fn the_issues_separator_pair_gets_two_keys() {
         to: 1,
         tz: "UTC",
         filters: f,
+        select: Default::default(),
     };
     assert_eq!(joined(&key(&a)), joined(&key(&b)), "the old key collided");
     assert_ne!(key(&a).digest(), key(&b).digest());
@@ -389,8 +390,8 @@ proptest::proptest! {
     ) {
         let fa = Filters { channels: a.0, queues: a.1, bots: a.2, fields: a.3 };
         let fb = Filters { channels: b.0, queues: b.1, bots: b.2, fields: b.3 };
-        let ka = QueryKey { route: "interactions", ns: &[0; 32], from: bounds.0, to: 5, tz: &a.4, filters: &fa };
-        let kb = QueryKey { route: "interactions", ns: &[0; 32], from: bounds.1, to: 5, tz: &b.4, filters: &fb };
+        let ka = QueryKey { route: "interactions", ns: &[0; 32], from: bounds.0, to: 5, tz: &a.4, filters: &fa, select: Default::default() };
+        let kb = QueryKey { route: "interactions", ns: &[0; 32], from: bounds.1, to: 5, tz: &b.4, filters: &fb, select: Default::default() };
         let same = fa == fb && a.4 == b.4 && bounds.0 == bounds.1;
         proptest::prop_assert_eq!(ka.digest() == kb.digest(), same);
         let w = Window {

@@ -25,6 +25,10 @@ use std::{
     },
 };
 
+mod slot;
+
+pub use slot::{DiskSlot, RETRY_EVERY, SlotState};
+
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{
@@ -122,7 +126,9 @@ impl std::fmt::Debug for DiskTier {
 enum Unusable {
     /// Not a readable store (corrupt, truncated, another format): set it aside.
     Corrupt(String),
-    /// Anything else (in use by another process, permissions, no space): leave it alone.
+    /// Another process holds it (an overlapping deploy): wait for it.
+    InUse,
+    /// Anything else (permissions, no space): leave it alone.
     Other(String),
 }
 
@@ -130,6 +136,31 @@ impl std::fmt::Display for Unusable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Unusable::Corrupt(e) | Unusable::Other(e) => f.write_str(e),
+            Unusable::InUse => f.write_str("the store is open in another process"),
+        }
+    }
+}
+
+impl From<String> for Unusable {
+    fn from(e: String) -> Self {
+        Unusable::Other(e)
+    }
+}
+
+/// Why [`DiskTier::open`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// Another process holds the store: it can be opened once that process lets it go.
+    InUse,
+    /// The folder or the store cannot be used (the message says why).
+    Failed(String),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::InUse => f.write_str("the store is open in another process"),
+            OpenError::Failed(e) => f.write_str(e),
         }
     }
 }
@@ -154,6 +185,7 @@ fn create(path: &Path) -> Result<Database, Unusable> {
         DatabaseError::UpgradeRequired(_) | DatabaseError::RepairAborted => {
             Unusable::Corrupt(e.to_string())
         }
+        DatabaseError::DatabaseAlreadyOpen => Unusable::InUse,
         other => Unusable::Other(other.to_string()),
     })
 }
@@ -167,11 +199,19 @@ impl DiskTier {
     /// aside and replaced by a new one.
     ///
     /// # Errors
-    /// The folder cannot be created or the store cannot be created in it (the caller runs
-    /// in memory and says so).
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, String> {
+    /// [`OpenError::InUse`] while another process holds the store; otherwise the folder or
+    /// the store cannot be created (the caller runs in memory and says so).
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, OpenError> {
+        Self::open_inner(dir, max_bytes).map_err(|e| match e {
+            Unusable::InUse => OpenError::InUse,
+            other => OpenError::Failed(other.to_string()),
+        })
+    }
+
+    fn open_inner(dir: &Path, max_bytes: u64) -> Result<Self, Unusable> {
+        let failed = |e: String| Unusable::Other(e);
         std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {}", dir.display(), e.kind()))?;
+            .map_err(|e| failed(format!("cannot create {}: {}", dir.display(), e.kind())))?;
         let unkeyed = dir.join(UNKEYED_FILE);
         if unkeyed.exists() {
             let aside = dir.join(format!(
@@ -179,22 +219,32 @@ impl DiskTier {
                 jiff::Timestamp::now().as_second()
             ));
             tracing::warn!(path = %unkeyed.display(), aside = %aside.display(), "a cache store of the previous version (its keys do not name the account) was set aside and will not be read; delete it when no longer wanted");
-            std::fs::rename(&unkeyed, &aside)
-                .map_err(|e| format!("cannot set aside {}: {}", unkeyed.display(), e.kind()))?;
+            std::fs::rename(&unkeyed, &aside).map_err(|e| {
+                failed(format!(
+                    "cannot set aside {}: {}",
+                    unkeyed.display(),
+                    e.kind()
+                ))
+            })?;
         }
         let path = dir.join(FILE);
         let db = match create(&path) {
             Ok(db) => db,
-            Err(Unusable::Other(e)) => return Err(format!("cannot open {}: {e}", path.display())),
+            Err(Unusable::InUse) => return Err(Unusable::InUse),
+            Err(Unusable::Other(e)) => {
+                return Err(failed(format!("cannot open {}: {e}", path.display())));
+            }
             Err(Unusable::Corrupt(e)) => {
                 let aside = dir.join(format!(
                     "{FILE}.corrupt-{}",
                     jiff::Timestamp::now().as_second()
                 ));
                 tracing::warn!(error = %e, path = %path.display(), aside = %aside.display(), "the cache store cannot be opened; setting it aside and starting a new one");
-                std::fs::rename(&path, &aside)
-                    .map_err(|e| format!("cannot set aside {}: {}", path.display(), e.kind()))?;
-                create(&path).map_err(|e| format!("cannot create {}: {e}", path.display()))?
+                std::fs::rename(&path, &aside).map_err(|e| {
+                    failed(format!("cannot set aside {}: {}", path.display(), e.kind()))
+                })?;
+                create(&path)
+                    .map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?
             }
         };
         // Create the tables so reads of an empty store are not errors, and learn what is
@@ -554,7 +604,10 @@ mod tests {
         std::os::unix::fs::symlink("/dev/full", d.join(FILE)).unwrap();
         match DiskTier::open(&d, 1 << 20) {
             // Refused at start: the gateway runs in memory (lib::build logs it).
-            Err(e) => assert!(!e.is_empty()),
+            Err(e) => assert!(
+                matches!(e, OpenError::Failed(ref m) if !m.is_empty()),
+                "{e}"
+            ),
             Ok(tier) => {
                 let w = window(0);
                 tier.put(&key(&w), &data(w, 2)).await;
