@@ -8,8 +8,9 @@
 //!   replica or on this one restarted); a call already in flight completes;
 //! * a **job** stops waiting at once: it is left resumable (its windows done are cached, its
 //!   record saved) and another replica, or this one restarted, carries on;
-//! * **paid-for work** (the pages after a window's first, a cut's parts) and background
-//!   revalidations stop waiting at once too; what completed is cached.
+//! * **paid-for work** (the pages after a window's first, a cut's parts) stops waiting when
+//!   requests do (a request may be waiting on it), or at once for a job's; background
+//!   revalidations stop at once; what completed is cached.
 //!
 //! Before the drain, a request's waits end `KORE_MAX_WAIT` after it started (its whole wait,
 //! not each call's), a job and paid-for work wait as long as the budget needs, and
@@ -27,9 +28,11 @@ pub enum Patience {
     /// Background work (a revalidation, a refresh ahead): each call waits up to
     /// KORE_MAX_WAIT.
     PerCall,
-    /// A job (it can be cancelled, and it is visible), or the rest of a window whose first
-    /// page is in (paid for: finished so that no call is wasted): as long as the budget
-    /// needs.
+    /// The rest of a window whose first page is in, for a request (paid for: finished so
+    /// that no call is wasted, even after the request answered): as long as the budget
+    /// needs, until half the grace once the drain starts (what a request waits on).
+    PaidFor,
+    /// A job (it can be cancelled, and it is visible): as long as the budget needs.
     Unbounded,
 }
 
@@ -44,6 +47,16 @@ pub struct Drain {
 struct Draining {
     at: Instant,
     requests_until: Instant,
+}
+
+impl Draining {
+    /// When a wait of this `patience` must end, the drain having begun.
+    fn until(&self, patience: Patience) -> Instant {
+        match patience {
+            Patience::Request { .. } | Patience::PaidFor => self.requests_until,
+            Patience::PerCall | Patience::Unbounded => self.at,
+        }
+    }
 }
 
 impl Default for Drain {
@@ -83,12 +96,9 @@ impl Drain {
         let own = match patience {
             Patience::Request { until } => Some(until),
             Patience::PerCall => Some(Instant::now() + per_call),
-            Patience::Unbounded => None,
+            Patience::PaidFor | Patience::Unbounded => None,
         };
-        let drained = (*self.tx.borrow()).map(|d| match patience {
-            Patience::Request { .. } => d.requests_until,
-            Patience::PerCall | Patience::Unbounded => d.at,
-        });
+        let drained = (*self.tx.borrow()).map(|d| d.until(patience));
         match (own, drained) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -101,10 +111,7 @@ impl Drain {
         let own = self.deadline(patience, per_call);
         let mut rx = self.tx.subscribe();
         loop {
-            let until = match (*rx.borrow_and_update()).map(|d| match patience {
-                Patience::Request { .. } => d.requests_until,
-                Patience::PerCall | Patience::Unbounded => d.at,
-            }) {
+            let until = match (*rx.borrow_and_update()).map(|d| d.until(patience)) {
                 Some(d) => Some(own.map_or(d, |o| o.min(d))),
                 None => own,
             };
@@ -183,6 +190,14 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(!job.is_finished() && !req.is_finished());
         drain.start(Duration::from_secs(20));
+        // Paid-for work of a request stops when requests do; before the drain it had no end.
+        let far = Patience::Request {
+            until: Instant::now() + Duration::from_secs(3600),
+        };
+        assert_eq!(
+            drain.deadline(Patience::PaidFor, per_call),
+            drain.deadline(far, per_call)
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(job.is_finished(), "a job stops waiting at once");
         assert!(!req.is_finished(), "a request waits up to half the grace");

@@ -92,7 +92,7 @@ impl CallContext {
     fn paid_for(&self) -> CallContext {
         let mut c = self.clone();
         if matches!(c.patience, Patience::Request { .. }) {
-            c.patience = Patience::Unbounded;
+            c.patience = Patience::PaidFor;
         }
         c.stop = None;
         c
@@ -695,7 +695,9 @@ impl RangeFetch {
                     }
                 }
             }
-            Patience::PerCall | Patience::Unbounded => self.window_through_cache(window).await,
+            Patience::PaidFor | Patience::PerCall | Patience::Unbounded => {
+                self.window_through_cache(window).await
+            }
         }
     }
 

@@ -303,6 +303,19 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
 }
 
 impl App {
+    /// Resolves once no upstream call of any account is in flight (at shutdown, before
+    /// [`App::hand_over`]: a call that completes later would not be counted in it).
+    pub async fn calls_done(&self) {
+        while self
+            .accounts
+            .all()
+            .iter()
+            .any(|a| a.fetcher.budget().stats().in_flight > 0)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// At the end of a shutdown: what the next process needs to go on — each account's
     /// calls of the last period (CACHE_DIR), so a quick restart keeps the vendor's limit.
     pub fn hand_over(&self) {

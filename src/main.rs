@@ -214,6 +214,10 @@ async fn drain(
     let outcome = tokio::time::timeout_at(started + grace.saturating_sub(margin), settled).await;
     let left = state.jobs.active();
     let _ = tokio::time::timeout(margin / 2, state.jobs.release_all()).await;
+    // Work still finishing in the cache's own tasks (parts of a window) may have a call in
+    // flight: let it complete, briefly, so the next start counts it.
+    let left_of_grace = (started + grace).saturating_duration_since(tokio::time::Instant::now());
+    let _ = tokio::time::timeout(left_of_grace / 2, state.calls_done()).await;
     state.hand_over();
     match outcome {
         Ok(served) => {

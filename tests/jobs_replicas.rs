@@ -148,7 +148,8 @@ fn ids(list: &Value) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
+// Several threads: the simulator must answer while the test waits for a process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_created_on_one_replica_is_read_listed_joined_and_cancelled_on_another() {
     let Some(redis) = redis_or_skip() else { return };
     let (sim, sim_addr) = simulator(2).await;
@@ -283,7 +284,8 @@ async fn a_job_created_on_one_replica_is_read_listed_joined_and_cancelled_on_ano
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
 }
 
-#[tokio::test]
+// Several threads: the simulator must answer while the test waits for a process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_replica_is_killed_is_finished_by_another() {
     let Some(redis) = redis_or_skip() else { return };
     let (sim, sim_addr) = simulator(4).await;
@@ -439,7 +441,8 @@ async fn a_job_whose_replica_is_killed_is_finished_by_another() {
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
 }
 
-#[tokio::test]
+// Several threads: the simulator must answer while the test waits for a process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_warm_only_in_redis_answers_200_to_respond_async() {
     let Some(redis) = redis_or_skip() else { return };
     let (sim, sim_addr) = simulator(50).await;

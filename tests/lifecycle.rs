@@ -54,7 +54,8 @@ async fn all_records(http: &reqwest::Client, base: &str, path: &str) -> Vec<Valu
     }
 }
 
-#[tokio::test]
+// Several threads: the simulator must answer while the test waits for a process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_survives_sigterm_and_a_restart_and_ends_with_the_truth() {
     let (sim, sim_addr) = simulator(4).await;
     let dir = scratch("restart");
@@ -84,7 +85,7 @@ async fn a_job_survives_sigterm_and_a_restart_and_ends_with_the_truth() {
     assert_eq!(before["state"], "running", "{before}");
     println!("before SIGTERM: {before}");
     terminate(&first);
-    let took = exited_within(&mut first, Duration::from_secs(10));
+    let took = exited_within(&mut first, Duration::from_secs(10)).await;
     println!("exited {took:?} after SIGTERM with a job running");
     let stopped_at = Instant::now();
 
@@ -160,12 +161,13 @@ async fn a_job_survives_sigterm_and_a_restart_and_ends_with_the_truth() {
     );
     assert_same_records(&records, &truth);
     terminate(&second);
-    exited_within(&mut second, Duration::from_secs(10));
+    exited_within(&mut second, Duration::from_secs(10)).await;
     assert!(sim.violations().is_empty(), "{:?}", sim.violations());
     std::fs::remove_dir_all(&dir).ok();
 }
 
-#[tokio::test]
+// Several threads: the simulator must answer while the test waits for a process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_job_and_an_export_running_exits_within_shutdown_grace() {
     let (sim, sim_addr) = simulator(2).await;
     let dir = scratch("grace");
@@ -214,7 +216,7 @@ async fn sigterm_with_a_job_and_an_export_running_exits_within_shutdown_grace() 
     })
     .await;
     terminate(&gw);
-    let took = exited_within(&mut gw, grace + Duration::from_secs(2));
+    let took = exited_within(&mut gw, grace + Duration::from_secs(2)).await;
     println!(
         "exited {took:?} after SIGTERM (SHUTDOWN_GRACE {grace:?}) with a job and an export running"
     );

@@ -18,17 +18,27 @@ use super::{Budget, lock};
 pub const FILE: &str = "budget-carry.json";
 
 impl Budget {
-    /// The completion times of the calls in the current period, as Unix milliseconds.
+    /// The completion times of the calls in the current period, as Unix milliseconds; a
+    /// call still in flight (the process is about to exit and cut it off: the vendor may
+    /// have counted it) counts as completing one mean call from now.
     pub fn recent_calls(&self) -> Vec<i64> {
         let now = Instant::now();
         let now_ms = jiff::Timestamp::now().as_millisecond();
+        let in_flight = self
+            .shared
+            .in_flight
+            .load(std::sync::atomic::Ordering::Acquire);
         let mut q = lock(&self.shared.queues);
         q.log.prune(now, self.shared.span);
-        q.log
+        let mut out: Vec<i64> = q
+            .log
             .times
             .iter()
             .map(|t| now_ms - now.saturating_duration_since(*t).as_millis() as i64)
-            .collect()
+            .collect();
+        let cut_off = now_ms + self.mean_call().as_millis() as i64 + 1;
+        out.extend(std::iter::repeat_n(cut_off, in_flight as usize));
+        out
     }
 
     /// Counts calls made at `unix_ms` (by this account's previous process) in the log, those

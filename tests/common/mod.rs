@@ -442,13 +442,13 @@ pub fn spawn_demo(envs: &[(&str, &str)]) -> (std::process::Child, String) {
 /// The gateway binary in front of the simulator at `sim_addr`, configured by KORE_* and
 /// the test keys, with `envs` added (nothing else from this environment). Returns the
 /// process, its base URL (from its `listening` log line) and its log lines, drained for the
-/// whole run.
+/// whole run. The process is killed if the test ends (or fails) while it still runs.
 pub fn spawn_gateway(
     sim: &Simulator,
     sim_addr: std::net::SocketAddr,
     envs: &[(&str, &str)],
 ) -> (
-    std::process::Child,
+    KillOnDrop,
     String,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
@@ -494,13 +494,39 @@ pub fn spawn_gateway(
         });
     }
     match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(base) => (child, base, log),
+        Ok(base) => (KillOnDrop(child), base, log),
         Err(_) => {
             let _ = child.kill();
             panic!(
                 "the gateway did not say where it listens: {:?}",
                 log.lock().unwrap()
             );
+        }
+    }
+}
+
+/// A process this test started, killed (by its pid) when dropped if it still runs: a
+/// failing test leaves no gateway behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
@@ -520,8 +546,9 @@ pub fn terminate(child: &std::process::Child) {
     assert!(status.success());
 }
 
-/// Waits for the process to exit; returns how long it took, failing after `within`.
-pub fn exited_within(child: &mut std::process::Child, within: Duration) -> Duration {
+/// Waits for the process to exit; returns how long it took, failing after `within`. It
+/// never blocks the runtime: a simulator in this test must go on answering meanwhile.
+pub async fn exited_within(child: &mut std::process::Child, within: Duration) -> Duration {
     let started = std::time::Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -533,6 +560,6 @@ pub fn exited_within(child: &mut std::process::Child, within: Duration) -> Durat
             let _ = child.wait();
             panic!("still running {within:?} after SIGTERM");
         }
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
