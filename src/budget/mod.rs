@@ -622,7 +622,7 @@ impl Budget {
             let Some(Reverse(free)) = slots.pop() else {
                 break;
             };
-            let mut granted = free.max(now);
+            let granted = free.max(now);
             let keys: Vec<Arc<str>> = demand.iter().map(|(k, _)| Arc::clone(k)).collect();
             let (at, phase) = match sched.choose(granted, &keys) {
                 Ok(c) => c,
@@ -633,7 +633,6 @@ impl Budget {
                 }
                 Err(None) => break,
             };
-            granted = granted.max(now);
             sched.record(&keys[at], phase, granted);
             slots.push(Reverse(granted + call + span));
             last = granted;

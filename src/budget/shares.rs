@@ -150,7 +150,7 @@ impl Scheduler {
         let waiting: Vec<&Arc<str>> = waiting.into_iter().collect();
         // A key no longer waiting loses its tag: back, it is tagged from the virtual time.
         for (k, st) in &mut self.keys {
-            if st.next.is_some() && !waiting.iter().any(|w| *w == k) {
+            if st.next.is_some() && !waiting.contains(&k) {
                 st.next = None;
             }
         }

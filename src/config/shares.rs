@@ -246,6 +246,51 @@ mod tests {
     }
 
     #[test]
+    fn start_up_stops_with_one_line_naming_the_setting() {
+        use clap::Parser as _;
+        let run = |shares: &str| {
+            super::super::Cli::try_parse_from([
+                "kore-gateway",
+                "--kore-base-url",
+                "https://smartassist.kore.ai",
+                "--kore-account-id",
+                "acc-1",
+                "--kore-client-id",
+                "cs-1",
+                "--kore-client-secret",
+                "s3cr3t-value",
+                "--kore-rate-limit",
+                "60/min",
+                "--gateway-api-keys",
+                "wallboard:wallboard-key-1,analysts:analysts-key-1",
+                "--gateway-key-shares",
+                shares,
+            ])
+            .unwrap()
+            .into_settings()
+        };
+        let ok = run("wallboard:min=20/min,analysts:weight=3").unwrap();
+        assert_eq!(ok.key_shares.get("analysts").weight, 3);
+        for (shares, says) in [
+            (
+                "wallboard:min=61/min",
+                "more than account `default`'s rate 60/min",
+            ),
+            ("nobody:weight=2", "`nobody` is not a key name"),
+            ("wallboard:weight=x", "whole number"),
+        ] {
+            let err = run(shares).unwrap_err();
+            assert_eq!(err.setting, "GATEWAY_KEY_SHARES");
+            let line = err.to_string();
+            assert!(line.contains(says) && !line.contains('\n'), "{line}");
+            assert!(
+                !line.contains("s3cr3t") && !line.contains("key-1"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_entries_are_named() {
         let k = keys(&["wallboard", "batch"]);
         for (raw, says) in [
