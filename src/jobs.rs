@@ -12,8 +12,8 @@
 //! [`Allowance`] ledger), and calls estimated — one per window to begin with, then what
 //! each first page announced (more pages, or the parts of a cut), extrapolated over the
 //! windows not yet started. The ETA plays the budget's sliding log forward
-//! ([`Budget::time_to_serve`]) for the calls left to this job plus the calls the budget's
-//! round robin serves to other callers meanwhile.
+//! ([`Budget::time_to_serve_as`]) for the calls left to this job while the other callers'
+//! calls are served by the budget's shares (round robin without GATEWAY_KEY_SHARES).
 //!
 //! Jobs belong to the key that made them; they are bounded per key and forgotten
 //! `JOB_TTL` after they end.
@@ -344,8 +344,10 @@ impl Jobs {
             }
         }
         let own = mine + ahead_same_key;
-        let total = own + others.values().map(|d| (*d).min(own)).sum::<u64>();
-        eta_seconds(budget.time_to_serve(total))
+        // The budget plays its schedule forward with its shares (GATEWAY_KEY_SHARES):
+        // round robin without them, reservations and weights with them.
+        let others: Vec<(Arc<str>, u64)> = others.into_iter().collect();
+        eta_seconds(budget.time_to_serve_as(&job.owner, own, &others))
     }
 
     /// Forgets jobs that ended more than the TTL ago, and a key's oldest ended jobs beyond

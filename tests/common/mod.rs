@@ -152,6 +152,7 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
             },
         ],
         key_rate_limit: o.key_rate_limit,
+        key_shares: Default::default(),
         allow_anonymous: false,
         cors_origins: vec!["https://dash.example".into()],
         request_timeout: Duration::from_secs(120),
