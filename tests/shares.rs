@@ -8,8 +8,6 @@ mod common;
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -270,66 +268,11 @@ async fn a_reservation_holds_against_six_flooding_keys() {
     );
 }
 
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    /// A fresh redis-server on a free loopback port, or `None` locally when there is none
-    /// (under CI its absence fails the test, as in tests/replicas.rs).
-    fn start() -> Option<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok();
-        let Some(child) = child else {
-            let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0"));
-            assert!(!ci, "redis-server is needed under CI (.ci/run installs it)");
-            eprintln!("SKIPPED: redis-server not found (the test fails under CI=true)");
-            return None;
-        };
-        let r = Redis { child, port };
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(r)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Replica A serves only the weight-3 key, replica B only the weight-1 key: per replica
 /// each would get half; across the deployment they get 3:1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_hold_across_two_replicas_on_redis() {
-    let Some(redis) = Redis::start() else {
+    let Some(redis) = common::redis_server::redis_or_skip() else {
         return;
     };
     let sim = sim().await;

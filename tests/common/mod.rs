@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
