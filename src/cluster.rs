@@ -31,7 +31,10 @@ use redis::{Script, aio::ConnectionManager};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
-use crate::budget::{SharedCounter, SharedLog, Transitions};
+use crate::{
+    budget::{SharedCounter, SharedLog, Transitions},
+    config::KeyShares,
+};
 
 /// The prefix of every key the gateway writes to Redis.
 pub const PREFIX: &str = "kore-gateway:";
@@ -72,6 +75,7 @@ pub struct Cluster {
     /// Failed operations in a row.
     failures: AtomicU32,
     acquire: Script,
+    acquire_keyed: Script,
     release: Script,
     heartbeat: Script,
     count: Script,
@@ -120,6 +124,129 @@ local wait = tonumber(oldest[2]) + period - now
 if wait < 1 then wait = 1 end
 return wait
 ";
+
+/// [`ACQUIRE_LUA`] for a call at the caller priority that also chooses *whose* call it is
+/// (GATEWAY_KEY_SHARES), with the rules of `budget::shares` over every replica's callers:
+///
+/// * demand: each replica announces the callers it has waiting as `replica|key` members of
+///   `demand`, scored by when the announcement lapses ([`DEMAND_TTL_MS`]; a replica asks at
+///   least that often while its callers wait), replacing its previous announcement;
+/// * grants: every caller grant of the last `horizon` (the longest reservation or cap
+///   period) is in `grants` as `phase|key|member` scored by its time, so each key's
+///   reservation and cap are counted over the whole deployment;
+/// * virtual time: `vt` holds `V`, each key's last finish tag `f|key` and the tag of the
+///   next call of each key waiting somewhere, `p|key`.
+///
+/// The key chosen is the one the rules pick among all announced keys; if it is this
+/// replica's, the slot is taken for it and the script answers `{0, key}`; if it is another
+/// replica's, `{20, ''}` (that replica takes it when it asks, within a poll). Ties go to this
+/// replica's keys, so two replicas with the same key never wait for each other.
+/// KEYS: the log, `urgent:0`, `urgent:1`, `demand`, `grants`, `vt`; ARGV: limit, period,
+/// lease, member, replica, horizon, shares (JSON `{key: [min, min_ms, weight, max,
+/// max_ms]}`), waiting (JSON array), scale, demand ttl.
+const ACQUIRE_KEYED_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, period, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local member, replica, horizon = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local shares, mine = cjson.decode(ARGV[7]), cjson.decode(ARGV[8])
+local scale, ttl = tonumber(ARGV[9]), tonumber(ARGV[10])
+redis.call('ZADD', KEYS[2], now + 1000, replica)
+redis.call('PEXPIRE', KEYS[2], 2000)
+-- This replica's demand replaces what it announced before.
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local prefix = replica .. '|'
+for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  if string.sub(m, 1, #prefix) == prefix then redis.call('ZREM', KEYS[4], m) end
+end
+local is_mine = {}
+for _, k in ipairs(mine) do
+  is_mine[k] = true
+  redis.call('ZADD', KEYS[4], now + ttl, prefix .. k)
+end
+redis.call('PEXPIRE', KEYS[4], ttl * 4)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+if redis.call('ZCARD', KEYS[1]) >= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  local wait = tonumber(oldest[2]) + period - now
+  if wait < 1 then wait = 1 end
+  return {wait, ''}
+end
+-- Every key with calls waiting somewhere, this replica's first (ties go to them).
+local keys, seen = {}, {}
+for _, k in ipairs(mine) do
+  if not seen[k] then seen[k] = true; table.insert(keys, k) end
+end
+for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+  local k = string.match(m, '^[^|]*|(.*)$')
+  if k and not seen[k] then seen[k] = true; table.insert(keys, k) end
+end
+-- Each key's reservation grants and all grants within their periods.
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - horizon)
+local reserved, recent, oldest_recent = {}, {}, {}
+local entries = redis.call('ZRANGE', KEYS[5], 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local phase, k = string.match(entries[i], '^(%a)|(.*)|[^|]*$')
+  local at = tonumber(entries[i + 1])
+  local s = k and shares[k]
+  if s then
+    if phase == 'r' and s[1] > 0 and at > now - s[2] then reserved[k] = (reserved[k] or 0) + 1 end
+    if s[4] > 0 and at > now - s[5] then
+      recent[k] = (recent[k] or 0) + 1
+      if not oldest_recent[k] or at < oldest_recent[k] then oldest_recent[k] = at end
+    end
+  end
+end
+local vt, raw = {}, redis.call('HGETALL', KEYS[6])
+for i = 1, #raw, 2 do vt[raw[i]] = tonumber(raw[i + 1]) end
+local v = vt['V'] or 0
+-- A key waiting nowhere loses the tag of its next call.
+for f, _ in pairs(vt) do
+  local k = string.match(f, '^p|(.*)$')
+  if k and not seen[k] then redis.call('HDEL', KEYS[6], f) end
+end
+local below, below_used, best, best_tag, capped = nil, nil, nil, nil, nil
+for _, k in ipairs(keys) do
+  local s = shares[k] or {0, 0, 1, 0, 0}
+  if s[4] > 0 and (recent[k] or 0) >= s[4] then
+    local free = oldest_recent[k] + s[5] - now
+    if not capped or free < capped then capped = free end
+  else
+    if s[1] > 0 and (reserved[k] or 0) < s[1] then
+      local used = (reserved[k] or 0) * 1000000 / s[1]
+      if not below_used or used < below_used then below, below_used = k, used end
+    end
+    local tag = vt['p|' .. k]
+    if not tag then
+      tag = math.max(v, vt['f|' .. k] or 0) + math.floor(scale / s[3])
+      redis.call('HSET', KEYS[6], 'p|' .. k, tag)
+    end
+    if not best_tag or tag < best_tag then best, best_tag = k, tag end
+  end
+end
+local chosen, phase = best, 'w'
+if below then chosen, phase = below, 'r' end
+if not chosen then
+  if not capped or capped < 1 then capped = 1 end
+  return {capped, ''}
+end
+if not is_mine[chosen] then return {20, ''} end
+redis.call('ZADD', KEYS[1], now + lease, member)
+redis.call('PEXPIRE', KEYS[1], period + lease)
+redis.call('ZADD', KEYS[5], now, phase .. '|' .. chosen .. '|' .. member)
+redis.call('PEXPIRE', KEYS[5], horizon + 1000)
+if phase == 'w' then
+  redis.call('HSET', KEYS[6], 'f|' .. chosen, best_tag, 'V', math.max(v, best_tag))
+  redis.call('HDEL', KEYS[6], 'p|' .. chosen)
+end
+redis.call('PEXPIRE', KEYS[6], 86400000)
+return {0, chosen}
+";
+
+/// How long a replica's announcement of its waiting callers lasts (ms): several of the
+/// budget's polls, so a replica that still waits never lapses, and one that stopped
+/// holds the others back for no longer than this.
+const DEMAND_TTL_MS: u64 = 200;
 
 /// A sliding-window log of events: prune, count, admit (returning what is left and when the
 /// oldest leaves) or say how long to wait (ms).
@@ -183,6 +310,7 @@ impl Cluster {
             broken_until: Mutex::new(None),
             changed: Mutex::new(Transitions::default()),
             acquire: Script::new(ACQUIRE_LUA),
+            acquire_keyed: Script::new(ACQUIRE_KEYED_LUA),
             release: Script::new(RELEASE_LUA),
             count: Script::new(COUNT_LUA),
             heartbeat: Script::new(HEARTBEAT_LUA),
@@ -239,6 +367,9 @@ impl Cluster {
             cluster: Arc::clone(self),
             budget: Self::key(label, "budget"),
             urgent: [Self::key(label, "urgent:0"), Self::key(label, "urgent:1")],
+            demand: Self::key(label, "shares:demand"),
+            grants: Self::key(label, "shares:grants"),
+            vt: Self::key(label, "shares:vt"),
         })
     }
 
@@ -333,6 +464,69 @@ impl Cluster {
         })
     }
 
+    /// [`Cluster::acquire_slot`] for a caller, choosing whose call it is (see
+    /// [`ACQUIRE_KEYED_LUA`]): `Some(Ok((member, key)))` when granted to `key`.
+    async fn acquire_keyed_slot(
+        &self,
+        log: &AccountLog,
+        limit: u32,
+        period: Duration,
+        lease: Duration,
+        shares: &KeyShares,
+        waiting: &[Arc<str>],
+    ) -> Option<Result<(String, Arc<str>), Duration>> {
+        let member = format!("{}:{:016x}", self.replica, fastrand::u64(..));
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let table: serde_json::Map<String, serde_json::Value> = shares
+            .iter()
+            .map(|(k, s)| {
+                let (min, min_ms) = s.min.map_or((0, 0), |r| (r.calls, ms(r.period)));
+                let (max, max_ms) = s.max.map_or((0, 0), |r| (r.calls, ms(r.period)));
+                (
+                    k.to_string(),
+                    serde_json::json!([min, min_ms, s.weight.max(1), max, max_ms]),
+                )
+            })
+            .collect();
+        let horizon = shares
+            .iter()
+            .flat_map(|(_, s)| [s.min, s.max])
+            .flatten()
+            .map(|r| ms(r.period))
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let waiting: Vec<&str> = waiting.iter().map(|k| &**k).collect();
+        let mut conn = self.conn.clone();
+        let (wait, key): (i64, String) = self
+            .run(
+                self.acquire_keyed
+                    .key(&log.budget)
+                    .key(&log.urgent[0])
+                    .key(&log.urgent[1])
+                    .key(&log.demand)
+                    .key(&log.grants)
+                    .key(&log.vt)
+                    .arg(limit)
+                    .arg(ms(period))
+                    .arg(ms(lease))
+                    .arg(&member)
+                    .arg(&self.replica)
+                    .arg(horizon)
+                    .arg(serde_json::Value::Object(table).to_string())
+                    .arg(serde_json::to_string(&waiting).unwrap_or_else(|_| "[]".into()))
+                    .arg(crate::budget::SHARE_SCALE)
+                    .arg(DEMAND_TTL_MS)
+                    .invoke_async(&mut conn),
+            )
+            .await?;
+        Some(if wait == 0 && !key.is_empty() {
+            Ok((member, Arc::from(key)))
+        } else {
+            Err(Duration::from_millis(wait.max(1) as u64))
+        })
+    }
+
     /// Records a call's completion in the shared log.
     async fn release_slot(&self, k: &str, member: &str) {
         let mut conn = self.conn.clone();
@@ -413,6 +607,11 @@ struct AccountLog {
     /// `kore-gateway:<label>:urgent:0` and `:1`: the replicas with callers (revalidations)
     /// waiting, each announced for a second.
     urgent: [String; 2],
+    /// `…:shares:demand`, `…:shares:grants`, `…:shares:vt`: the shares' state (see
+    /// [`ACQUIRE_KEYED_LUA`]).
+    demand: String,
+    grants: String,
+    vt: String,
 }
 
 #[async_trait::async_trait]
@@ -426,6 +625,19 @@ impl SharedLog for AccountLog {
     ) -> Option<Result<String, Duration>> {
         self.cluster
             .acquire_slot(self, limit, period, lease, priority as u8)
+            .await
+    }
+
+    async fn acquire_keyed(
+        &self,
+        limit: u32,
+        period: Duration,
+        lease: Duration,
+        shares: &KeyShares,
+        waiting: &[Arc<str>],
+    ) -> Option<Result<(String, Arc<str>), Duration>> {
+        self.cluster
+            .acquire_keyed_slot(self, limit, period, lease, shares, waiting)
             .await
     }
 

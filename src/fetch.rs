@@ -255,7 +255,7 @@ impl Fetcher {
                 Err(e) => e.label(),
             };
             span.record("outcome", outcome);
-            metrics::counter!("gateway_upstream_calls_total", "outcome" => outcome, "account" => self.account_label())
+            metrics::counter!("gateway_upstream_calls_total", "outcome" => outcome, "account" => self.account_label(), "key" => self.budget.key_label(&ctx.caller))
                 .increment(1);
             metrics::histogram!("gateway_upstream_call_seconds", "account" => self.account_label())
                 .record(started.elapsed().as_secs_f64());

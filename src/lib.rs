@@ -165,6 +165,13 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
     };
     // One shutdown signal for every wait of every account, and for the jobs.
     let drain = drain::Drain::default();
+    // Every key is listed, so the budget knows which callers are keys (its `key` label).
+    let shares = Arc::new(
+        settings
+            .key_shares
+            .clone()
+            .including(settings.api_keys.iter().map(|k| &k.name)),
+    );
     let mut built: Vec<Arc<Account>> = Vec::with_capacity(settings.accounts.len());
     for (index, a) in settings.accounts.iter().enumerate() {
         let client =
@@ -176,7 +183,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         );
         // A shared-budget slot of a call whose replica died counts until the call must be over.
         let lease = a.upstream.timeout + std::time::Duration::from_secs(5);
-        let budget = Budget::new(
+        let budget = Budget::with_shares(
             &BudgetSettings {
                 rate: a.rate,
                 ..settings.budget
@@ -184,6 +191,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
             Arc::clone(&a.name),
             cluster.as_ref().map(|c| c.account_log(ns.label())),
             lease,
+            Arc::clone(&shares),
         );
         let fetcher = Arc::new(Fetcher::new(
             client,

@@ -60,6 +60,32 @@ impl Acceptable {
     /// The qualities the values of every `Accept` field of a request give (a field may be
     /// repeated: the values are one list, RFC 9110 §5.3).
     pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut values = values.into_iter().peekable();
+        // The values most clients send, answered without splitting (this runs on every
+        // data request, hits too): one field holding `*/*` (everything, as no header) or
+        // one bare media type of ours.
+        if let Some(first) = values.next() {
+            if values.peek().is_none() {
+                let v = first.trim();
+                if v == "*/*" {
+                    return Acceptable::default();
+                }
+                if let Some(i) = NAMES
+                    .iter()
+                    .position(|(_, names)| names.iter().any(|n| v.eq_ignore_ascii_case(n)))
+                {
+                    let mut quality = [0; 3];
+                    quality[i] = 1000;
+                    return Acceptable { quality };
+                }
+            }
+            return Self::parse_ranges(std::iter::once(first).chain(values));
+        }
+        Acceptable::default()
+    }
+
+    /// [`Acceptable::parse`] range by range.
+    fn parse_ranges<'a>(values: impl Iterator<Item = &'a str>) -> Self {
         // Per format: the precedence and quality of the most specific range seen so far.
         let mut best: [Option<(Precedence, u16)>; 3] = [None; 3];
         let mut any_range = false;
@@ -305,5 +331,28 @@ mod tests {
         ] {
             assert_eq!(qvalue(text), want, "{text:?}");
         }
+    }
+
+    /// The fast path for the common values gives what the full parse gives.
+    #[test]
+    fn the_common_values_parse_as_the_full_parse_does() {
+        for v in [
+            "*/*",
+            " */* ",
+            "application/json",
+            "Application/JSON",
+            "text/csv",
+            "application/x-ndjson",
+            "application/jsonl",
+            "",
+            "text/html",
+        ] {
+            assert_eq!(
+                Acceptable::parse([v]),
+                Acceptable::parse_ranges(std::iter::once(v)),
+                "{v:?}"
+            );
+        }
+        assert_eq!(Acceptable::parse([]), Acceptable::default());
     }
 }

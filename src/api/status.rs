@@ -111,8 +111,16 @@ pub struct AccountStatus {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CallerStatus {
     pub caller: String,
+    /// Upstream calls granted to this key since start (on this replica).
     pub calls: u64,
+    /// Its calls waiting for budget now (on this replica).
     pub waiting: usize,
+    /// Its reservation (GATEWAY_KEY_SHARES `min`), e.g. `20/min`; null when none.
+    pub reservation: Option<String>,
+    /// Its weight: its share of what reservations leave, among the keys waiting.
+    pub weight: u32,
+    /// Its cap (`max`), e.g. `40/min`; null when none.
+    pub max: Option<String>,
 }
 
 /// A job as the status page shows it (no result URL: that is its owner's).
@@ -278,25 +286,38 @@ fn budget_status(
     let stats = budget.stats();
     let (remaining, reset) = budget.remaining();
     let waiting = budget.waiting_by_caller();
-    let mut by_caller: Vec<CallerStatus> = budget
-        .granted_by_caller()
-        .into_iter()
-        .filter(|(c, _)| visible(c))
-        .map(|(c, n)| CallerStatus {
-            waiting: waiting.get(&c).copied().unwrap_or(0),
-            caller: c.to_string(),
-            calls: n,
-        })
+    let granted = budget.granted_by_caller();
+    let row = |c: &str| {
+        let share = budget.share_of(c);
+        CallerStatus {
+            caller: c.to_owned(),
+            calls: granted
+                .iter()
+                .find(|(k, _)| **k == *c)
+                .map_or(0, |(_, n)| *n),
+            waiting: waiting.get(c).copied().unwrap_or(0),
+            reservation: share.min.map(|r| r.to_string()),
+            weight: share.weight,
+            max: share.max.map(|r| r.to_string()),
+        }
+    };
+    // Every configured key (with its share, even before its first call), then whoever
+    // else called (the gateway's own work, anonymous callers).
+    let mut names: Vec<std::sync::Arc<str>> = budget
+        .shares()
+        .iter()
+        .map(|(k, _)| std::sync::Arc::clone(k))
         .collect();
-    for (c, w) in waiting.iter().filter(|(c, _)| visible(c)) {
-        if !by_caller.iter().any(|b| *b.caller == **c) {
-            by_caller.push(CallerStatus {
-                caller: c.to_string(),
-                calls: 0,
-                waiting: *w,
-            });
+    for c in granted.iter().map(|(c, _)| c).chain(waiting.keys()) {
+        if !names.contains(c) {
+            names.push(std::sync::Arc::clone(c));
         }
     }
+    let by_caller: Vec<CallerStatus> = names
+        .iter()
+        .filter(|c| visible(c))
+        .map(|c| row(c))
+        .collect();
     BudgetStatus {
         quota: budget.rate().calls,
         window_seconds: budget.rate().period.as_secs_f64(),

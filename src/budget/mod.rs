@@ -36,16 +36,18 @@ use tokio::{
 pub mod carry;
 mod keys;
 mod shared;
+mod shares;
 
 pub use self::{
     keys::KeyLimiter,
     shared::{SharedCounter, SharedLog, Transitions},
+    shares::{Phase, SCALE as SHARE_SCALE, Scheduler},
 };
 
-use crate::config::{BudgetSettings, Rate};
+use crate::config::{BudgetSettings, KeyShare, KeyShares, Rate};
 
 /// A sliding-window log of event times.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct SlidingLog {
     times: VecDeque<Instant>,
 }
@@ -149,9 +151,12 @@ struct Waiter {
     tx: oneshot::Sender<CallPermit>,
 }
 
-#[derive(Default)]
 struct Queues {
     log: SlidingLog,
+    /// Whose call goes next among the callers waiting (GATEWAY_KEY_SHARES).
+    sched: Scheduler,
+    /// When a caller passed over for its cap may have a call again (the dispatcher's wake).
+    capped_until: Option<Instant>,
     by_caller: HashMap<(Priority, Arc<str>), VecDeque<Waiter>>,
     /// Per priority, the callers with waiting calls, in round-robin order.
     rings: [VecDeque<Arc<str>>; 3],
@@ -160,6 +165,21 @@ struct Queues {
     granted_by_caller: HashMap<Arc<str>, u64>,
     /// Grants per wall-clock second, the last [`HISTORY_SECONDS`] (the status page's chart).
     history: VecDeque<(i64, u32)>,
+}
+
+impl Queues {
+    fn new(table: Arc<KeyShares>) -> Self {
+        Queues {
+            log: SlidingLog::default(),
+            sched: Scheduler::new(table),
+            capped_until: None,
+            by_caller: HashMap::new(),
+            rings: Default::default(),
+            waiting: 0,
+            granted_by_caller: HashMap::new(),
+            history: VecDeque::new(),
+        }
+    }
 }
 
 /// Seconds of grant history kept for the status page.
@@ -188,41 +208,87 @@ impl Queues {
 }
 
 impl Queues {
-    /// The most urgent priority with a waiting call.
-    fn best_priority(&self) -> Option<Priority> {
-        Priority::ALL
-            .into_iter()
-            .find(|p| !self.rings[*p as usize].is_empty())
+    /// The most urgent priority with a waiting call that may be granted now (callers
+    /// passed over for their caps do not count).
+    fn best_priority(&mut self, now: Instant) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| {
+            let ring = &self.rings[*p as usize];
+            match p {
+                Priority::Caller => ring
+                    .iter()
+                    .any(|c| self.sched.capped_until(c, now).is_none()),
+                _ => !ring.is_empty(),
+            }
+        })
     }
 
-    /// The next live waiter: the most urgent priority first, round-robin across callers
-    /// within it.
-    fn next_waiter(&mut self) -> Option<(Arc<str>, Waiter)> {
+    /// The next live waiter: the most urgent priority first; among callers, the one the
+    /// shares choose (round robin without shares), among background work round robin.
+    /// Also says in which phase a caller's grant is made.
+    fn next_waiter(&mut self, now: Instant) -> Option<(Arc<str>, Waiter, Priority, Phase)> {
+        self.capped_until = None;
         for p in Priority::ALL {
-            while let Some(caller) = self.rings[p as usize].pop_front() {
-                let key = (p, caller);
-                let Some(q) = self.by_caller.get_mut(&key) else {
-                    continue;
-                };
-                let mut found = None;
-                while let Some(w) = q.pop_front() {
-                    self.waiting -= 1;
-                    if !w.tx.is_closed() {
-                        found = Some(w);
-                        break;
+            loop {
+                let at = if p == Priority::Caller {
+                    match self.sched.choose(now, &self.rings[0]) {
+                        Ok(chosen) => Some(chosen),
+                        Err(until) => {
+                            self.capped_until = until;
+                            None
+                        }
                     }
-                }
-                if q.is_empty() {
-                    self.by_caller.remove(&key);
                 } else {
-                    self.rings[p as usize].push_back(Arc::clone(&key.1));
-                }
-                if let Some(w) = found {
-                    return Some((key.1, w));
+                    (!self.rings[p as usize].is_empty()).then_some((0, Phase::Weighted))
+                };
+                let Some((at, phase)) = at else { break };
+                let Some(caller) = self.rings[p as usize].remove(at) else {
+                    break;
+                };
+                if let Some(w) = self.pop_live(p, &caller) {
+                    return Some((caller, w, p, phase));
                 }
             }
         }
         None
+    }
+
+    /// The next live waiter of `caller` at `p`; the caller goes to the back of its ring
+    /// while it has more (the caller is out of the ring when this is called).
+    fn pop_live(&mut self, p: Priority, caller: &Arc<str>) -> Option<Waiter> {
+        let key = (p, Arc::clone(caller));
+        let q = self.by_caller.get_mut(&key)?;
+        let mut found = None;
+        while let Some(w) = q.pop_front() {
+            self.waiting -= 1;
+            if !w.tx.is_closed() {
+                found = Some(w);
+                break;
+            }
+        }
+        if q.is_empty() {
+            self.by_caller.remove(&key);
+        } else {
+            self.rings[p as usize].push_back(Arc::clone(caller));
+        }
+        found
+    }
+
+    /// The next live waiter of the caller `key` (the replicas' scheduler chose it), else
+    /// whoever is next.
+    fn waiter_of(
+        &mut self,
+        key: &Arc<str>,
+        now: Instant,
+    ) -> Option<(Arc<str>, Waiter, Priority, Phase)> {
+        let ring = &mut self.rings[Priority::Caller as usize];
+        if let Some(at) = ring.iter().position(|c| c == key) {
+            ring.remove(at);
+            let phase = self.sched.phase_for(key, now).unwrap_or(Phase::Weighted);
+            if let Some(w) = self.pop_live(Priority::Caller, key) {
+                return Some((Arc::clone(key), w, Priority::Caller, phase));
+            }
+        }
+        self.next_waiter(now)
     }
 }
 
@@ -282,12 +348,24 @@ impl Budget {
         global: Option<Arc<dyn SharedLog>>,
         lease: Duration,
     ) -> Self {
+        Self::with_shares(s, account, global, lease, Arc::new(KeyShares::default()))
+    }
+
+    /// [`Budget::new`] whose callers share it by `shares` (GATEWAY_KEY_SHARES): with a
+    /// `global` log, for the whole deployment.
+    pub fn with_shares(
+        s: &BudgetSettings,
+        account: Arc<str>,
+        global: Option<Arc<dyn SharedLog>>,
+        lease: Duration,
+        shares: Arc<KeyShares>,
+    ) -> Self {
         // Completion times already bound arrivals; the small margin only absorbs clock
         // granularity between the two hosts.
         let margin =
             (s.rate.period / 100).clamp(Duration::from_millis(5), Duration::from_millis(500));
         let shared = Arc::new(Shared {
-            queues: Mutex::new(Queues::default()),
+            queues: Mutex::new(Queues::new(shares)),
             in_flight: AtomicU32::new(0),
             wake: Notify::new(),
             shutdown: AtomicBool::new(false),
@@ -343,10 +421,15 @@ impl Budget {
             let mut q = lock(&self.shared.queues);
             q.log.prune(started, self.shared.span);
             // Fast path: nobody queued and room now (only without a shared budget, which
-            // the dispatcher must ask).
+            // the dispatcher must ask, and for a caller within its cap).
             let in_flight = self.shared.in_flight.load(Ordering::Acquire);
+            let phase = match priority {
+                Priority::Caller => q.sched.phase_for(caller, started),
+                _ => Some(Phase::Weighted),
+            };
             if self.shared.global.is_none()
                 && q.waiting == 0
+                && let Some(phase) = phase
                 && in_flight < self.shared.concurrency
                 && q.log.times.len() + (in_flight as usize)
                     < room_for(priority, self.shared.rate.calls)
@@ -354,6 +437,9 @@ impl Budget {
                 self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
                 self.shared.granted.fetch_add(1, Ordering::Relaxed);
                 q.record_grant(caller);
+                if priority == Priority::Caller {
+                    q.sched.record(caller, phase, started);
+                }
                 return Ok(CallPermit {
                     shared: Arc::clone(&self.shared),
                     used: true,
@@ -381,7 +467,7 @@ impl Budget {
         };
         match granted {
             Ok(Ok(permit)) => {
-                metrics::histogram!("gateway_budget_wait_by_priority_seconds", "priority" => priority.label(), "account" => self.shared.account.to_string())
+                metrics::histogram!("gateway_budget_wait_by_priority_seconds", "priority" => priority.label(), "account" => self.shared.account.to_string(), "key" => self.key_label(caller))
                     .record(started.elapsed().as_secs_f64());
                 let waited = started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
                 self.shared
@@ -533,6 +619,101 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// When the `own` calls of the caller `key` would be served (the last one completed),
+    /// while the callers of `others` (name, calls) want theirs too: the sliding log played
+    /// forward as in [`Budget::time_to_serve`], each slot given by the shares' own rules
+    /// (reservations, weights, caps) from their current state. Without shares that is the
+    /// round robin.
+    pub fn time_to_serve_as(
+        &self,
+        key: &Arc<str>,
+        own: u64,
+        others: &[(Arc<str>, u64)],
+    ) -> Duration {
+        if own == 0 {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let call = self.mean_call();
+        let span = self.shared.span;
+        let (mut slots, mut sched) = {
+            let mut q = lock(&self.shared.queues);
+            q.log.prune(now, span);
+            let slots: BinaryHeap<Reverse<Instant>> =
+                q.log.times.iter().map(|t| Reverse(*t + span)).collect();
+            (slots, q.sched.clone())
+        };
+        let in_flight = self.shared.in_flight.load(Ordering::Relaxed);
+        for _ in 0..in_flight {
+            slots.push(Reverse(now + call + span));
+        }
+        while slots.len() < self.shared.rate.calls.max(1) as usize {
+            slots.push(Reverse(now));
+        }
+        // Everyone else first on ties: an ETA errs on the late side.
+        let mut demand: Vec<(Arc<str>, u64)> = others
+            .iter()
+            .filter(|(k, n)| k != key && *n > 0)
+            .cloned()
+            .collect();
+        demand.push((Arc::clone(key), own));
+        let mut last = now;
+        for _ in 0..MAX_SCHEDULED {
+            let Some(Reverse(free)) = slots.pop() else {
+                break;
+            };
+            let granted = free.max(now);
+            let keys: Vec<Arc<str>> = demand.iter().map(|(k, _)| Arc::clone(k)).collect();
+            let (at, phase) = match sched.choose(granted, &keys) {
+                Ok(c) => c,
+                // Everyone left is capped: the slot waits for the first cap to free.
+                Err(Some(until)) => {
+                    slots.push(Reverse(until.max(granted)));
+                    continue;
+                }
+                Err(None) => break,
+            };
+            sched.record(&keys[at], phase, granted);
+            slots.push(Reverse(granted + call + span));
+            last = granted;
+            demand[at].1 -= 1;
+            if demand[at].1 == 0 {
+                if keys[at] == *key {
+                    break;
+                }
+                demand.remove(at);
+            }
+        }
+        (last + call).saturating_duration_since(now)
+    }
+
+    /// The shares its callers are served by (GATEWAY_KEY_SHARES; every key listed).
+    pub fn shares(&self) -> Arc<KeyShares> {
+        Arc::clone(lock(&self.shared.queues).sched.table())
+    }
+
+    /// The share of the caller `key`.
+    pub fn share_of(&self, key: &str) -> KeyShare {
+        lock(&self.shared.queues).sched.table().get(key)
+    }
+
+    /// `caller` as a metrics label: a configured key's name, the fixed names of the
+    /// gateway's own work, or `other` — so the label's values stay few and known.
+    pub fn key_label(&self, caller: &Arc<str>) -> metrics::SharedString {
+        let known = lock(&self.shared.queues).sched.table().contains(caller)
+            || FIXED_CALLERS.contains(&&**caller);
+        if known {
+            metrics::SharedString::from_shared(Arc::clone(caller))
+        } else {
+            metrics::SharedString::const_str("other")
+        }
+    }
+}
+
+/// Callers that are the gateway itself, not a key: the fixed values of the `key` label.
+pub const FIXED_CALLERS: [&str; 4] = ["anonymous", "revalidate", "refresh_ahead", "readyz"];
+
 #[cfg(test)]
 impl Budget {
     fn new_local(s: &BudgetSettings) -> Self {
@@ -556,18 +737,30 @@ async fn dispatch(shared: Arc<Shared>) {
     loop {
         if shared.shutdown.load(Ordering::Acquire) {
             // Dropping the queues wakes every waiter with an error.
-            *lock(&shared.queues) = Queues::default();
+            let table = Arc::clone(lock(&shared.queues).sched.table());
+            *lock(&shared.queues) = Queues::new(table);
             return;
         }
         let wake_at = match next_step(&shared) {
             Step::Wait(t) => t,
             Step::AskGlobal(cluster) => {
-                let (calls, period) = (shared.rate.calls, shared.rate.period);
+                let calls = shared.rate.calls;
                 // The slot is asked for at the priority the next grant goes to, so the
                 // replicas keep the order and refresh-ahead's headroom together.
-                let best = lock(&shared.queues)
-                    .best_priority()
-                    .unwrap_or(Priority::Caller);
+                let (best, keyed) = {
+                    let mut q = lock(&shared.queues);
+                    let best = q.best_priority(Instant::now()).unwrap_or(Priority::Caller);
+                    // With shares, the replicas' log chooses among the callers waiting on
+                    // every replica, so it is told this replica's.
+                    let keyed =
+                        (best == Priority::Caller && !q.sched.table().is_empty()).then(|| {
+                            (
+                                Arc::clone(q.sched.table()),
+                                q.rings[0].iter().cloned().collect::<Vec<_>>(),
+                            )
+                        });
+                    (best, keyed)
+                };
                 let share = calls / cluster.replicas();
                 let now = Instant::now();
                 let changed = cluster.transitions();
@@ -576,12 +769,9 @@ async fn dispatch(shared: Arc<Shared>) {
                 let recovering = changed.regained_at.is_some_and(|t| now < t + shared.span);
                 match recovering.then(|| local_room(&shared, share)).flatten() {
                     Some(wait) => wait,
-                    None => match cluster
-                        .acquire(room_for(best, calls) as u32, period, shared.lease, best)
-                        .await
-                    {
-                        Some(Ok(member)) => {
-                            grant(&shared, Some((Arc::clone(&cluster), member)));
+                    None => match ask_global(&shared, &cluster, best, keyed).await {
+                        Some(Ok((member, key))) => {
+                            grant(&shared, Some((Arc::clone(&cluster), member)), key.as_ref());
                             continue;
                         }
                         // Full across the replicas: look again soon (other replicas'
@@ -611,6 +801,28 @@ async fn dispatch(shared: Arc<Shared>) {
             }
             None => shared.wake.notified().await,
         }
+    }
+}
+
+/// Asks the replicas' log for a slot at `best`; with shares (`keyed`: the table and this
+/// replica's callers waiting), the log also says whose call it is.
+async fn ask_global(
+    shared: &Arc<Shared>,
+    cluster: &Arc<dyn SharedLog>,
+    best: Priority,
+    keyed: Option<(Arc<KeyShares>, Vec<Arc<str>>)>,
+) -> Option<Result<(String, Option<Arc<str>>), Duration>> {
+    let (calls, period) = (shared.rate.calls, shared.rate.period);
+    let limit = room_for(best, calls) as u32;
+    match keyed {
+        Some((table, waiting)) => cluster
+            .acquire_keyed(limit, period, shared.lease, &table, &waiting)
+            .await
+            .map(|r| r.map(|(member, key)| (member, Some(key)))),
+        None => cluster
+            .acquire(limit, period, shared.lease, best)
+            .await
+            .map(|r| r.map(|member| (member, None))),
     }
 }
 
@@ -658,9 +870,13 @@ fn local_step(shared: &Arc<Shared>, limit: u32) -> Step {
             if q.waiting == 0 || in_flight >= shared.concurrency {
                 return Step::Wait(None);
             }
-            let room = q
-                .best_priority()
-                .map_or(limit, |p| room_for(p, limit as u32));
+            let Some(best) = q.best_priority(Instant::now()) else {
+                // Only callers over their caps are waiting: until the first cap frees.
+                let q = &mut *q;
+                let until = q.sched.choose(Instant::now(), &q.rings[0]).err().flatten();
+                return Step::Wait(until);
+            };
+            let room = room_for(best, limit as u32);
             if q.log.times.len() + in_flight as usize >= room {
                 // Full: a slot frees when the oldest completion leaves the window, or when a
                 // call in flight completes (a notify) — whichever comes first.
@@ -672,8 +888,8 @@ fn local_step(shared: &Arc<Shared>, limit: u32) -> Step {
         match next_free {
             Some(t) => return Step::Wait(t),
             None => {
-                if !grant(shared, None) {
-                    return Step::Wait(None);
+                if !grant(shared, None, None) {
+                    return Step::Wait(lock(&shared.queues).capped_until);
                 }
             }
         }
@@ -690,11 +906,21 @@ fn room_for(priority: Priority, limit: u32) -> usize {
     }
 }
 
-/// Hands one permit to the next live waiter (round-robin across callers). A shared-budget
-/// slot that finds nobody waiting is given back. Returns whether a waiter got it.
-fn grant(shared: &Arc<Shared>, global: Option<(Arc<dyn SharedLog>, String)>) -> bool {
+/// Hands one permit to the next live waiter (the caller `chosen` by the replicas' log when
+/// it still waits; else by priority, then shares or round robin). A shared-budget slot that
+/// finds nobody waiting is given back. Returns whether a waiter got it.
+fn grant(
+    shared: &Arc<Shared>,
+    global: Option<(Arc<dyn SharedLog>, String)>,
+    chosen: Option<&Arc<str>>,
+) -> bool {
     let mut q = lock(&shared.queues);
-    let Some((caller, w)) = q.next_waiter() else {
+    let now = Instant::now();
+    let next = match chosen {
+        Some(key) => q.waiter_of(key, now),
+        None => q.next_waiter(now),
+    };
+    let Some((caller, w, priority, phase)) = next else {
         drop(q);
         if let Some((c, member)) = global {
             tokio::spawn(async move { c.release(&member).await });
@@ -712,6 +938,9 @@ fn grant(shared: &Arc<Shared>, global: Option<(Arc<dyn SharedLog>, String)>) -> 
         Ok(()) => {
             shared.granted.fetch_add(1, Ordering::Relaxed);
             q.record_grant(&caller);
+            if priority == Priority::Caller {
+                q.sched.record(&caller, phase, now);
+            }
             true
         }
         Err(mut unused) => {

@@ -31,6 +31,29 @@ pub trait SharedLog: Send + Sync + std::fmt::Debug {
         priority: super::Priority,
     ) -> Option<Result<String, Duration>>;
 
+    /// [`SharedLog::acquire`] for a call at the caller priority, choosing *whose* call it
+    /// is by `shares` over the callers waiting on every replica (this replica's are
+    /// `waiting`, in arrival order): `Some(Ok((member, key)))`, a slot granted to the caller
+    /// `key`, one of `waiting`; `Some(Err(wait))` when the log is full or the next call
+    /// belongs to a caller waiting on another replica. A log that keeps no shares grants
+    /// to the first of `waiting`.
+    async fn acquire_keyed(
+        &self,
+        limit: u32,
+        period: Duration,
+        lease: Duration,
+        shares: &crate::config::KeyShares,
+        waiting: &[std::sync::Arc<str>],
+    ) -> Option<Result<(String, std::sync::Arc<str>), Duration>> {
+        let _ = shares;
+        let Some(first) = waiting.first().cloned() else {
+            return Some(Err(Duration::from_millis(50)));
+        };
+        self.acquire(limit, period, lease, super::Priority::Caller)
+            .await
+            .map(|r| r.map(|member| (member, first)))
+    }
+
     /// Records the completion of the call that took `member`.
     async fn release(&self, member: &str);
 

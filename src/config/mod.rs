@@ -6,8 +6,10 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 mod accounts;
+mod shares;
 
 pub use accounts::{ACCOUNT_NAME_RULE, valid_account_name};
+pub use shares::{KeyShare, KeyShares, MAX_WEIGHT};
 
 use clap::{ArgAction, Parser};
 use reqwest::Url;
@@ -127,6 +129,13 @@ pub struct Cli {
     #[arg(long, env = "GATEWAY_KEY_RATE_LIMIT")]
     pub gateway_key_rate_limit: Option<Rate>,
 
+    /// Each key's share of every account's upstream budget, comma-separated
+    /// `name:property=value` (a name may repeat): `min=N/period` (a reservation while it
+    /// waits), `weight=W` (default 1: its share of the rest), `max=N/period` (a cap).
+    /// Unset = round robin among the keys waiting.
+    #[arg(long, env = "GATEWAY_KEY_SHARES")]
+    pub gateway_key_shares: Option<String>,
+
     /// Allow `/v1/*` without a key (otherwise no keys = refuse to start).
     #[arg(long, env = "GATEWAY_ALLOW_ANONYMOUS", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub gateway_allow_anonymous: bool,
@@ -229,6 +238,8 @@ pub struct Settings {
     pub key_accounts: Option<KeyAccounts>,
     pub api_keys: Vec<ApiKey>,
     pub key_rate_limit: Option<Rate>,
+    /// GATEWAY_KEY_SHARES: reservations, weights and caps per key (empty = round robin).
+    pub key_shares: KeyShares,
     pub allow_anonymous: bool,
     pub cors_origins: Vec<String>,
     pub request_timeout: Duration,
@@ -643,6 +654,24 @@ impl Cli {
             ),
             None => None,
         };
+        let key_shares = match &self.gateway_key_shares {
+            Some(raw) => {
+                let shares = KeyShares::parse(raw, &api_keys).map_err(|problem| ConfigError {
+                    setting: "GATEWAY_KEY_SHARES",
+                    problem,
+                })?;
+                for a in &accounts {
+                    shares
+                        .check_fits(&a.name, a.rate)
+                        .map_err(|problem| ConfigError {
+                            setting: "GATEWAY_KEY_SHARES",
+                            problem,
+                        })?;
+                }
+                shares
+            }
+            None => KeyShares::default(),
+        };
         let cors_origins = self
             .gateway_cors_origins
             .as_deref()
@@ -672,6 +701,7 @@ impl Cli {
             },
             api_keys,
             key_rate_limit: self.gateway_key_rate_limit,
+            key_shares,
             allow_anonymous: self.gateway_allow_anonymous,
             cors_origins,
             request_timeout: self.gateway_request_timeout,

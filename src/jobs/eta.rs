@@ -10,9 +10,10 @@
 //!
 //! `calls_estimated` never goes down (what a progress bar shows); the ETA reads the freshest
 //! estimate, so a first prediction that was too high does not hold it up. The ETA plays the
-//! budget's sliding log forward ([`Budget::time_to_serve`]) for the calls left to this job,
-//! plus — because the budget serves waiting callers round robin — up to as many calls of
-//! each other caller, and all calls left of the same key's older jobs.
+//! budget's sliding log forward ([`Budget::time_to_serve_as`]) for the calls left to this job
+//! and the same key's older jobs, while the other callers' calls (their jobs' and what they
+//! have waiting) are served by the budget's shares (round robin without
+//! GATEWAY_KEY_SHARES).
 
 use std::{collections::HashMap, sync::Arc, sync::atomic::Ordering, time::Duration};
 
@@ -64,9 +65,9 @@ impl Job {
     }
 }
 
-/// Seconds until `job` should be done, given the other jobs of this process `others`:
-/// its calls left, plus up to as many calls of each other caller (round robin), and all
-/// calls left of the same key's older jobs, played through `budget`'s schedule.
+/// Seconds until `job` should be done, given the other jobs of this process `others`: its
+/// calls left and all calls left of the same key's older jobs, played through `budget`'s
+/// schedule while the other callers are served by its shares.
 pub(super) fn eta(job: &Job, others: &[Arc<Job>], budget: &Budget) -> u64 {
     let mine = job.remaining();
     let mut ahead_same_key = 0u64;
@@ -92,23 +93,23 @@ pub(super) fn eta(job: &Job, others: &[Arc<Job>], budget: &Budget) -> u64 {
     ))
 }
 
-/// How long `budget` takes to serve `calls` of `caller` when others are served round robin
-/// meanwhile: each other caller's waiting calls (or `known` calls left, whichever is more)
-/// count up to `calls`.
+/// How long `budget` takes to serve `calls` of `caller` while the other callers are served
+/// by its shares (round robin without GATEWAY_KEY_SHARES): each other caller wanting its
+/// waiting calls, or the `known` calls it has left, whichever is more.
 pub fn serve_time(
     budget: &Budget,
-    caller: &str,
+    caller: &Arc<str>,
     calls: u64,
     mut known: HashMap<Arc<str>, u64>,
 ) -> Duration {
     for (other, waiting) in budget.waiting_by_caller() {
-        if &*other != caller {
+        if other != *caller {
             let d = known.entry(other).or_default();
             *d = (*d).max(waiting as u64);
         }
     }
-    let total = calls + known.values().map(|d| (*d).min(calls)).sum::<u64>();
-    budget.time_to_serve(total)
+    let others: Vec<(Arc<str>, u64)> = known.into_iter().collect();
+    budget.time_to_serve_as(caller, calls, &others)
 }
 
 /// Whole seconds, rounded up.

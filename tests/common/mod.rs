@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use jiff::{Timestamp, civil::DateTime, tz::TimeZone};
@@ -152,6 +154,7 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
             },
         ],
         key_rate_limit: o.key_rate_limit,
+        key_shares: Default::default(),
         allow_anonymous: false,
         cors_origins: vec!["https://dash.example".into()],
         request_timeout: Duration::from_secs(120),

@@ -310,7 +310,8 @@ impl Scanner {
         let mut i = 0;
         while i < input.len() {
             let rest = &input[i..];
-            let newline = rest.iter().position(|b| *b == b'\n');
+            // memchr: the whole request head passes here, byte by byte otherwise.
+            let newline = memchr::memchr(b'\n', rest);
             match &mut self.state {
                 State::Off => break,
                 State::Line { len } => {
