@@ -119,7 +119,9 @@ async fn the_upstream_budget_counts_down_with_calls_and_comes_back() {
     assert_eq!(h.calls(), 3, "refused before any call");
     let (r, t) = state_of(&refused, "upstream");
     assert_eq!(r, 1, "the call left was not spent");
-    assert!((1..=3).contains(&t), "t={t}");
+    // The oldest call leaves the window one period (plus the budget's margin of 1 %, at
+    // least 5 ms) after it completed; refused at once, that can read as the 4th second.
+    assert!((1..=4).contains(&t), "t={t}");
     // After one period without calls the whole budget is back.
     tokio::time::sleep(period + Duration::from_millis(300)).await;
     let back = h.get("/v1/jobs").await;
