@@ -3,81 +3,28 @@
 //! a job whose replica is killed (SIGKILL) is finished by another within its lease; a range
 //! warm only in Redis answers 200 to `Prefer: respond-async`.
 //!
-//! A real redis-server is started here on a free loopback port and stopped by its pid.
-//! Without one the tests are skipped locally and fail under CI (`CI=true`).
+//! A real redis-server is started on a free loopback port and stopped by its pid
+//! (`common::redis_server`). Without one the tests are skipped locally and fail under CI.
 
 mod common;
 
 use std::{
-    net::{SocketAddr, TcpListener},
-    process::{Child, Command, Stdio},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{
+    redis_server::{Redis, redis_or_skip},
+    *,
+};
 use kore_gateway::{AppState, config::Rate};
 use kore_sim::{SimConfig, Simulator};
 use secrecy::SecretString;
 use serde_json::Value;
 
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if started.elapsed() > Duration::from_secs(10) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Redis { child, port })
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A fresh redis-server, or `None` (skipped) on a machine without one — never under CI.
-fn redis_or_skip() -> Option<Redis> {
-    let redis = Redis::start();
-    if redis.is_none() {
-        let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "false" | "0"));
-        assert!(!ci, "redis-server is needed under CI (.ci/run installs it)");
-        eprintln!("SKIPPED: redis-server not found (the test fails under CI=true)");
-    }
-    redis
+/// The Redis URL of a test's redis-server.
+fn url(redis: &Redis) -> String {
+    format!("redis://127.0.0.1:{}/", redis.port)
 }
 
 /// A budget of `n` calls a second, enforced by the simulator too.
@@ -103,7 +50,7 @@ async fn replica(
         ..Opts::default()
     };
     let mut settings = settings_for(sim, sim_addr, &opts);
-    settings.redis_url = Some(SecretString::from(redis.url()));
+    settings.redis_url = Some(SecretString::from(url(redis)));
     settings.replicas = 2;
     let state = kore_gateway::build(settings).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -289,7 +236,7 @@ async fn a_job_created_on_one_replica_is_read_listed_joined_and_cancelled_on_ano
 async fn a_job_whose_replica_is_killed_is_finished_by_another() {
     let Some(redis) = redis_or_skip() else { return };
     let (sim, sim_addr) = simulator(4).await;
-    let url = redis.url();
+    let url = url(&redis);
     let (mut a, base_a, _log) = spawn_gateway(
         &sim,
         sim_addr,
