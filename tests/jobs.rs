@@ -47,40 +47,9 @@ fn progress(v: &Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("progress.{name} in {v}"))
 }
 
-/// Polls a job until it ends, checking on every look that its counts never go down and
-/// that the estimate covers what is done. Returns the final view.
+/// Polls a job until it ends (see [`follow_job`]).
 async fn follow(h: &Harness, location: &str, key: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    let mut last: Option<Value> = None;
-    loop {
-        let (status, v) = job(h, location, key).await;
-        assert_eq!(status, 200, "{location}: {v}");
-        if let Some(prev) = &last {
-            for name in [
-                "windows_done",
-                "windows_total",
-                "calls_done",
-                "calls_estimated",
-            ] {
-                assert!(
-                    progress(&v, name) >= progress(prev, name),
-                    "{name} went down: {prev} then {v}"
-                );
-            }
-        }
-        assert!(
-            progress(&v, "calls_estimated") >= progress(&v, "calls_done"),
-            "estimate below what is done: {v}"
-        );
-        match v["state"].as_str() {
-            Some("done") | Some("failed") => return v,
-            Some("queued") | Some("running") => {}
-            other => panic!("unknown state {other:?} in {v}"),
-        }
-        assert!(Instant::now() < deadline, "job not done in {within:?}: {v}");
-        last = Some(v);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    follow_job(&h.http, &format!("{}{location}", h.base), key, within, None).await
 }
 
 #[tokio::test]

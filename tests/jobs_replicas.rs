@@ -308,23 +308,15 @@ async fn a_job_whose_replica_is_killed_is_finished_by_another() {
     let takeover = killed.elapsed();
     println!("takeover after SIGKILL: {takeover:?} (lease 10 s, sweep every 2 s)");
     assert!(takeover <= Duration::from_secs(15), "{takeover:?}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let end = loop {
-        let (status, v) = get(&http, &format!("{base_b}{location}"), KEY).await;
-        assert_eq!(status, 200, "{v}");
-        for name in ["windows_done", "calls_done"] {
-            assert!(
-                v["progress"][name].as_u64() >= before["progress"][name].as_u64(),
-                "{name} went down: {before} then {v}"
-            );
-        }
-        if v["state"] == "done" {
-            break v;
-        }
-        assert_ne!(v["state"], "failed", "{v}");
-        assert!(Instant::now() < deadline, "not done: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let end = follow_job(
+        &http,
+        &format!("{base_b}{location}"),
+        KEY,
+        Duration::from_secs(120),
+        Some(&before),
+    )
+    .await;
+    assert_eq!(end["state"], "done", "{end}");
     println!("finished on B {:?} after the kill: {end}", killed.elapsed());
 
     // What A fetched is not fetched again: no window done before the kill is asked after

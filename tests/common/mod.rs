@@ -566,3 +566,61 @@ pub async fn exited_within(child: &mut std::process::Child, within: Duration) ->
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Polls the job at `url` until it ends, checking on every look that its counts never go
+/// down (from `since` on, when given: a view seen before a restart or a takeover) and that
+/// its estimate covers what is done. Returns the final view.
+pub async fn follow_job(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    within: Duration,
+    since: Option<&Value>,
+) -> Value {
+    let progress = |v: &Value, name: &str| {
+        v["progress"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("progress.{name} in {v}"))
+    };
+    let deadline = std::time::Instant::now() + within;
+    let mut last: Option<Value> = since.cloned();
+    loop {
+        let resp = http
+            .get(url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("answers");
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{url}: {v}");
+        if let Some(prev) = &last {
+            for name in [
+                "windows_done",
+                "windows_total",
+                "calls_done",
+                "calls_estimated",
+            ] {
+                assert!(
+                    progress(&v, name) >= progress(prev, name),
+                    "{name} went down: {prev} then {v}"
+                );
+            }
+        }
+        assert!(
+            progress(&v, "calls_estimated") >= progress(&v, "calls_done"),
+            "estimate below what is done: {v}"
+        );
+        match v["state"].as_str() {
+            Some("done") | Some("failed") => return v,
+            Some("queued") | Some("running") => {}
+            other => panic!("unknown state {other:?} in {v}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job not done in {within:?}: {v}"
+        );
+        last = Some(v);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
