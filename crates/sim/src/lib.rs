@@ -6,9 +6,12 @@
 //! never broke one. Its data is synthetic but deterministic (see `data`): [`Simulator::truth`]
 //! gives the exact records any query should yield. Latency and faults (5xx, 429, broken
 //! connections, truncated bodies, wrong counts) can be injected and changed at runtime to
-//! exercise the gateway's retries and cross-checks.
+//! exercise the gateway's retries and cross-checks. Records can change after the fact
+//! ([`Simulator::revise`]), and in live mode ([`Live`]) they appear and change as the clock
+//! runs, like the vendor's (see `live`).
 
 mod data;
+mod live;
 mod render;
 mod rules;
 #[cfg(test)]
@@ -36,6 +39,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+pub use self::live::Live;
 use self::{
     data::Filter,
     render::{FieldMask, Renderer},
@@ -77,6 +81,9 @@ pub struct SimConfig {
     pub volume: u32,
     /// How `offset` is read: a page index (current vendor docs) or a record skip (older).
     pub offset_mode: OffsetMode,
+    /// Live mode: records published some time after they start and revised as time
+    /// passes (see [`Live`]); `None` = every record there and unchanged from the start.
+    pub live: Option<Live>,
 }
 
 /// How the simulated vendor reads the `offset` query parameter (SPEC §1 leaves both
@@ -103,12 +110,13 @@ impl fmt::Debug for SimConfig {
             .field("seed", &self.seed)
             .field("volume", &self.volume)
             .field("offset_mode", &self.offset_mode)
+            .field("live", &self.live)
             .finish()
     }
 }
 
 impl SimConfig {
-    /// Fixed demo credentials, 50 ms latency, no faults, no rate limit, seed 1.
+    /// Fixed demo credentials, 50 ms latency, no faults, no rate limit, seed 1, not live.
     pub fn demo() -> Self {
         SimConfig {
             account_id: "66bc4a29bdaafdb08461de30".into(),
@@ -121,6 +129,7 @@ impl SimConfig {
             seed: 1,
             volume: 1,
             offset_mode: OffsetMode::Page,
+            live: None,
         }
     }
 }
@@ -283,6 +292,10 @@ struct Runtime {
     hidden: std::collections::HashSet<String>,
     /// Pages answered with data so far (for [`CountLie::Growing`]).
     answered: u64,
+    /// Test-controlled revisions by `sessionId` (see [`Simulator::revise`]).
+    revisions: live::Revisions,
+    /// The `now` live mode reads instead of the wall clock (see [`Simulator::pin_clock`]).
+    pinned_now: Option<i64>,
 }
 
 #[derive(Default)]
@@ -325,6 +338,8 @@ impl Simulator {
             window: VecDeque::new(),
             hidden: std::collections::HashSet::new(),
             answered: 0,
+            revisions: live::Revisions::default(),
+            pinned_now: None,
         };
         let inner = Inner {
             key: DecodingKey::from_secret(cfg.client_secret.as_bytes()),
@@ -341,7 +356,8 @@ impl Simulator {
 
     /// Leaves the records with these `sessionId`s out of every answer from now on (an empty
     /// set publishes everything again), as a vendor does with sessions it has not finished
-    /// processing: a window fetched before and after differs.
+    /// processing: a window fetched before and after differs. Unlike live mode's
+    /// publication delay, hidden records stay in [`Simulator::truth`].
     pub fn set_hidden(&self, session_ids: impl IntoIterator<Item = String>) {
         lock(&self.inner.runtime).hidden = session_ids.into_iter().collect();
     }
@@ -423,7 +439,11 @@ impl Simulator {
 
     /// Ground truth: every record matching the range (inclusive, to the second) and
     /// filter, in `sessionId` order, rendered for `offset_minutes` — what all pages of the
-    /// endpoint together return (as far as 11 pages reach).
+    /// endpoint together return (as far as 11 pages reach), revisions applied.
+    ///
+    /// In live mode the truth is "as of now": it reads the clock once, as each answer
+    /// does, so it agrees with an answer given in the same second (or at a pinned clock).
+    /// Records hidden with [`Simulator::set_hidden`] are included.
     pub fn truth(
         &self,
         start: Timestamp,
@@ -441,14 +461,18 @@ impl Simulator {
             .as_deref()
             .map(FieldMask::from_names)
             .unwrap_or_default();
-        let all = data::matching_at_volume(
+        let view = self.view_of(&lock(&self.inner.runtime));
+        let mut all = data::matching_at_volume(
             self.inner.cfg.seed,
             self.inner.cfg.volume,
             start.as_second(),
             end_inclusive.as_second(),
             &f,
         );
-        self.inner.records.values(&all, offset_minutes, fields)
+        view.retain_published(&mut all);
+        self.inner
+            .records
+            .values(&all, offset_minutes, fields, &view)
     }
 
     fn violation(&self, at: Instant, b: &Breach, request_id: Option<String>) {
@@ -558,10 +582,11 @@ fn page_body(
     num_results: u64,
     page: &[data::Skel],
     q: &rules::Query,
+    view: &live::View<'_>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + page.len() * 2048);
     out.extend_from_slice(format!("{{\"numResults\":{num_results},\"data\":[").as_bytes());
-    records.write_records(page, q.offset_minutes, q.fields, &mut out);
+    records.write_records(page, q.offset_minutes, q.fields, view, &mut out);
     out.extend_from_slice(b"]}");
     out
 }
@@ -695,14 +720,15 @@ async fn interaction_details(
         query.end,
         &query.filter,
     );
-    let (lie, answered) = {
+    let (lie, answered, view) = {
         let mut rt = lock(&sim.inner.runtime);
         if !rt.hidden.is_empty() {
             all.retain(|s| std::str::from_utf8(s.id()).map_or(true, |id| !rt.hidden.contains(id)));
         }
         rt.answered += 1;
-        (rt.faults.count.clone(), rt.answered)
+        (rt.faults.count.clone(), rt.answered, sim.view_of(&rt))
     };
+    view.retain_published(&mut all);
     let from = (paging.skip as usize).min(all.len());
     let to = from.saturating_add(paging.limit as usize).min(all.len());
     let page = &all[from..to];
@@ -719,7 +745,7 @@ async fn interaction_details(
         CountLie::OffBy(d) => num_results.saturating_add_signed(d),
         CountLie::Growing { step } => num_results.saturating_add(step.saturating_mul(answered)),
     };
-    let answer = page_body(&sim.inner.records, num_results, page, query);
+    let answer = page_body(&sim.inner.records, num_results, page, query, &view);
     sim.record(
         arrived,
         200,

@@ -17,7 +17,10 @@ use std::{
 
 use serde_json::Value;
 
-use super::data::{self, Skel};
+use super::{
+    data::{self, Skel},
+    live::{self, View},
+};
 
 /// The four optional blocks a request opts into with `selectedFields`, in bit order.
 pub(crate) const OPTIONAL_FIELDS: [&str; 4] = [
@@ -234,20 +237,31 @@ impl Renderer {
         t
     }
 
+    /// The record's template at the revision `view` gives it: the cached one at revision
+    /// 0, else one of its own, built for this rendering (revised records are few).
+    fn template_in(&self, skel: &Skel, view: &View<'_>) -> Arc<Template> {
+        let base = self.template(skel);
+        match view.revision(skel) {
+            0 => base,
+            rev => Arc::new(live::revised(&base, rev)),
+        }
+    }
+
     /// Appends the records, comma-separated, as a request with `offset_minutes` and
-    /// `fields` sees them.
+    /// `fields` sees them in `view`.
     pub(crate) fn write_records(
         &self,
         skels: &[Skel],
         offset_minutes: i32,
         fields: FieldMask,
+        view: &View<'_>,
         out: &mut Vec<u8>,
     ) {
         for (i, s) in skels.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            self.template(s).write(offset_minutes, fields, out);
+            self.template_in(s, view).write(offset_minutes, fields, out);
         }
     }
 
@@ -257,13 +271,15 @@ impl Renderer {
         skels: &[Skel],
         offset_minutes: i32,
         fields: FieldMask,
+        view: &View<'_>,
     ) -> Vec<Value> {
         let mut buf = Vec::with_capacity(4096);
         skels
             .iter()
             .map(|s| {
                 buf.clear();
-                self.template(s).write(offset_minutes, fields, &mut buf);
+                self.template_in(s, view)
+                    .write(offset_minutes, fields, &mut buf);
                 // The bytes are serde_json's own output, re-timed in place.
                 serde_json::from_slice(&buf).unwrap_or(Value::Null)
             })
