@@ -518,3 +518,4 @@ async fn pages_cover_every_record_once_and_equal_truth() {
 
 mod data;
 mod faults;
+mod live;
