@@ -95,7 +95,8 @@ impl std::fmt::Debug for Cluster {
 /// priority order across replicas: a replica asking at priority p (0 callers, 1
 /// revalidations, 2 refresh-ahead) announces itself in `urgent:p` for a second; a call of
 /// priority p is refused (wait 50 ms) while another replica is announced at a more urgent
-/// priority. KEYS: the log, `urgent:0`, `urgent:1`; ARGV: limit, period, lease, member,
+/// priority (the feed's polls, 3, yield like refresh-ahead: to callers and revalidations,
+/// which are the ones announced). KEYS: the log, `urgent:0`, `urgent:1`; ARGV: limit, period, lease, member,
 /// priority, replica.
 const ACQUIRE_LUA: &str = r"
 local t = redis.call('TIME')
@@ -106,7 +107,7 @@ if priority < 2 then
   redis.call('ZADD', KEYS[2 + priority], now + 1000, replica)
   redis.call('PEXPIRE', KEYS[2 + priority], 2000)
 end
-for p = 0, priority - 1 do
+for p = 0, math.min(priority, 2) - 1 do
   local k = KEYS[2 + p]
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
   local others = redis.call('ZCARD', k)

@@ -585,6 +585,13 @@ impl RangeFetch {
         self
     }
 
+    /// This range as the change feed's poll: at the lowest priority of the budget, its calls
+    /// waiting as long as the budget needs, until `stop` fires or the drain.
+    pub fn for_feed(mut self, stop: Stop) -> Self {
+        self.ctx.priority = Priority::Feed;
+        self.for_job(stop)
+    }
+
     /// This range spending through `allowance` (one window's share of the request's: see
     /// [`Allowance::child`]).
     pub fn with_allowance(&self, allowance: Arc<Allowance>) -> Self {

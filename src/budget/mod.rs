@@ -72,19 +72,22 @@ impl SlidingLog {
 /// Who a call is for, in the order the budget serves them: a caller waiting for its
 /// answer first, then the background refresh of a stale window someone was just served,
 /// then refresh-ahead, which only uses budget nobody is waiting for and leaves a quarter of
-/// the period's calls free for callers who may come.
+/// the period's calls free for callers who may come, then the change feed's polls, which
+/// leave half of them free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Priority {
     Caller = 0,
     Revalidate = 1,
     RefreshAhead = 2,
+    Feed = 3,
 }
 
 impl Priority {
-    pub const ALL: [Priority; 3] = [
+    pub const ALL: [Priority; 4] = [
         Priority::Caller,
         Priority::Revalidate,
         Priority::RefreshAhead,
+        Priority::Feed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -92,6 +95,7 @@ impl Priority {
             Priority::Caller => "caller",
             Priority::Revalidate => "revalidate",
             Priority::RefreshAhead => "refresh_ahead",
+            Priority::Feed => "feed",
         }
     }
 }
@@ -159,7 +163,7 @@ struct Queues {
     capped_until: Option<Instant>,
     by_caller: HashMap<(Priority, Arc<str>), VecDeque<Waiter>>,
     /// Per priority, the callers with waiting calls, in round-robin order.
-    rings: [VecDeque<Arc<str>>; 3],
+    rings: [VecDeque<Arc<str>>; 4],
     waiting: usize,
     /// Grants per caller since start (the status page's "calls by team").
     granted_by_caller: HashMap<Arc<str>, u64>,
@@ -902,6 +906,7 @@ fn room_for(priority: Priority, limit: u32) -> usize {
     let limit = limit.max(1) as usize;
     match priority {
         Priority::RefreshAhead => (limit * 3 / 4).max(1),
+        Priority::Feed => (limit / 2).max(1),
         _ => limit,
     }
 }
