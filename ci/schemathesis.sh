@@ -41,10 +41,14 @@ set +e
 # the interpreter, not a finding) while every case passed; one worker makes the run
 # deterministic for the fixed seed.
 root=$PWD
+# The change feed's stream (GET /v1/interactions/changes) is left out: a valid request opens
+# a stream that never ends, which a request/response fuzzer can only time out on. Its
+# refusals are tested in tests/feed.rs; its ticket route (POST …/tickets) is fuzzed here.
 (cd "$LOGDIR" && timeout --kill-after=15 "$MAX_SECONDS" \
   "$VENV/bin/st" --config-file "$root/ci/schemathesis.toml" run "$GW_URL/openapi.json" \
     --url "$GW_URL" --checks all --max-examples "$MAX_EXAMPLES" --seed "$SEED" --workers 1 \
     --generation-database none --no-color --request-timeout 120 \
+    --exclude-path /v1/interactions/changes \
     --report json --report-json-path "$report")
 st_rc=$?
 set -e

@@ -100,6 +100,11 @@ pub enum AppError {
         "this API key already has {limit} jobs queued or running; wait for one to end or cancel one"
     )]
     TooManyJobs { limit: usize },
+    /// This key has as many change-feed streams open as it may (FEED_MAX_SUBSCRIBERS_PER_KEY).
+    #[error(
+        "this API key already has {limit} change-feed streams open; close one, or share one stream between screens"
+    )]
+    TooManyStreams { limit: usize },
     /// A bug of ours; never for anything a client sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -139,7 +144,9 @@ impl AppError {
             AppError::Unauthorized => StatusCode::UNAUTHORIZED,
             AppError::Forbidden | AppError::AccountForbidden { .. } => StatusCode::FORBIDDEN,
             AppError::NotFound | AppError::NoSuchJob => StatusCode::NOT_FOUND,
-            AppError::TooManyJobs { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::TooManyJobs { .. } | AppError::TooManyStreams { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::NotAcceptable { .. } => StatusCode::NOT_ACCEPTABLE,
@@ -167,6 +174,7 @@ impl AppError {
             AppError::NotFound => ("/problems/not-found", "Not found"),
             AppError::NoSuchJob => ("/problems/no-such-job", "No such job"),
             AppError::TooManyJobs { .. } => ("/problems/too-many-jobs", "Too many jobs"),
+            AppError::TooManyStreams { .. } => ("/problems/too-many-streams", "Too many streams"),
             AppError::PayloadTooLarge => ("/problems/payload-too-large", "Request body too large"),
             AppError::MethodNotAllowed => ("/problems/method-not-allowed", "Method not allowed"),
             AppError::NotAcceptable { .. } => ("/problems/not-acceptable", "Not acceptable"),
@@ -321,7 +329,10 @@ impl IntoResponse for AppError {
                 HeaderValue::from(retry_after_secs(*retry_after).max(1)),
             );
         }
-        if matches!(self, AppError::TooManyJobs { .. }) {
+        if matches!(
+            self,
+            AppError::TooManyJobs { .. } | AppError::TooManyStreams { .. }
+        ) {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(5u64));
         }

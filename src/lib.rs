@@ -59,6 +59,7 @@ pub mod config;
 pub mod drain;
 pub mod encoding;
 pub mod error;
+pub mod feed;
 pub mod fetch;
 pub mod jobs;
 pub mod merge;
@@ -116,6 +117,8 @@ pub struct App {
     pub query_keys: api::query::KeyMemo,
     /// `RateLimit-Policy` values (fixed by the configuration).
     pub ratelimit_policy: ratelimit_headers::PolicyValues,
+    /// The change feed (`/v1/interactions/changes`).
+    pub feed: Arc<feed::Feed>,
 }
 
 /// Cheap-to-clone handle on the [`App`].
@@ -290,6 +293,29 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         drain: drain.clone(),
     });
     jobs.spawn_background();
+    let tickets = {
+        use secrecy::ExposeSecret;
+        let secrets: Vec<&[u8]> = settings
+            .accounts
+            .iter()
+            .map(|a| a.upstream.client_secret.expose_secret().as_bytes())
+            .chain(
+                settings
+                    .api_keys
+                    .iter()
+                    .map(|k| k.key.expose_secret().as_bytes()),
+            )
+            .collect();
+        feed::ticket::TicketKey::derive(secrets)
+    };
+    let feed = feed::Feed::new(
+        settings.feed,
+        Arc::clone(&windows),
+        cluster.clone(),
+        drain.clone(),
+        settings.budget.max_calls_per_request,
+        tickets,
+    );
     Ok(AppState(Arc::new(App {
         settings,
         accounts,
@@ -307,6 +333,7 @@ pub fn build(settings: Settings) -> Result<AppState, String> {
         drain,
         query_keys: api::query::KeyMemo::default(),
         ratelimit_policy,
+        feed,
     })))
 }
 

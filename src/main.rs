@@ -320,10 +320,14 @@ mod demo {
         if cli.kore_accounts_file.is_some() {
             return Err("--demo runs its own simulated accounts: unset KORE_ACCOUNTS_FILE".into());
         }
+        // The demo's accounts are live: a session is published a minute after it starts,
+        // and some recent ones are revised as time passes (the change feed has news).
+        cfg.live = Some(kore_sim::Live::demo());
         let (_sim, first) = Simulator::spawn(cfg.clone())
             .await
             .map_err(|e| format!("cannot start the simulator: {e}"))?;
-        let second_cfg = second_config(cfg.latency, cfg.rate_limit);
+        let mut second_cfg = second_config(cfg.latency, cfg.rate_limit);
+        second_cfg.live = cfg.live.clone();
         let (_sim2, second) = Simulator::spawn(second_cfg.clone())
             .await
             .map_err(|e| format!("cannot start the second simulator: {e}"))?;

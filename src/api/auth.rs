@@ -145,6 +145,39 @@ fn identify(state: &AppState, req: &Request) -> Result<Caller, Box<Response>> {
     })
 }
 
+/// What the key layer does, for a route that also takes another credential (the change
+/// feed's ticket) and so sits outside it: the caller of the key in `headers`, with the
+/// per-key rate limit applied (in Redis with replicas), or the answer that refuses it.
+pub async fn admit_headers(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
+    let caller = match presented_key(headers) {
+        Some(k) if !k.is_empty() => state
+            .keys
+            .identify(k)
+            .ok_or_else(|| AppError::Unauthorized.into_response())?,
+        _ if state.keys.allow_anonymous => Caller {
+            name: "anonymous".into(),
+            admin: false,
+        },
+        _ => return Err(AppError::Unauthorized.into_response()),
+    };
+    if let Some(limiter) = &state.key_limiter {
+        let checked = if limiter.is_shared() {
+            limiter.check_shared(&caller.name).await
+        } else {
+            limiter.check(&caller.name)
+        };
+        if let Err(retry_after) = checked {
+            return Err(over_limit(state, &caller.name, retry_after));
+        }
+    }
+    Ok(caller)
+}
+
+/// Whether the request presents a key at all (in a header: never in a URL).
+pub fn presents_key(headers: &HeaderMap) -> bool {
+    presented_key(headers).is_some_and(|k| !k.is_empty())
+}
+
 /// Identifies the caller and applies the per-key rate limit kept in this process: the
 /// caller, or the answer that refuses the request.
 fn admit(state: &AppState, req: &mut Request) -> Result<Arc<str>, Box<Response>> {

@@ -40,6 +40,8 @@ answers from cache, one shared upstream quota. Authenticate with `Authorization:
         crate::api::interactions::get_interactions_csv,
         crate::api::summary::get_summary,
         crate::api::summary::get_summary_csv,
+        crate::api::changes::subscribe,
+        crate::api::changes::issue_ticket,
         crate::api::dropin::interaction_details,
         crate::api::admin::cache_stats,
         crate::api::admin::cache_purge,

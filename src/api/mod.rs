@@ -3,6 +3,7 @@
 pub mod accept;
 pub mod admin;
 pub mod auth;
+pub mod changes;
 pub mod docs;
 pub mod dropin;
 pub mod interactions;
@@ -62,12 +63,19 @@ pub fn router(state: AppState) -> Router {
             crate::upstream::VENDOR_PATH,
             post(dropin::interaction_details).layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
+        .route(
+            "/v1/interactions/changes/tickets",
+            post(changes::issue_ticket),
+        )
         .route("/v1/jobs", get(jobs::list_jobs))
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
         .route("/status.json", get(status::status_json))
         .merge(admin)
         .route_layer(auth::RequireKeyLayer(state.clone()));
     let open = Router::new()
+        // Keyed too, but by a header or a ticket in the URL (EventSource sends no header):
+        // the handler checks whichever it is given.
+        .route("/v1/interactions/changes", get(changes::subscribe))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -88,7 +96,7 @@ pub struct RequestId(pub std::sync::Arc<str>);
 
 impl RequestId {
     /// The id in the request's headers, where the edge layer left it (always sane).
-    fn of(headers: &HeaderMap) -> &str {
+    pub fn of(headers: &HeaderMap) -> &str {
         headers
             .get(&X_REQUEST_ID)
             .and_then(|id| id.to_str().ok())

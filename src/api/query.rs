@@ -437,6 +437,31 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
             ),
         ));
     }
+    let filters = parse_filters(p)?;
+    let select = RecordFilter::new([
+        p.list(RecordFilter::PARAMS[0])?,
+        p.list(RecordFilter::PARAMS[1])?,
+        p.list(RecordFilter::PARAMS[2])?,
+        p.list(RecordFilter::PARAMS[3])?,
+        p.list(RecordFilter::PARAMS[4])?,
+    ]);
+    let accounts = parse_accounts(p)?;
+    Ok(RangeQuery {
+        from,
+        to,
+        tz,
+        tz_name,
+        filters,
+        select,
+        accounts,
+    })
+}
+
+/// `channels`, `queues`, `bots` and `fields` (default: all four), normalized.
+///
+/// # Errors
+/// 400 for an unknown field, an empty `fields`, or a list too long.
+pub fn parse_filters(p: &Params) -> Result<Filters, AppError> {
     let fields = p.list("fields")?;
     if let Some(bad) = fields.iter().find(|f| !FIELDS.contains(&f.as_str())) {
         let shown: String = bad.chars().take(40).collect();
@@ -456,20 +481,20 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
     } else {
         fields
     };
-    let filters = Filters {
+    Ok(Filters {
         channels: p.list("channels")?,
         queues: p.list("queues")?,
         bots: p.list("bots")?,
         fields,
     }
-    .normalized();
-    let select = RecordFilter::new([
-        p.list(RecordFilter::PARAMS[0])?,
-        p.list(RecordFilter::PARAMS[1])?,
-        p.list(RecordFilter::PARAMS[2])?,
-        p.list(RecordFilter::PARAMS[3])?,
-        p.list(RecordFilter::PARAMS[4])?,
-    ]);
+    .normalized())
+}
+
+/// `account` (names checked for their form; whether they exist is the accounts' business).
+///
+/// # Errors
+/// 400 for a value that is not an account name.
+pub fn parse_accounts(p: &Params) -> Result<Vec<String>, AppError> {
     let accounts = p.list("account")?;
     if let Some(bad) = accounts
         .iter()
@@ -484,15 +509,26 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
             ),
         ));
     }
-    Ok(RangeQuery {
-        from,
-        to,
-        tz,
-        tz_name,
-        filters,
-        select,
-        accounts,
-    })
+    Ok(accounts)
+}
+
+/// An instant: `YYYY-MM-DD[THH:MM[:SS]]` local to `tz` (as `from` reads it), or RFC 3339
+/// with its own offset.
+///
+/// # Errors
+/// A message saying what form is expected.
+pub fn parse_instant(text: &str, tz: &TimeZone) -> Result<Timestamp, String> {
+    let t = text.trim();
+    if t.len() > 19 {
+        return t.parse::<Timestamp>().map_err(|_| {
+            format!(
+                "`{}` is not YYYY-MM-DDTHH:MM[:SS] (local to `tz`) or RFC 3339",
+                t.chars().take(40).collect::<String>()
+            )
+        });
+    }
+    let local = parse_local(t, Bound::Start)?;
+    to_instant(local, tz, Bound::Start)
 }
 
 /// Seconds from `from` to `to` inclusive, read on the wall clock (civil time): the span a

@@ -222,6 +222,22 @@ pub struct Cli {
     /// cut off.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "25s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// The change feed: how often a followed topic's watched part is polled.
+    #[arg(long, env = "FEED_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub feed_interval: Duration,
+
+    /// The change feed: records starting this far back are followed for changes.
+    #[arg(long, env = "FEED_LOOKBACK", default_value = "24h", value_parser = parse_duration)]
+    pub feed_lookback: Duration,
+
+    /// The change feed: how long an event can be resumed from (`Last-Event-ID`).
+    #[arg(long, env = "FEED_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub feed_retention: Duration,
+
+    /// The change feed: streams one API key may hold open (429 beyond).
+    #[arg(long, env = "FEED_MAX_SUBSCRIBERS_PER_KEY", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub feed_max_subscribers_per_key: u32,
 }
 
 /// Fully validated settings the application runs on.
@@ -256,6 +272,8 @@ pub struct Settings {
     pub job_ttl: Duration,
     /// SHUTDOWN_GRACE: the bound on the drain after SIGTERM.
     pub shutdown_grace: Duration,
+    /// FEED_*: the change feed.
+    pub feed: crate::feed::FeedSettings,
 }
 
 /// GATEWAY_KEY_ACCOUNTS, parsed: key name → the account names it may read.
@@ -729,6 +747,13 @@ impl Cli {
             csv_formula_escape: self.csv_formula_escape,
             job_ttl: self.job_ttl,
             shutdown_grace: self.shutdown_grace,
+            feed: crate::feed::FeedSettings {
+                interval: self.feed_interval.max(Duration::from_secs(1)),
+                lookback: self.feed_lookback.max(Duration::from_secs(60)),
+                retention: self.feed_retention.max(Duration::from_secs(60)),
+                max_subscribers_per_key: self.feed_max_subscribers_per_key as usize,
+                ..crate::feed::FeedSettings::default()
+            },
         })
     }
 }

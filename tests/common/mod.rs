@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod redis_server;
+pub mod sse;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
@@ -59,6 +60,10 @@ pub struct Opts {
     /// A simulator already running (and its address) to use instead of starting one: a
     /// restart of the gateway in front of the same upstream.
     pub upstream: Option<(Simulator, SocketAddr)>,
+    /// FEED_* (the change feed).
+    pub feed: kore_gateway::feed::FeedSettings,
+    /// The simulator's live mode (records published late, revised as time passes).
+    pub sim_live: Option<kore_sim::Live>,
 }
 
 impl Default for Opts {
@@ -94,6 +99,8 @@ impl Default for Opts {
             csv_formula_escape: true,
             job_ttl: Duration::from_secs(3600),
             upstream: None,
+            feed: Default::default(),
+            sim_live: None,
         }
     }
 }
@@ -172,6 +179,7 @@ pub fn settings_for(sim: &Simulator, sim_addr: SocketAddr, o: &Opts) -> Settings
         csv_formula_escape: o.csv_formula_escape,
         job_ttl: o.job_ttl,
         shutdown_grace: Duration::from_secs(25),
+        feed: o.feed,
     }
 }
 
@@ -183,6 +191,7 @@ impl Harness {
         cfg.faults = o.faults.clone();
         cfg.require_jti = o.jti;
         cfg.volume = o.sim_volume;
+        cfg.live = o.sim_live.clone();
         cfg.offset_mode = match o.offset_mode {
             OffsetMode::Page => SimOffsetMode::Page,
             OffsetMode::Record => SimOffsetMode::Record,

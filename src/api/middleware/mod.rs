@@ -93,6 +93,7 @@ pub fn cors(origins: &[String]) -> Option<CorsLayer> {
             header::CONTENT_TYPE,
             header::IF_NONE_MATCH,
             HeaderName::from_static("prefer"),
+            HeaderName::from_static("last-event-id"),
             HeaderName::from_static("x-api-key"),
             X_REQUEST_ID.clone(),
         ])
