@@ -18,7 +18,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 
 fn opts(lookback: Duration) -> Opts {
     Opts {
-        sim_volume: 4,
+        sim_volume: 8,
         // Records are published when they start (never before): nothing "from the future".
         sim_live: Some(Live {
             publish_delay: Duration::ZERO,
@@ -152,7 +152,7 @@ async fn a_reconnect_resumes_right_after_its_last_event() {
     // ones from the feed's own picture.
     let (h, t0) = start(Duration::from_secs(2 * 3600)).await;
     let since = t0 - SignedDuration::from_hours(5);
-    let recent = truth(&h, t0 - SignedDuration::from_mins(50), t0, &[]);
+    let recent = truth(&h, t0 - SignedDuration::from_mins(110), t0, &[]);
     assert!(recent.len() >= 4, "the test needs a few recent records");
     let held: Vec<String> = recent.iter().take(3).map(session).collect();
     h.sim.set_hidden(held.clone());
@@ -412,5 +412,83 @@ async fn keys_limits_tickets_and_the_drain() {
     via_ticket.during(Duration::from_secs(1)).await;
     assert!(b.ended && via_ticket.ended, "streams end at the drain");
     drop((a2, a3));
+    h.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_left_behind_gets_a_final_reset_and_resumes_by_its_id() {
+    let mut o = opts(Duration::from_secs(86_400));
+    // A backlog of many megabytes the client does not read: the stream's writer waits on
+    // the socket while changes pile up beyond a buffer of four.
+    o.sim_volume = 150;
+    o.feed.buffer = 4;
+    o.feed.interval = Duration::from_secs(1);
+    let h = Harness::start(o).await;
+    let t0 = Timestamp::now() - SignedDuration::from_secs(1);
+    h.sim.pin_clock(Some(t0));
+    let since = t0 - SignedDuration::from_hours(23);
+    let expected = truth(&h, since, t0, &[]);
+    let mut s = Sse::open(&url(&h, since), Some(KEY), None).await;
+    common::until("the backlog is being written", || {
+        h.state
+            .feed
+            .counters
+            .sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    })
+    .await;
+    let changed: Vec<String> = expected.iter().rev().take(20).map(session).collect();
+    for id in &changed {
+        h.sim.revise(id);
+    }
+    common::until("the poller found the twenty changes", || {
+        h.state
+            .feed
+            .counters
+            .updated
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 20
+    })
+    .await;
+
+    // Now the client reads: the backlog it was sent, then a final reset, then the end.
+    let mut got = Vec::new();
+    while let Some(e) = s.next(WITHIN).await {
+        got.push(e);
+    }
+    assert!(s.ended, "the stream is closed");
+    let last = got.last().expect("events");
+    assert_eq!(
+        last.event,
+        "reset",
+        "{:?}",
+        &got[got.len().saturating_sub(3)..]
+    );
+    let before: Vec<_> = got[..got.len() - 1].to_vec();
+    assert!(before.iter().all(|e| e.event == "created"));
+    assert!(
+        before.len() < expected.len() + changed.len(),
+        "it was cut short"
+    );
+
+    // Resuming from its last id gives what it missed: the rest of the backlog (with the
+    // current content) — every record once — and nothing it already had.
+    let mut r = Sse::open(&url(&h, since), Some(KEY), s.last_id.as_deref()).await;
+    let rest = r
+        .take(expected.len() - before.len(), Duration::from_secs(60))
+        .await;
+    let mut seen: Vec<String> = before
+        .iter()
+        .chain(&rest)
+        .map(|e| session(&e.json()))
+        .collect();
+    let total = seen.len();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), total, "no record twice");
+    let mut want: Vec<String> = expected.iter().map(session).collect();
+    want.sort();
+    assert_eq!(seen, want);
     h.finish();
 }

@@ -235,6 +235,22 @@ pub fn describe_metrics() {
     );
     describe_gauge!("gateway_upstream_in_flight", "Upstream calls in flight now");
     describe_gauge!(
+        "gateway_feed_subscribers",
+        "Change-feed streams open on this replica"
+    );
+    describe_counter!(
+        "gateway_feed_events_total",
+        "Change-feed events found (each once, however many subscribers), by event (created, updated, warning)"
+    );
+    describe_counter!(
+        "gateway_feed_events_sent_total",
+        "Change-feed events written to streams (each subscriber's copy), by event"
+    );
+    describe_counter!(
+        "gateway_feed_upstream_calls_total",
+        "Upstream calls made by the change feed's polls, by account"
+    );
+    describe_gauge!(
         "gateway_budget_waiting_calls",
         "Upstream calls waiting for budget now"
     );

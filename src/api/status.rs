@@ -72,6 +72,36 @@ pub struct Status {
     pub jobs: Vec<JobStatus>,
     pub cache: CacheStatus,
     pub upstream: UpstreamStatus,
+    /// The change feed on this replica.
+    pub feed: FeedStatus,
+}
+
+/// The change feed (`/v1/interactions/changes`) on this replica.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedStatus {
+    /// Streams open on this replica (every key's).
+    pub subscribers: usize,
+    /// Streams by key: the caller's own for a team key, every key's for an admin key.
+    pub by_key: Vec<FeedKeyStatus>,
+    /// Events found since start (each counted once, however many subscribers).
+    pub created: u64,
+    pub updated: u64,
+    pub warnings: u64,
+    /// Streams told to start over (an id that could not resume, a reader left behind).
+    pub resets: u64,
+    /// Events written to streams (each subscriber's copy counted).
+    pub sent: u64,
+    /// Polls made by this replica, and the upstream calls they cost.
+    pub polls: u64,
+    pub upstream_calls: u64,
+    /// The topics of the accounts this key may read.
+    pub topics: Vec<crate::feed::TopicStatus>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FeedKeyStatus {
+    pub key: String,
+    pub streams: usize,
 }
 
 /// The shared upstream budget (`KORE_RATE_LIMIT`).
@@ -269,11 +299,47 @@ pub async fn status_json(
             last_ok_seconds_ago: (last_ok > 0).then(|| (now - last_ok).max(0)),
             redis_up: state.cluster.as_ref().map(|c| c.is_up()),
         },
+        feed: feed_status(&state, &caller, &visible),
     };
     let mut resp = Json(body).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// The feed's block: totals, the caller's streams (everyone's for an admin), the topics
+/// of the accounts it may read.
+fn feed_status(state: &AppState, caller: &Caller, visible: &dyn Fn(&str) -> bool) -> FeedStatus {
+    let by_key_all = state.feed.subscribers_by_key();
+    let c = &state.feed.counters;
+    FeedStatus {
+        subscribers: by_key_all.iter().map(|(_, n)| n).sum(),
+        by_key: by_key_all
+            .into_iter()
+            .filter(|(k, _)| visible(k))
+            .map(|(k, n)| FeedKeyStatus {
+                key: k.to_string(),
+                streams: n,
+            })
+            .collect(),
+        created: c.created.load(Ordering::Relaxed),
+        updated: c.updated.load(Ordering::Relaxed),
+        warnings: c.warnings.load(Ordering::Relaxed),
+        resets: c.resets.load(Ordering::Relaxed),
+        sent: c.sent.load(Ordering::Relaxed),
+        polls: c.polls.load(Ordering::Relaxed),
+        upstream_calls: c.upstream_calls.load(Ordering::Relaxed),
+        topics: state
+            .feed
+            .topics()
+            .into_iter()
+            .filter(|t| {
+                state
+                    .accounts
+                    .may_read(&caller.name, caller.admin, t.account_index)
+            })
+            .collect(),
+    }
 }
 
 /// A budget as the status page shows it: now, per second over [`HISTORY_SHOWN`], and per key

@@ -51,6 +51,8 @@ pub struct FeedSettings {
     pub keep_alive: Duration,
     /// How long a ticket is valid (at most 5 minutes).
     pub ticket_ttl: Duration,
+    /// Events a subscriber may fall behind by before it is told to reset and closed.
+    pub buffer: usize,
 }
 
 impl Default for FeedSettings {
@@ -62,6 +64,7 @@ impl Default for FeedSettings {
             max_subscribers_per_key: 16,
             keep_alive: Duration::from_secs(15),
             ticket_ttl: Duration::from_secs(300),
+            buffer: topic::SUBSCRIBER_BUFFER,
         }
     }
 }
@@ -85,6 +88,7 @@ impl FeedCounters {
             Kind::Created => self.created.fetch_add(1, Ordering::Relaxed),
             Kind::Updated => self.updated.fetch_add(1, Ordering::Relaxed),
         };
+        metrics::counter!("gateway_feed_events_total", "event" => kind.as_str()).increment(1);
     }
 }
 

@@ -253,7 +253,7 @@ impl Topic {
             id: p.id,
             spec: p.spec,
             mirror: Mutex::new(Mirror::new(epoch)),
-            tx: broadcast::channel(SUBSCRIBER_BUFFER).0,
+            tx: broadcast::channel(p.settings.buffer.max(1)).0,
             ready: watch::channel(false).0,
             subscribers: AtomicUsize::new(0),
             poller: Mutex::new(None),
@@ -484,6 +484,7 @@ impl Topic {
     pub fn warn(&self, w: &str) {
         let _ = self.tx.send(Msg::Warning(Arc::from(w)));
         self.counters.warnings.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("gateway_feed_events_total", "event" => "warning").increment(1);
     }
 
     /// Notes a poll for `/status` and `/metrics`.
