@@ -304,6 +304,7 @@ mod demo {
         let mut cfg = SimConfig::demo();
         cfg.latency = cli.sim_latency;
         cfg.rate_limit = cli.sim_rate_limit.map(|r| (r.calls, r.period));
+        cfg.volume = cli.sim_volume;
         if cli.simulator {
             println!(
                 "upstream simulator on http://{} (account {}, client {})",
@@ -328,6 +329,7 @@ mod demo {
             .map_err(|e| format!("cannot start the simulator: {e}"))?;
         let mut second_cfg = second_config(cfg.latency, cfg.rate_limit);
         second_cfg.live = cfg.live.clone();
+        second_cfg.volume = cfg.volume;
         let (_sim2, second) = Simulator::spawn(second_cfg.clone())
             .await
             .map_err(|e| format!("cannot start the second simulator: {e}"))?;

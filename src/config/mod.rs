@@ -40,6 +40,11 @@ pub struct Cli {
     #[arg(long, env = "SIM_RATE_LIMIT")]
     pub sim_rate_limit: Option<Rate>,
 
+    /// Simulator data volume, for --demo and --simulator: records per hour multiplied by it
+    /// (1 ≈ 55 a day; 180 ≈ 50,000 a week, a busy contact centre).
+    #[arg(long, env = "SIM_VOLUME", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub sim_volume: u32,
+
     /// Bind address.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub gateway_listen: SocketAddr,

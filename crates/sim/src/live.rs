@@ -55,14 +55,15 @@ pub struct Live {
 }
 
 impl Live {
-    /// The demo's pace: published after 60 s, half the records revised every 5 min, at
-    /// most 3 times.
+    /// The demo's pace: published after 60 s; half the records revised every 30 min for a
+    /// day (at the demo's volume, about one change a minute somewhere in the last 24 h: the
+    /// change feed has news to show).
     pub fn demo() -> Self {
         Live {
             publish_delay: Duration::from_secs(60),
             revise_share: 0.5,
-            revise_every: Duration::from_secs(5 * 60),
-            max_revisions: 3,
+            revise_every: Duration::from_secs(30 * 60),
+            max_revisions: 48,
         }
     }
 
