@@ -185,7 +185,9 @@ async fn a_reconnect_resumes_right_after_its_last_event() {
     h.sim.set_hidden(Vec::<String>::new());
     let changed = session(&recent[3]);
     h.sim.revise(&changed);
-    let mut s = Sse::open(&url(&h, since), Some(KEY), Some(&live_id)).await;
+    // This time as a page whose ticket expired does it: the id as a parameter, no header.
+    let resumed = format!("{}&last_event_id={live_id}", url(&h, since));
+    let mut s = Sse::open(&resumed, Some(KEY), None).await;
     let missed = s.take(3, WITHIN).await;
     let mut kinds: Vec<(String, String)> = missed
         .iter()

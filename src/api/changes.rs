@@ -46,8 +46,16 @@ use crate::{
 };
 
 /// The parameters of the feed (and of its tickets, `ticket` aside).
-const PARAMS: [&str; 8] = [
-    "tz", "channels", "queues", "bots", "fields", "account", "since", "ticket",
+const PARAMS: [&str; 9] = [
+    "tz",
+    "channels",
+    "queues",
+    "bots",
+    "fields",
+    "account",
+    "since",
+    "ticket",
+    "last_event_id",
 ];
 
 /// Frames a stream may hold unread before its writer waits (then the topic's buffer takes
@@ -78,6 +86,10 @@ pub struct ChangesParams {
     /// The backlog: every record starting at or after it is sent first, as `created`.
     /// `YYYY-MM-DDTHH:MM[:SS]` local to `tz`, or RFC 3339. Default: now (no backlog).
     since: Option<String>,
+    /// Resume right after this event, when no `Last-Event-ID` header is sent: a page whose
+    /// ticket expired opens a new `EventSource` (which starts without the header) with a
+    /// new ticket and its last event's id here.
+    last_event_id: Option<String>,
 }
 
 /// The stream's own credential, for `EventSource` (which cannot send a header).
@@ -98,6 +110,7 @@ struct ChangesQuery {
     accounts: Vec<String>,
     since: Timestamp,
     ticket: Option<String>,
+    last_event_id: Option<String>,
 }
 
 fn parse(state: &AppState, raw: Option<&str>) -> Result<(ChangesQuery, [u8; 32]), AppError> {
@@ -134,6 +147,7 @@ fn parse(state: &AppState, raw: Option<&str>) -> Result<(ChangesQuery, [u8; 32])
             accounts: parse_accounts(&p)?,
             since,
             ticket: p.one("ticket")?.map(str::to_owned),
+            last_event_id: p.one("last_event_id")?.map(str::to_owned),
         },
         binding,
     ))
@@ -228,7 +242,13 @@ async fn open(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Respon
         .accounts
         .resolve_one(&q.accounts, &caller.name, caller.admin)
         .map_err(IntoResponse::into_response)?;
-    let resume = id::parse(headers.get("last-event-id").and_then(|v| v.to_str().ok()));
+    // The header EventSource sends on a reconnect; else the parameter.
+    let resume = id::parse(
+        headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .or(q.last_event_id.as_deref()),
+    );
     let sub = state
         .feed
         .subscribe(
@@ -543,8 +563,13 @@ pub struct Ticket {
     pub url: String,
 }
 
-/// A short-lived ticket to open the change feed with `EventSource`, which cannot send a key
-/// header: bound to this key and to exactly this query, valid for at most five minutes.
+/// A ticket to open the change feed with `EventSource`.
+///
+/// `EventSource` cannot send a key header, and a key is never accepted in a URL: this
+/// returns a short-lived signed ticket, bound to this key and to exactly this query (the
+/// same parameters as the stream), valid for at most five minutes, and the stream's URL with
+/// it. A stream opened with it keeps going after the ticket expires; a reconnect needs a
+/// new one.
 #[utoipa::path(post, path = "/v1/interactions/changes/tickets", tag = "interactions",
     params(ChangesParams),
     responses((status = 201, description = "The ticket, and the stream's URL with it", body = Ticket),
