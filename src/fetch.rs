@@ -731,11 +731,15 @@ impl RangeFetch {
             cache = tracing::field::Empty,
             calls = tracing::field::Empty,
         );
-        let outcome = self
-            .cache
-            .get_or_fetch(key, self.refresh, refetch)
-            .instrument(span.clone())
-            .await;
+        let outcome = if self.ctx.priority == Priority::Feed {
+            // The feed's poll: fetched now, not marked as read (no refresh-ahead for it).
+            self.cache.poll(key, refetch).instrument(span.clone()).await
+        } else {
+            self.cache
+                .get_or_fetch(key, self.refresh, refetch)
+                .instrument(span.clone())
+                .await
+        };
         if let Ok(o) = &outcome {
             let tier = match o.source {
                 Source::Hit if o.data.shared => "redis",

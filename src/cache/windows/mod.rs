@@ -294,9 +294,37 @@ impl WindowCache {
                 });
             }
         }
-        let (flight, leader) =
-            self.flight(&key, refresh, refetch(Purpose::Caller), Purpose::Caller);
-        let out = match flight.await {
+        let out = self.fetch_once(&key, refresh, &refetch).await;
+        if let Ok(o) = &out {
+            self.watch(&key, &o.data, &refetch);
+        }
+        out
+    }
+
+    /// The change feed's poll of a window: fetched now whatever the cache holds (joined with
+    /// a fetch of it already under way), stored for `/v1/interactions`, and *not* marked as
+    /// read — refresh-ahead keeps warm what callers read, not what the feed polls anyway.
+    ///
+    /// # Errors
+    /// The fetch's error, when no stale copy can stand in.
+    pub async fn poll(
+        &self,
+        key: WindowKey,
+        refetch: Refetch,
+    ) -> Result<WindowOutcome, UpstreamError> {
+        self.fetch_once(&key, true, &refetch).await
+    }
+
+    /// Fetches the window once for all concurrent callers (`refresh`: even if a fresh copy
+    /// is held); on failure, the copy held stands in (stale) if there is one.
+    async fn fetch_once(
+        &self,
+        key: &WindowKey,
+        refresh: bool,
+        refetch: &Refetch,
+    ) -> Result<WindowOutcome, UpstreamError> {
+        let (flight, leader) = self.flight(key, refresh, refetch(Purpose::Caller), Purpose::Caller);
+        match flight.await {
             Ok(data) => {
                 if data.shared {
                     // Another replica fetched it: a hit as far as the upstream is concerned.
@@ -322,7 +350,7 @@ impl WindowCache {
                     })
                 }
             }
-            Err(e) => match self.live(&key).await {
+            Err(e) => match self.live(key).await {
                 Some(old) => {
                     self.counters.stale_served.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, window_start = key.start, "serving a stale window after an upstream failure");
@@ -335,11 +363,7 @@ impl WindowCache {
                 }
                 None => Err(e),
             },
-        };
-        if let Ok(o) = &out {
-            self.watch(&key, &o.data, &refetch);
         }
-        out
     }
 
     /// Drops every window held in memory (the tiers below are purged by their owners).

@@ -741,3 +741,41 @@ async fn a_window_of_one_namespace_is_never_a_hit_for_another() {
         assert_eq!(o.source, Source::Hit);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_feed_poll_fetches_a_fresh_window_again_and_is_not_refreshed_ahead() {
+    let cache = WindowCache::new(
+        CacheSettings {
+            refresh_ahead_idle: Some(Duration::from_secs(600)),
+            ..policy()
+        },
+        Arc::default(),
+    );
+    let count = Arc::new(AtomicU32::new(0));
+    let w = window_ending(Timestamp::now());
+    for _ in 0..2 {
+        let o = cache
+            .poll(key(&w), fetcher(w, Arc::clone(&count), false))
+            .await
+            .unwrap();
+        assert_eq!(o.source, Source::Miss, "a poll always asks the upstream");
+    }
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    // What it fetched answers a caller...
+    let o = cache
+        .get_or_fetch(key(&w), false, fetcher(w, Arc::clone(&count), false))
+        .await
+        .unwrap();
+    assert_eq!(o.source, Source::Hit);
+    // ...but only the caller's read marks it for refresh-ahead: one window watched.
+    assert_eq!(lock(&cache.watched).len(), 1);
+    cache.purge();
+    cache
+        .poll(key(&w), fetcher(w, Arc::clone(&count), false))
+        .await
+        .unwrap();
+    assert!(
+        lock(&cache.watched).is_empty(),
+        "a poll alone is not a read"
+    );
+}
