@@ -78,15 +78,13 @@ def events(base, query, seconds):
         f"{base}/v1/interactions/changes?{query}",
         headers={"Authorization": f"Bearer {KEY}", "Accept": "text/event-stream"},
     )
-    resp = urllib.request.urlopen(req, timeout=seconds + 30)
-    resp.fp.raw._sock.settimeout(5)
+    # No read timeout: a keep-alive comes at least every 15 s, so the loop looks at the
+    # clock at least that often.
+    resp = urllib.request.urlopen(req)
     end = time.time() + seconds
     out, event, data = [], None, []
     while time.time() < end:
-        try:
-            line = resp.readline()
-        except (socket.timeout, TimeoutError):
-            continue
+        line = resp.readline()
         if not line:
             break
         line = line.decode().rstrip("\n")

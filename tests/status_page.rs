@@ -89,6 +89,24 @@ async fn exercise(root: &Path, chromium: &str, base: &str) {
         .await
         .unwrap();
     assert_eq!(admin.status(), 200);
+    // A live screen follows the change feed from a day back: its backlog has come.
+    let since = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(24);
+    let mut stream = http
+        .get(format!("{base}/v1/interactions/changes?since={since}"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("event: created") {
+        let chunk = tokio::time::timeout_at(deadline.into(), stream.chunk())
+            .await
+            .expect("a backlog within the deadline")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
     // Quiet: nothing in flight or waiting, so the page and /metrics read the same state.
     loop {
         let s: Value = get("/status.json".into())
@@ -155,10 +173,18 @@ async fn exercise(root: &Path, chromium: &str, base: &str) {
         "window misses"
     );
     assert_eq!(shown["budget_quota"], 20);
-    assert_eq!(shown["callers"], 2, "two keys called the upstream");
+    assert_eq!(
+        shown["callers"], 3,
+        "two keys and the change feed (its own row) called the upstream"
+    );
     assert_eq!(shown["jobs"], 1);
     assert_eq!(shown["job_states"][0], "done");
     assert_eq!(shown["chart_bars"], 30);
+    assert_eq!(shown["feed_subscribers"], 1, "the one stream open");
+    assert_eq!(shown["feed_topics"], 1);
+    assert!(shown["feed_sent"].as_f64().unwrap() >= 1.0);
+    assert_eq!(m(&["gateway_feed_subscribers"], ""), 1.0);
+    drop(stream);
     assert!(shown["upstream_calls"].as_f64().unwrap() > 0.0);
     // The team key: the same totals, its own row and its own job, not the admin's row.
     for total in [

@@ -40,6 +40,9 @@ try {
     job_states: await page.locator('#jobs tr[data-job] td:nth-child(3)').allInnerTexts(),
     chart_bars: await page.locator('#chart rect').count(),
     hit_ratio: await text('#hit-ratio'),
+    feed_subscribers: Number(await text('#feed-subscribers')),
+    feed_sent: Number(await text('#feed-sent')),
+    feed_topics: await page.locator('#topics tr[data-topic]').count(),
   };
   await page.screenshot({ path: shot, fullPage: true });
   console.log(`SHOWN ${JSON.stringify(shown)}`);
