@@ -36,6 +36,9 @@ use crate::{
 
 pub use self::topic::{Kind, Msg, Topic};
 
+/// Topics kept without a subscriber (for a resume) at most; the longest idle go first.
+pub const MAX_IDLE_TOPICS: usize = 256;
+
 /// FEED_* settings.
 #[derive(Debug, Clone, Copy)]
 pub struct FeedSettings {
