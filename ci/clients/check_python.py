@@ -5,7 +5,9 @@ gateway, as a user would, and checks that every representation says the same thi
 - the records of a range fetched as JSON models, page by page along `meta.next_cursor`;
 - the same range as NDJSON (bytes, one record a line) and as CSV (text, one row a record);
 - the summary of the range as a JSON model and as CSV;
-- a refused request as a `Problem` model.
+- a refused request as a `Problem` model;
+- a change-feed ticket as a `Ticket` model, whose URL opens the stream without a key header
+  (what a browser's EventSource does) and delivers a `created` event holding a record.
 
 The three record sets must be equal by (sessionId, conversationId), in the same order, and
 as many as `meta.total`; the summary's JSON total, the sum of its CSV `count` column and the
@@ -16,9 +18,12 @@ Usage: check_python.py GENERATED_DIR BASE_URL API_KEY
 """
 
 import csv
+import datetime
 import io
 import json
 import sys
+
+import httpx
 
 generated, base, key = sys.argv[1], sys.argv[2], sys.argv[3]
 sys.path.insert(0, generated)
@@ -30,6 +35,7 @@ from kore_gateway_client.api.interactions import (  # noqa: E402
     get_interactions_ndjson,
     get_summary,
     get_summary_csv,
+    issue_ticket,
 )
 from kore_gateway_client.models import (  # noqa: E402
     GetSummaryCsvGroupByItem,
@@ -37,6 +43,7 @@ from kore_gateway_client.models import (  # noqa: E402
     InteractionsResponse,
     Problem,
     SummaryResponse,
+    Ticket,
 )
 from kore_gateway_client.types import File, Unset  # noqa: E402
 
@@ -127,6 +134,31 @@ with client:
         isinstance(refused, Problem) and refused.status == 400,
         f"from after to is a 400 Problem ({refused!r})",
     )
+
+    # The change feed: a ticket from the generated client, then the stream it opens, read
+    # without any key header (the ticket is the credential), up to its first record.
+    since = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=24)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    ticket = issue_ticket.sync(client=client, tz="UTC", since=since)
+    check(isinstance(ticket, Ticket) and "ticket=" in ticket.url, f"a ticket is a Ticket model ({ticket!r})")
+    first = None
+    with httpx.Client(base_url=base, timeout=60) as plain:
+        with plain.stream("GET", ticket.url, headers={"Accept": "text/event-stream"}) as stream:
+            check(stream.status_code == 200, f"the ticket's URL opens the stream ({stream.status_code})")
+            event, data = None, []
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+                elif line == "" and event:
+                    if event == "created":
+                        first = json.loads("\n".join(data))
+                        break
+                    event, data = None, []
+    check(first is not None and "sessionId" in first, "the stream's first event is a created record")
+    print(f"   change feed: first created record {first and first.get('sessionId')}")
 
 if failures:
     print(f"python client: FAILED ({len(failures)}): {'; '.join(failures)}")
