@@ -286,6 +286,34 @@ impl Topic {
         let _ = rx.wait_for(|r| *r).await;
     }
 
+    /// With replicas, an id given out by another replica may name an event this mirror has
+    /// not read yet (it follows the shared log every `FOLLOW_EVERY`): waits, a few rounds
+    /// at most, until it has, so the id resumes here instead of being taken for unknown.
+    pub async fn catch_up(&self, resume: &Resume) {
+        let (Resume::Live { epoch, seq } | Resume::Backlog { epoch, seq, .. }) = resume else {
+            return;
+        };
+        if self.shared.is_none() {
+            return;
+        }
+        let behind = || {
+            let m = self.lock();
+            *epoch == m.epoch && *seq > m.last_seq
+        };
+        let mut rx = self.tx.subscribe();
+        if !behind() {
+            return;
+        }
+        let wait = async {
+            while behind() {
+                if let Err(broadcast::error::RecvError::Closed) = rx.recv().await {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(super::shared::FOLLOW_EVERY * 4, wait).await;
+    }
+
     /// A subscriber arrives: the poller runs (or the shared log is followed) while anyone
     /// listens.
     pub fn join(self: &Arc<Self>) {
