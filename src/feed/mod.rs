@@ -269,7 +269,9 @@ impl Feed {
                     events: m.log.len(),
                     ready: m.ready,
                     polls: r.polls,
-                    polling: r.polling,
+                    // With replicas the lease says it (it is let go or lost between
+                    // polls); alone, the last poll does.
+                    polling: t.shared.as_ref().map_or(r.polling, |s| s.is_poller()),
                     last_poll_unix: r.last_unix,
                     last_poll_calls: r.last_calls,
                     last_warning: r.last_warning,
