@@ -377,6 +377,7 @@ impl Pump {
             }
         }
         drop(early);
+        topic.catch_up(&resume).await;
         let opening = topic.open(&resume, self.q.since.as_second(), Timestamp::now());
         let (epoch, at_seq) = (opening.epoch.clone(), opening.at_seq);
         let Some(mut rx) = self.opening(opening).await else {

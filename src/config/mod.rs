@@ -6,9 +6,11 @@
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 mod accounts;
+mod feed;
 mod shares;
 
 pub use accounts::{ACCOUNT_NAME_RULE, valid_account_name};
+pub use feed::FeedSettings;
 pub use shares::{KeyShare, KeyShares, MAX_WEIGHT};
 
 use clap::{ArgAction, Parser};
@@ -278,7 +280,7 @@ pub struct Settings {
     /// SHUTDOWN_GRACE: the bound on the drain after SIGTERM.
     pub shutdown_grace: Duration,
     /// FEED_*: the change feed.
-    pub feed: crate::feed::FeedSettings,
+    pub feed: FeedSettings,
 }
 
 /// GATEWAY_KEY_ACCOUNTS, parsed: key name → the account names it may read.
@@ -752,12 +754,12 @@ impl Cli {
             csv_formula_escape: self.csv_formula_escape,
             job_ttl: self.job_ttl,
             shutdown_grace: self.shutdown_grace,
-            feed: crate::feed::FeedSettings {
+            feed: FeedSettings {
                 interval: self.feed_interval.max(Duration::from_secs(1)),
                 lookback: self.feed_lookback.max(Duration::from_secs(60)),
                 retention: self.feed_retention.max(Duration::from_secs(60)),
                 max_subscribers_per_key: self.feed_max_subscribers_per_key as usize,
-                ..crate::feed::FeedSettings::default()
+                ..FeedSettings::default()
             },
         })
     }

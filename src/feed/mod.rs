@@ -25,7 +25,6 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use jiff::tz::TimeZone;
@@ -39,38 +38,8 @@ pub use self::topic::{Kind, Msg, Topic};
 /// Topics kept without a subscriber (for a resume) at most; the longest idle go first.
 pub const MAX_IDLE_TOPICS: usize = 256;
 
-/// FEED_* settings.
-#[derive(Debug, Clone, Copy)]
-pub struct FeedSettings {
-    /// FEED_INTERVAL: how often a topic's watched part is polled.
-    pub interval: Duration,
-    /// FEED_LOOKBACK: records starting this far back are followed for changes.
-    pub lookback: Duration,
-    /// FEED_RETENTION: how long an event can be resumed from.
-    pub retention: Duration,
-    /// FEED_MAX_SUBSCRIBERS_PER_KEY: streams one key may hold open.
-    pub max_subscribers_per_key: usize,
-    /// The longest silence on a stream: a `: keep-alive` comment goes out after it.
-    pub keep_alive: Duration,
-    /// How long a ticket is valid (at most 5 minutes).
-    pub ticket_ttl: Duration,
-    /// Events a subscriber may fall behind by before it is told to reset and closed.
-    pub buffer: usize,
-}
-
-impl Default for FeedSettings {
-    fn default() -> Self {
-        FeedSettings {
-            interval: Duration::from_secs(60),
-            lookback: Duration::from_secs(86_400),
-            retention: Duration::from_secs(86_400),
-            max_subscribers_per_key: 16,
-            keep_alive: Duration::from_secs(15),
-            ticket_ttl: Duration::from_secs(300),
-            buffer: topic::SUBSCRIBER_BUFFER,
-        }
-    }
-}
+// Defined with the rest of the configuration (config must not import the feed).
+pub use crate::config::FeedSettings;
 
 /// What the feed did, for `/metrics` and `/status`.
 #[derive(Debug, Default)]
@@ -276,7 +245,9 @@ impl Feed {
                     events: m.log.len(),
                     ready: m.ready,
                     polls: r.polls,
-                    polling: r.polling,
+                    // With replicas the lease says it (it is let go or lost between
+                    // polls); alone, the last poll does.
+                    polling: t.shared.as_ref().map_or(r.polling, |s| s.is_poller()),
                     last_poll_unix: r.last_unix,
                     last_poll_calls: r.last_calls,
                     last_warning: r.last_warning,

@@ -283,9 +283,10 @@ impl SharedTopic {
         }
     }
 
-    /// Brings the mirror up to the shared log: a full load on first use or when the log's
-    /// epoch changed (subscribers then start over), else the events after the last one.
-    /// Returns whether Redis answered.
+    /// Brings the mirror up to the shared log: a full load on first use, when the log's
+    /// epoch changed (subscribers then start over) and when the first complete poll has
+    /// been made (its records are in `state`, not in the log), else the events after the
+    /// last one. Returns whether Redis answered.
     async fn follow(&self, topic: &Topic) -> bool {
         let epoch_now = topic.lock().epoch.clone();
         let mut conn = self.cluster.conn();
@@ -308,6 +309,21 @@ impl SharedTopic {
             let m = topic.lock();
             (m.last_seq, m.ready)
         };
+        if !ready {
+            let r: Option<i64> = self
+                .cluster
+                .run(
+                    redis::cmd("EXISTS")
+                        .arg(&self.keys.ready)
+                        .query_async(&mut conn),
+                )
+                .await;
+            if r == Some(1) {
+                // The first complete poll learnt the records into `state` without an
+                // event (nothing is announced before it): only a load brings them here.
+                return self.load(topic).await;
+            }
+        }
         let members: Option<Vec<Vec<u8>>> = self
             .cluster
             .run(
@@ -322,20 +338,6 @@ impl SharedTopic {
             self.unreachable(topic);
             return false;
         };
-        if !ready {
-            let r: Option<i64> = self
-                .cluster
-                .run(
-                    redis::cmd("EXISTS")
-                        .arg(&self.keys.ready)
-                        .query_async(&mut conn),
-                )
-                .await;
-            if r == Some(1) {
-                let mut m = topic.lock();
-                topic.set_ready(&mut m);
-            }
-        }
         if !members.is_empty() {
             let mut m = topic.lock();
             for raw in members {
@@ -441,8 +443,9 @@ impl SharedTopic {
         let was_loaded = self.loaded.swap(true, Ordering::Relaxed);
         {
             let mut m = topic.lock();
+            let same_life = m.epoch == mirror.epoch;
             *m = mirror;
-            if was_loaded {
+            if was_loaded && !same_life {
                 // Another life of the log: what subscribers hold means nothing in it.
                 let _ = topic.tx.send(Msg::Reset);
             }

@@ -37,8 +37,6 @@ use crate::{
     upstream::Filters,
 };
 
-/// Events a subscriber may fall behind by before it is told to reset and closed.
-pub const SUBSCRIBER_BUFFER: usize = 1024;
 /// Events kept at most, whatever FEED_RETENTION says (memory is bounded).
 const MAX_LOG_EVENTS: usize = 200_000;
 
@@ -284,6 +282,34 @@ impl Topic {
     pub async fn until_ready(&self) {
         let mut rx = self.ready.subscribe();
         let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// With replicas, an id given out by another replica may name an event this mirror has
+    /// not read yet (it follows the shared log every `FOLLOW_EVERY`): waits, a few rounds
+    /// at most, until it has, so the id resumes here instead of being taken for unknown.
+    pub async fn catch_up(&self, resume: &Resume) {
+        let (Resume::Live { epoch, seq } | Resume::Backlog { epoch, seq, .. }) = resume else {
+            return;
+        };
+        if self.shared.is_none() {
+            return;
+        }
+        let behind = || {
+            let m = self.lock();
+            *epoch == m.epoch && *seq > m.last_seq
+        };
+        let mut rx = self.tx.subscribe();
+        if !behind() {
+            return;
+        }
+        let wait = async {
+            while behind() {
+                if let Err(broadcast::error::RecvError::Closed) = rx.recv().await {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(super::shared::FOLLOW_EVERY * 4, wait).await;
     }
 
     /// A subscriber arrives: the poller runs (or the shared log is followed) while anyone
