@@ -64,25 +64,20 @@ fn another_origin() -> (String, String) {
     (page_url, origin)
 }
 
-/// A frontend on another origin reads whether an export is whole: the page (served here, on
-/// a port of its own, so another origin) fetches a CSV export from a `--demo` gateway that
-/// allows that origin, with an API key (so Chromium preflights), and its script must read
-/// `X-Complete`, `X-Stale` and `Content-Disposition` — headers a browser hides from a
-/// cross-origin script unless `Access-Control-Expose-Headers` names them.
-#[test]
-fn a_page_on_another_origin_reads_whether_an_export_is_whole() {
+/// Runs a page script (tests/browser/NAME.mjs) with `args` in Chromium, after which the
+/// gateway is stopped; its JSON report (the first line starting with `{`) and all it said.
+fn run_page(
+    gateway: &mut std::process::Child,
+    chromium: &str,
+    script: &str,
+    args: &[&str],
+) -> (serde_json::Value, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let Some(chromium) = common::browser_tools("the cross-origin browser test") else {
-        return;
-    };
-    let (page_url, origin) = another_origin();
-    let (mut gateway, base) = common::spawn_demo(&[("GATEWAY_CORS_ORIGINS", origin.as_str())]);
-    assert_ne!(base, origin, "two origins");
     let out = Command::new("timeout")
-        .args(["120", "node"])
-        .arg(root.join("tests/browser/cors.mjs"))
-        .args([page_url.as_str(), base.as_str(), "demo-key-0001"])
-        .env("CHROMIUM", &chromium)
+        .args(["150", "node"])
+        .arg(root.join("tests/browser").join(script))
+        .args(args)
+        .env("CHROMIUM", chromium)
         .output()
         .expect("node runs");
     let _ = gateway.kill();
@@ -99,6 +94,28 @@ fn a_page_on_another_origin_reads_whether_an_export_is_whole() {
             .unwrap_or_else(|| panic!("no report: {text}")),
     )
     .expect("a JSON report");
+    (seen, text)
+}
+
+/// A frontend on another origin reads whether an export is whole: the page (served here, on
+/// a port of its own, so another origin) fetches a CSV export from a `--demo` gateway that
+/// allows that origin, with an API key (so Chromium preflights), and its script must read
+/// `X-Complete`, `X-Stale` and `Content-Disposition` — headers a browser hides from a
+/// cross-origin script unless `Access-Control-Expose-Headers` names them.
+#[test]
+fn a_page_on_another_origin_reads_whether_an_export_is_whole() {
+    let Some(chromium) = common::browser_tools("the cross-origin browser test") else {
+        return;
+    };
+    let (page_url, origin) = another_origin();
+    let (mut gateway, base) = common::spawn_demo(&[("GATEWAY_CORS_ORIGINS", origin.as_str())]);
+    assert_ne!(base, origin, "two origins");
+    let (seen, text) = run_page(
+        &mut gateway,
+        &chromium,
+        "cors.mjs",
+        &[page_url.as_str(), base.as_str(), "demo-key-0001"],
+    );
     assert_eq!(seen["origin"], origin.as_str());
     let csv = &seen["csv"];
     assert_eq!(csv["status"], 200, "{text}");
@@ -131,7 +148,6 @@ fn a_page_on_another_origin_reads_whether_an_export_is_whole() {
 /// once, as `created` events carrying one record each and an id to resume from.
 #[test]
 fn a_page_on_another_origin_follows_the_change_feed() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let Some(chromium) = common::browser_tools("the change-feed browser test") else {
         return;
     };
@@ -141,27 +157,12 @@ fn a_page_on_another_origin_follows_the_change_feed() {
     let since = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() - 3 * 3600)
         .expect("a time")
         .to_string();
-    let out = Command::new("timeout")
-        .args(["150", "node"])
-        .arg(root.join("tests/browser/feed.mjs"))
-        .args([page_url.as_str(), base.as_str(), "demo-key-0001", &since])
-        .env("CHROMIUM", &chromium)
-        .output()
-        .expect("node runs");
-    let _ = gateway.kill();
-    let _ = gateway.wait();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (seen, text) = run_page(
+        &mut gateway,
+        &chromium,
+        "feed.mjs",
+        &[page_url.as_str(), base.as_str(), "demo-key-0001", &since],
     );
-    assert!(out.status.success(), "the browser test failed:\n{text}");
-    let seen: serde_json::Value = serde_json::from_str(
-        text.lines()
-            .find(|l| l.starts_with('{'))
-            .unwrap_or_else(|| panic!("no report: {text}")),
-    )
-    .expect("a JSON report");
     assert_eq!(seen["origin"], origin.as_str());
     assert_ne!(base, origin, "two origins");
 

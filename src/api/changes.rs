@@ -29,7 +29,7 @@ use crate::{
     api::{
         RequestId,
         auth::{self, Caller},
-        query::{Params, pairs, parse_accounts, parse_filters, parse_instant, parse_tz},
+        query::{Params, pairs, parse_accounts, parse_filters, parse_instant, parse_zone},
         range_fetch,
     },
     cache::KeyEncoder,
@@ -117,13 +117,7 @@ fn parse(state: &AppState, raw: Option<&str>) -> Result<(ChangesQuery, [u8; 32])
     let all = pairs(raw);
     let binding = binding(&all);
     let p = Params::new(all, &PARAMS)?;
-    let tz_name = p
-        .one("tz")?
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("UTC")
-        .to_owned();
-    let tz = parse_tz(&tz_name)?;
+    let (tz, tz_name) = parse_zone(&p)?;
     let now = Timestamp::now();
     let since = match p.one("since")? {
         Some(text) => parse_instant(text, &tz).map_err(|d| AppError::param("since", d))?,
@@ -193,8 +187,20 @@ async fn caller_of(
             if !known {
                 return Err(AppError::Unauthorized.into_response());
             }
+            let name: Arc<str> = Arc::from(holder.caller.as_str());
+            // The key's request rate counts for what its tickets open too.
+            if let Some(limiter) = &state.key_limiter {
+                let checked = if limiter.is_shared() {
+                    limiter.check_shared(&name).await
+                } else {
+                    limiter.check(&name)
+                };
+                if let Err(retry_after) = checked {
+                    return Err(AppError::KeyRateLimited { retry_after }.into_response());
+                }
+            }
             Ok(Caller {
-                name: Arc::from(holder.caller.as_str()),
+                name,
                 admin: holder.admin,
             })
         }
@@ -270,6 +276,7 @@ async fn open(state: &AppState, headers: &HeaderMap, uri: &Uri) -> Result<Respon
         request_id: RequestId::of(headers).into(),
         headers: headers.clone(),
         q,
+        stalled: std::sync::atomic::AtomicBool::new(false),
     };
     tokio::spawn(pump.run(sub, resume));
     let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
@@ -321,13 +328,29 @@ struct Pump {
     request_id: Arc<str>,
     headers: HeaderMap,
     q: ChangesQuery,
+    /// The reader stopped reading: no frame could be queued for [`Pump::stall`].
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 impl Pump {
-    /// Sends one frame; false once the reader is gone or the process drains.
+    /// How long a frame may wait for room before the reader counts as gone: two
+    /// keep-alive periods (a reader that takes in less than its buffer in that time is not
+    /// following the stream).
+    fn stall(&self) -> std::time::Duration {
+        (self.state.feed.settings.keep_alive * 2).max(std::time::Duration::from_secs(1))
+    }
+
+    /// Sends one frame; false once the reader is gone, has stopped reading, or the process
+    /// drains.
     async fn put(&self, b: Bytes) -> bool {
         tokio::select! {
-            r = self.tx.send(b) => r.is_ok(),
+            r = tokio::time::timeout(self.stall(), self.tx.send(b)) => match r {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    self.stalled.store(true, Ordering::Relaxed);
+                    false
+                }
+            },
             () = self.state.drain.started() => false,
         }
     }
@@ -343,7 +366,38 @@ impl Pump {
         self.put(frame(Some(id), kind, data)).await
     }
 
+    /// Writes the stream until it ends; a reader that stopped reading, or fell a whole
+    /// buffer behind, gets a last `reset` in the slot kept for it.
     async fn run(self, sub: Subscription, resume: id::Resume) {
+        // One slot is kept from the start for the last frame: a full buffer still takes it.
+        let mut last = self.tx.clone().reserve_owned().await.ok();
+        if let Some(why) = self.stream(&sub, resume).await {
+            self.state
+                .feed
+                .counters
+                .resets
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(slot) = last.take() {
+                slot.send(frame(None, "reset", &reason(why)));
+            }
+        } else if self.stalled.load(Ordering::Relaxed) {
+            self.state
+                .feed
+                .counters
+                .resets
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(slot) = last.take() {
+                slot.send(frame(
+                    None,
+                    "reset",
+                    &reason("this stream was not read; reconnect with its Last-Event-ID"),
+                ));
+            }
+        }
+    }
+
+    /// The stream itself; `Some(why)` when it ends with a reset.
+    async fn stream(&self, sub: &Subscription, resume: id::Resume) -> Option<&'static str> {
         let topic = Arc::clone(&sub.topic);
         let keep_alive = self.state.feed.settings.keep_alive;
         let mut tick =
@@ -355,61 +409,62 @@ impl Pump {
             ))
             .await
         {
-            return;
+            return None;
         }
-        // Until the topic's first complete poll, only warnings and keep-alives.
-        let mut early = topic.tx.subscribe();
-        loop {
-            tokio::select! {
-                () = topic.until_ready() => break,
-                m = early.recv() => {
-                    if let Ok(Msg::Warning(w)) = m
-                        && !self.put(frame(None, "warning", &reason(&w))).await
-                    {
-                        return;
+        // Until the topic's picture is complete (its first complete poll, or again after the
+        // shared log was replaced), only warnings and keep-alives.
+        let opening = loop {
+            let mut early = topic.tx.subscribe();
+            loop {
+                tokio::select! {
+                    () = topic.until_ready() => break,
+                    m = early.recv() => {
+                        if let Ok(Msg::Warning(w)) = m
+                            && !self.put(frame(None, "warning", &reason(&w))).await
+                        {
+                            return None;
+                        }
                     }
+                    _ = tick.tick() => {
+                        if !self.put(Bytes::from_static(b": keep-alive\n\n")).await { return None; }
+                    }
+                    () = self.state.drain.started() => return None,
+                    () = self.tx.closed() => return None,
                 }
-                _ = tick.tick() => {
-                    if !self.put(Bytes::from_static(b": keep-alive\n\n")).await { return; }
-                }
-                () = self.state.drain.started() => return,
-                () = self.tx.closed() => return,
             }
-        }
-        drop(early);
-        topic.catch_up(&resume).await;
-        let opening = topic.open(&resume, self.q.since.as_second(), Timestamp::now());
-        let (epoch, at_seq) = (opening.epoch.clone(), opening.at_seq);
-        let Some(mut rx) = self.opening(opening).await else {
-            return;
+            drop(early);
+            topic.catch_up(&resume).await;
+            if let Some(o) = topic.open(&resume, self.q.since.as_second(), Timestamp::now()) {
+                break o;
+            }
         };
+        let (epoch, at_seq) = (opening.epoch.clone(), opening.at_seq);
+        let mut rx = self.opening(opening).await?;
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
                     Ok(Msg::Event(e)) if e.seq <= at_seq => {}
                     Ok(Msg::Event(e)) => {
                         if !self.event(&id::live(&epoch, e.seq), e.kind.as_str(), e.raw.get()).await {
-                            return;
+                            return None;
                         }
                     }
                     Ok(Msg::Warning(w)) => {
-                        if !self.put(frame(None, "warning", &reason(&w))).await { return; }
+                        if !self.put(frame(None, "warning", &reason(&w))).await { return None; }
                     }
                     Ok(Msg::Reset) => {
-                        self.reset("the change log was lost; reload, then follow again").await;
-                        return;
+                        return Some("the change log was lost; reload, then follow again");
                     }
                     Err(RecvError::Lagged(_)) => {
-                        self.reset("this stream fell too far behind; reconnect with its Last-Event-ID").await;
-                        return;
+                        return Some("this stream fell too far behind; reconnect with its Last-Event-ID");
                     }
-                    Err(RecvError::Closed) => return,
+                    Err(RecvError::Closed) => return None,
                 },
                 _ = tick.tick() => {
-                    if !self.put(Bytes::from_static(b": keep-alive\n\n")).await { return; }
+                    if !self.put(Bytes::from_static(b": keep-alive\n\n")).await { return None; }
                 }
-                () = self.state.drain.started() => return,
-                () = self.tx.closed() => return,
+                () = self.state.drain.started() => return None,
+                () = self.tx.closed() => return None,
             }
         }
     }
@@ -529,9 +584,10 @@ impl Pump {
         let mut out: Vec<(RecordKey, Arc<serde_json::value::RawValue>)> = records
             .iter()
             .filter_map(|r| {
+                // A record whose start cannot be read goes first (it is in the range).
                 let key = RecordKey {
-                    start: r.start?,
-                    id: crate::feed::topic::identity(r)?,
+                    start: r.start.unwrap_or(since),
+                    id: crate::feed::topic::identity(r),
                 };
                 (key.start >= since && key.start < horizon && after.is_none_or(|a| key > *a))
                     .then(|| (key, Arc::clone(&r.raw)))
@@ -539,16 +595,6 @@ impl Pump {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Some(out)
-    }
-
-    /// A final `reset`, without waiting for a reader that does not read.
-    async fn reset(&self, why: &str) {
-        self.state
-            .feed
-            .counters
-            .resets
-            .fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.try_send(frame(None, "reset", &reason(why)));
     }
 }
 

@@ -402,13 +402,7 @@ fn has_cache_buster(raw: &str) -> bool {
 /// # Errors
 /// 400 for anything missing, malformed, inverted or longer than `max_range_days`.
 pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppError> {
-    let tz_name = p
-        .one("tz")?
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("UTC")
-        .to_owned();
-    let tz = parse_tz(&tz_name)?;
+    let (tz, tz_name) = parse_zone(p)?;
     let from_text = p.one("from")?.ok_or_else(|| {
         AppError::param(
             "from",
@@ -455,6 +449,20 @@ pub fn parse_range(p: &Params, max_range_days: u32) -> Result<RangeQuery, AppErr
         select,
         accounts,
     })
+}
+
+/// `tz` (default `UTC`), and its name as given.
+///
+/// # Errors
+/// 400 for an unknown zone or a repeated `tz`.
+pub fn parse_zone(p: &Params) -> Result<(TimeZone, String), AppError> {
+    let tz_name = p
+        .one("tz")?
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("UTC")
+        .to_owned();
+    Ok((parse_tz(&tz_name)?, tz_name))
 }
 
 /// `channels`, `queues`, `bots` and `fields` (default: all four), normalized.

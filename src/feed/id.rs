@@ -35,7 +35,7 @@ pub enum Resume {
 }
 
 /// Longest id accepted (a record id is hex-encoded, so twice its length plus the rest).
-const MAX_ID_CHARS: usize = 600;
+const MAX_ID_CHARS: usize = 2048;
 
 /// The id of a live event.
 pub fn live(epoch: &str, seq: u64) -> String {
@@ -160,6 +160,6 @@ mod tests {
         ] {
             assert_eq!(parse(Some(bad)), Resume::Unknown, "{bad}");
         }
-        assert_eq!(parse(Some(&"a".repeat(700))), Resume::Unknown);
+        assert_eq!(parse(Some(&"a".repeat(2100))), Resume::Unknown);
     }
 }

@@ -169,7 +169,7 @@ impl Feed {
         let topic = {
             let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
             self.forget_idle(&mut topics);
-            Arc::clone(topics.entry(id.clone()).or_insert_with(|| {
+            let topic = Arc::clone(topics.entry(id.clone()).or_insert_with(|| {
                 let shared = self.cluster.as_ref().map(|c| {
                     Arc::new(shared::SharedTopic::new(
                         Arc::clone(c),
@@ -192,9 +192,11 @@ impl Feed {
                     max_calls: self.max_calls,
                     shared,
                 })
-            }))
+            }));
+            // Joined under the topics' lock: no concurrent subscribe forgets it in between.
+            topic.join();
+            topic
         };
-        topic.join();
         metrics::gauge!("gateway_feed_subscribers").increment(1.0);
         Ok(Subscription {
             feed: Arc::clone(self),

@@ -45,11 +45,21 @@ local n = tonumber(ARGV[5])
 for c = 1, n do
   local kind, start, id, digest, raw, at = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   i = i + 6
-  if announce then
-    local seq = redis.call('INCR', KEYS[2])
-    redis.call('ZADD', KEYS[3], seq, seq .. '\n' .. at .. '\n' .. kind .. '\n' .. start .. '\n' .. digest .. '\n' .. #id .. '\n' .. id .. raw)
+  -- What the shared state already holds is not news (a poll compared against an older
+  -- picture, e.g. right after a takeover).
+  local held = redis.call('HGET', KEYS[4], id)
+  local same = false
+  if held then
+    local a = string.find(held, '\n', 1, true)
+    if a and string.sub(held, a + 1, a + #digest) == digest then same = true end
   end
-  redis.call('HSET', KEYS[4], id, start .. '\n' .. digest .. '\n' .. raw)
+  if not same then
+    if announce then
+      local seq = redis.call('INCR', KEYS[2])
+      redis.call('ZADD', KEYS[3], seq, seq .. '\n' .. at .. '\n' .. kind .. '\n' .. start .. '\n' .. digest .. '\n' .. #id .. '\n' .. id .. raw)
+    end
+    redis.call('HSET', KEYS[4], id, start .. '\n' .. digest .. '\n' .. raw)
+  end
 end
 local m = tonumber(ARGV[i])
 i = i + 1
@@ -160,15 +170,35 @@ impl SharedTopic {
         *self.last_poll.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(tokio::time::Instant::now());
         let state = topic.lock().state.clone();
-        let polled = topic.fetch_changes(stop, &state).await;
+        // A poll waits as long as the budget needs: the lease is renewed meanwhile, so no
+        // other replica polls the same windows at the same time.
+        let polled = {
+            let poll = topic.fetch_changes(stop, &state);
+            tokio::pin!(poll);
+            let every = Self::lease_ttl(topic) / 3;
+            loop {
+                tokio::select! {
+                    p = &mut poll => break p,
+                    () = tokio::time::sleep(every) => {
+                        if !self.take_lease(topic).await {
+                            tracing::warn!(topic = %topic.id, "the feed's poller lease was lost during a poll");
+                        }
+                    }
+                }
+            }
+        };
         self.write(topic, &polled, &state).await;
         topic.report(&polled, true);
         self.follow(topic).await;
     }
 
     /// Takes the lease, or renews it if this replica holds it.
+    fn lease_ttl(topic: &Topic) -> Duration {
+        (topic.settings.interval * 3).max(Duration::from_secs(10))
+    }
+
     async fn take_lease(&self, topic: &Topic) -> bool {
-        let ttl = (topic.settings.interval * 3).max(Duration::from_secs(10));
+        let ttl = Self::lease_ttl(topic);
         let mut conn = self.cluster.conn();
         let me = self.cluster.replica();
         let taken: Option<Option<String>> = self
@@ -349,6 +379,14 @@ impl SharedTopic {
             }
             m.trim(Timestamp::now().as_millisecond(), topic.settings.retention);
         }
+        {
+            // Records an hour before the watched part are no longer followed by any poller:
+            // let them go here as the poller lets them go in Redis.
+            let (horizon, _) =
+                super::topic::watched(Timestamp::now(), topic.settings.lookback, &topic.spec.tz);
+            let keep_from = horizon.as_second() - 3600;
+            topic.lock().state.retain(|_, k| k.start >= keep_from);
+        }
         self.pass_warnings(topic, &mut conn).await;
         true
     }
@@ -439,19 +477,18 @@ impl SharedTopic {
         events.sort_by_key(|e| e.seq);
         mirror.trimmed_through = events.first().map_or(seq, |e| e.seq.saturating_sub(1));
         mirror.last_seq = seq;
+        mirror.log_bytes = events.iter().map(|e| e.raw.get().len()).sum();
         mirror.log = events.into();
         let was_loaded = self.loaded.swap(true, Ordering::Relaxed);
         {
             let mut m = topic.lock();
             let same_life = m.epoch == mirror.epoch;
-            *m = mirror;
+            mirror.ready = *ready == 1;
+            // Subscribers that open next wait until the new picture is complete.
+            topic.replace(&mut m, mirror);
             if was_loaded && !same_life {
                 // Another life of the log: what subscribers hold means nothing in it.
                 let _ = topic.tx.send(Msg::Reset);
-            }
-            if *ready == 1 {
-                m.ready = false;
-                topic.set_ready(&mut m);
             }
         }
         // Warnings from before this replica followed are not passed on.

@@ -37,8 +37,9 @@ use crate::{
     upstream::Filters,
 };
 
-/// Events kept at most, whatever FEED_RETENTION says (memory is bounded).
-const MAX_LOG_EVENTS: usize = 200_000;
+/// Bytes of records a topic's log keeps at most, whatever FEED_RETENTION says (memory is
+/// bounded; an id older than what is kept resumes with a reset).
+const MAX_LOG_BYTES: usize = 64 << 20;
 
 /// What happened to a record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,10 +105,16 @@ pub fn digest(raw: &RawValue) -> [u8; 16] {
     d
 }
 
-/// The identity a record is followed by: its `sessionId` (its `conversationId` when it has
-/// none); a record with neither cannot be followed.
-pub fn identity(r: &Record) -> Option<Arc<str>> {
-    r.session_id.clone().or_else(|| r.conversation_id.clone())
+/// The identity a record is followed by — the one `/v1/interactions` de-duplicates by:
+/// `sessionId` and `conversationId` (two records of one session with two conversations are
+/// two records); a record with neither is known by its bytes.
+pub fn identity(r: &Record) -> Arc<str> {
+    match (&r.session_id, &r.conversation_id) {
+        (Some(s), None) => Arc::clone(s),
+        (Some(s), Some(c)) => Arc::from(format!("{s}\u{1f}{c}").as_str()),
+        (None, Some(c)) => Arc::from(format!("\u{1f}{c}").as_str()),
+        (None, None) => Arc::from(format!("#{}", crate::cache::hex(&digest(&r.raw))).as_str()),
+    }
 }
 
 /// The topic's records and log, as this replica knows them.
@@ -117,6 +124,8 @@ pub struct Mirror {
     pub epoch: String,
     pub state: HashMap<Arc<str>, Known>,
     pub log: VecDeque<Arc<Event>>,
+    /// Bytes of the records in `log`.
+    pub log_bytes: usize,
     pub last_seq: u64,
     /// Every event up to this one is gone (retention): an id before it cannot resume.
     pub trimmed_through: u64,
@@ -130,6 +139,7 @@ impl Mirror {
             epoch,
             state: HashMap::new(),
             log: VecDeque::new(),
+            log_bytes: 0,
             last_seq: 0,
             trimmed_through: 0,
             ready: false,
@@ -142,10 +152,11 @@ impl Mirror {
         while self
             .log
             .front()
-            .is_some_and(|e| e.at_ms < oldest || self.log.len() > MAX_LOG_EVENTS)
+            .is_some_and(|e| e.at_ms < oldest || self.log_bytes > MAX_LOG_BYTES)
         {
             if let Some(e) = self.log.pop_front() {
                 self.trimmed_through = e.seq;
+                self.log_bytes = self.log_bytes.saturating_sub(e.raw.get().len());
             }
         }
     }
@@ -276,6 +287,13 @@ impl Topic {
             m.ready = true;
             self.ready.send_replace(true);
         }
+    }
+
+    /// Replaces the mirror (a load from the shared log); subscribers that open next wait
+    /// until it is complete again.
+    pub fn replace(&self, m: &mut Mirror, with: Mirror) {
+        *m = with;
+        self.ready.send_replace(m.ready);
     }
 
     /// Resolves once the mirror holds a complete picture.
@@ -410,9 +428,7 @@ impl Topic {
                 Ok(o) if matches!(o.source, Source::Hit | Source::Miss) && o.data.complete() => {
                     polled.calls += o.calls;
                     for r in &o.data.records {
-                        let Some(id) = identity(r) else {
-                            continue;
-                        };
+                        let id = identity(r);
                         let start = r.start.unwrap_or(w.start.as_second());
                         let d = digest(&r.raw);
                         let kind = match state.get(&id) {
@@ -502,6 +518,7 @@ impl Topic {
             },
         );
         self.counters.count_event(e.kind);
+        m.log_bytes += e.raw.get().len();
         m.log.push_back(Arc::clone(&e));
         let _ = self.tx.send(Msg::Event(e));
     }
@@ -533,10 +550,14 @@ impl Topic {
     /// changes it missed and the backlog from `since`, then live events from `at_seq`.
     /// Taken under the mirror's lock, with the live receiver subscribed inside it: no event
     /// falls between the two.
-    pub fn open(&self, resume: &Resume, since: i64, now: Timestamp) -> Opening {
+    pub fn open(&self, resume: &Resume, since: i64, now: Timestamp) -> Option<Opening> {
         let (horizon, _) = watched(now, self.settings.lookback, &self.spec.tz);
         let horizon = horizon.as_second();
         let m = self.lock();
+        if !m.ready {
+            // Replaced by a load since the wait ended: wait again.
+            return None;
+        }
         let resumable = |epoch: &str, seq: u64| {
             epoch == m.epoch && seq <= m.last_seq && seq >= m.trimmed_through
         };
@@ -544,7 +565,7 @@ impl Topic {
             Resume::Fresh => (false, Vec::new(), None),
             Resume::Live { epoch, seq } if resumable(epoch, *seq) => {
                 let replay = m.after(*seq).map(|e| (Arc::clone(e), None)).collect();
-                return Opening {
+                return Some(Opening {
                     reset: false,
                     replay,
                     backlog: Vec::new(),
@@ -552,7 +573,7 @@ impl Topic {
                     epoch: m.epoch.clone(),
                     older: None,
                     rx: self.tx.subscribe(),
-                };
+                });
             }
             Resume::Backlog { epoch, seq, after } if resumable(epoch, *seq) => {
                 // Changes since `seq` to records already sent; later records go out with
@@ -584,7 +605,7 @@ impl Topic {
         backlog.sort_by(|a, b| a.0.cmp(&b.0));
         let older = (since < horizon && after.as_ref().is_none_or(|a| a.start < horizon))
             .then(|| (since, horizon, after.clone()));
-        Opening {
+        Some(Opening {
             reset,
             replay,
             backlog,
@@ -592,7 +613,7 @@ impl Topic {
             epoch: m.epoch.clone(),
             older,
             rx: self.tx.subscribe(),
-        }
+        })
     }
 
     /// Stops the poller (the topic is being forgotten).
@@ -627,5 +648,46 @@ impl Polled {
             warnings: vec![why],
             ..Polled::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(json: &str) -> Record {
+        let w = Window {
+            start: Timestamp::from_second(0).unwrap_or(Timestamp::UNIX_EPOCH),
+            end: Timestamp::from_second(86_399).unwrap_or(Timestamp::UNIX_EPOCH),
+            offset_seconds: 0,
+        };
+        Record::new(RawValue::from_string(json.to_owned()).expect("json"), &w)
+    }
+
+    #[test]
+    fn records_are_followed_by_the_identity_the_answers_dedupe_by() {
+        let a = record(r#"{"sessionId":"s1","conversationId":"c1","finalStatus":"x"}"#);
+        let b = record(r#"{"sessionId":"s1","conversationId":"c2"}"#);
+        let c = record(r#"{"sessionId":"s1"}"#);
+        let d = record(r#"{"conversationId":"c1"}"#);
+        let e = record(r#"{"channel":"voice"}"#);
+        let f = record(r#"{"channel":"sms"}"#);
+        let ids: Vec<Arc<str>> = [&a, &b, &c, &d, &e, &f]
+            .iter()
+            .map(|r| identity(r))
+            .collect();
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            ids.len(),
+            "six records, six identities: {ids:?}"
+        );
+        // The same record fetched again (changed or not) keeps its identity.
+        let a2 = record(r#"{"sessionId":"s1","conversationId":"c1","finalStatus":"y"}"#);
+        assert_eq!(identity(&a), identity(&a2));
+        assert_eq!(&*identity(&c), "s1");
+        assert_ne!(digest(&a.raw), digest(&a2.raw), "its change is seen");
     }
 }
