@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo fuzz + libFuzzer) of the pure cores a request goes through:
-# the query parser (dates, tz, lists, cursor, Accept), the window planner, cursors and the
-# drop-in body. Builds the targets once, runs each for FUZZ_SECONDS (default 45) from the
-# seed corpus in fuzz/corpus/<target>/, and fails on any crash, leaving the input in
-# fuzz/artifacts/<target>/ (add it to tests/fuzz_regressions.rs before fixing).
+# the query parser (dates, tz, lists, cursor, Accept), the window planner, cursors, the
+# drop-in body, and the change feed's event ids and tickets. Builds the targets once, runs
+# each for FUZZ_SECONDS (default 45) from the seed corpus in fuzz/corpus/<target>/, and
+# fails on any crash, leaving the input in fuzz/artifacts/<target>/ (add it to
+# tests/fuzz_regressions.rs before fixing).
 #
-#   FUZZ_SECONDS=45 FUZZ_TARGETS="query plan cursor dropin_body" ci/fuzz.sh
+#   FUZZ_SECONDS=45 FUZZ_TARGETS="query plan cursor dropin_body feed_ids" ci/fuzz.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECS=${FUZZ_SECONDS:-45}
-TARGETS=${FUZZ_TARGETS:-"query plan cursor dropin_body"}
+TARGETS=${FUZZ_TARGETS:-"query plan cursor dropin_body feed_ids"}
 CARGO_FUZZ_VERSION=0.13.2
 
 # cargo fuzz passes nightly-only flags (-Z…); the machine has stable Rust only, and

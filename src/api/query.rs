@@ -504,6 +504,12 @@ pub fn parse_filters(p: &Params) -> Result<Filters, AppError> {
 /// 400 for a value that is not an account name.
 pub fn parse_accounts(p: &Params) -> Result<Vec<String>, AppError> {
     let accounts = p.list("account")?;
+    if accounts.is_empty() && p.one("account").is_ok_and(|v| v.is_some()) {
+        return Err(AppError::param(
+            "account",
+            "`account` is empty; leave it out for the default account",
+        ));
+    }
     if let Some(bad) = accounts
         .iter()
         .find(|a| !crate::config::valid_account_name(a))

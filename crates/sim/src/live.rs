@@ -177,7 +177,7 @@ pub(crate) fn apply_revision(record: &mut Value, rev: u32) {
     );
     map.insert(
         "dispositionRemarks".into(),
-        json!(format!("Reviewed after the session ended (revision {rev})")),
+        json!([format!("Reviewed after the session ended (revision {rev})")]),
     );
 }
 

@@ -67,6 +67,16 @@ fn assert_revised(revised: &Value, before: &Value) {
         assert_ne!(revised.get(k), before.get(k), "{k} of {}", id(before));
     }
     assert_eq!(unrevised_part(revised), unrevised_part(before));
+    // The vendor's types: two lists of strings.
+    for k in ["dispositions", "dispositionRemarks"] {
+        assert!(
+            revised[k]
+                .as_array()
+                .is_some_and(|a| a.iter().all(Value::is_string)),
+            "{k} is a list of strings: {}",
+            revised[k]
+        );
+    }
     assert_eq!(revised["sessionId"], before["sessionId"]);
     assert_eq!(revised["sessionStartTime"], before["sessionStartTime"]);
 }
