@@ -138,3 +138,42 @@ fn cursor_seed_corpus_replays() {
         let _ = decode_cursor(&cursor, &[0; 32], &CursorKey::derive(b"fuzz secret"));
     }
 }
+
+/// The `feed_ids` target's checks on one input (see fuzz/fuzz_targets/feed_ids.rs).
+fn feed_ids_target(data: &[u8]) {
+    use kore_gateway::feed::{
+        id::{self, Resume},
+        ticket::{Holder, TicketKey},
+    };
+    let mut binding = [0u8; 32];
+    let n = data.len().min(32);
+    binding[..n].copy_from_slice(&data[..n]);
+    let rest = data.get(32..).unwrap_or_default();
+    let len = usize::from(rest.first().copied().unwrap_or(0)).min(rest.len().saturating_sub(1));
+    let name = String::from_utf8_lossy(rest.get(1..1 + len).unwrap_or_default()).into_owned();
+    let text = String::from_utf8_lossy(rest.get(1 + len..).unwrap_or_default()).into_owned();
+    if let Resume::Live { epoch, seq } = id::parse(Some(&text)) {
+        assert_eq!(
+            id::parse(Some(&id::live(&epoch, seq))),
+            Resume::Live { epoch, seq }
+        );
+    }
+    let key = TicketKey::derive([b"fuzz secret".as_slice()]);
+    let holder = Holder {
+        caller: name,
+        admin: binding[0] & 1 == 1,
+    };
+    let issued = key.issue(&holder, &binding, 1_800_000_300);
+    assert_eq!(key.check(&issued, &binding, 1_800_000_000), Ok(holder));
+}
+
+/// Every committed `feed_ids` seed, the crash that found a ticket too long for a long key
+/// name (`long-holder-name`: 765 bytes of name) included.
+#[test]
+fn feed_ids_seed_corpus_replays() {
+    let seeds = corpus("feed_ids");
+    assert!(seeds.iter().any(|(path, _)| path.ends_with("/long-holder-name")));
+    for (_, data) in seeds {
+        feed_ids_target(&data);
+    }
+}
