@@ -172,7 +172,11 @@ fn feed_ids_target(data: &[u8]) {
 #[test]
 fn feed_ids_seed_corpus_replays() {
     let seeds = corpus("feed_ids");
-    assert!(seeds.iter().any(|(path, _)| path.ends_with("/long-holder-name")));
+    assert!(
+        seeds
+            .iter()
+            .any(|(path, _)| path.ends_with("/long-holder-name"))
+    );
     for (_, data) in seeds {
         feed_ids_target(&data);
     }
