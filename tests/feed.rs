@@ -18,7 +18,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 
 fn opts(lookback: Duration) -> Opts {
     Opts {
-        sim_volume: 8,
+        sim_volume: common::last_day_volume(8),
         // Records are published when they start (never before): nothing "from the future".
         sim_live: Some(Live {
             publish_delay: Duration::ZERO,
@@ -155,7 +155,7 @@ async fn a_reconnect_resumes_right_after_its_last_event() {
     // watched part holds a few records, and a `since` three hours before it.
     let t0 = Timestamp::now() - SignedDuration::from_secs(1);
     let mut o = opts(Duration::ZERO);
-    o.sim_volume = 16;
+    o.sim_volume = common::last_day_volume(16);
     let plain = kore_sim::Simulator::new(kore_sim::SimConfig {
         volume: o.sim_volume,
         ..kore_sim::SimConfig::demo()
@@ -447,7 +447,7 @@ async fn a_reader_left_behind_gets_a_final_reset_and_resumes_by_its_id() {
     let mut o = opts(Duration::from_secs(86_400));
     // A backlog of many megabytes the client does not read: the stream's writer waits on
     // the socket while changes pile up beyond a buffer of four.
-    o.sim_volume = 150;
+    o.sim_volume = common::last_day_volume(150);
     o.feed.buffer = 4;
     o.feed.interval = Duration::from_secs(1);
     let h = Harness::start(o).await;

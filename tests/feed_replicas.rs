@@ -29,7 +29,7 @@ const WITHIN: Duration = Duration::from_secs(20);
 
 fn opts() -> Opts {
     Opts {
-        sim_volume: 4,
+        sim_volume: common::last_day_volume(4),
         feed: FeedSettings {
             interval: INTERVAL,
             lookback: Duration::from_secs(86_400),

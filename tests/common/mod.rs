@@ -633,3 +633,15 @@ pub async fn follow_job(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A simulator volume for tests that read the last day: `v` on ordinary days, divided by the
+/// campaign factor when today or yesterday (UTC) is one of the simulator's campaign days
+/// (36 times the records), so the work a test causes does not depend on the date it runs.
+pub fn last_day_volume(v: u32) -> u32 {
+    let today = TimeZone::UTC.to_datetime(Timestamp::now()).date();
+    let dense = [Some(today), today.yesterday().ok()]
+        .into_iter()
+        .flatten()
+        .any(kore_sim::is_dense_day);
+    if dense { (v / 36).max(1) } else { v }
+}
