@@ -370,29 +370,21 @@ impl Pump {
     /// buffer behind, gets a last `reset` in the slot kept for it.
     async fn run(self, sub: Subscription, resume: id::Resume) {
         // One slot is kept from the start for the last frame: a full buffer still takes it.
-        let mut last = self.tx.clone().reserve_owned().await.ok();
-        if let Some(why) = self.stream(&sub, resume).await {
-            self.state
-                .feed
-                .counters
-                .resets
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(slot) = last.take() {
-                slot.send(frame(None, "reset", &reason(why)));
+        let last = self.tx.clone().reserve_owned().await.ok();
+        let why = match self.stream(&sub, resume).await {
+            Some(why) => why,
+            None if self.stalled.load(Ordering::Relaxed) => {
+                "this stream was not read; reconnect with its Last-Event-ID"
             }
-        } else if self.stalled.load(Ordering::Relaxed) {
-            self.state
-                .feed
-                .counters
-                .resets
-                .fetch_add(1, Ordering::Relaxed);
-            if let Some(slot) = last.take() {
-                slot.send(frame(
-                    None,
-                    "reset",
-                    &reason("this stream was not read; reconnect with its Last-Event-ID"),
-                ));
-            }
+            None => return,
+        };
+        self.state
+            .feed
+            .counters
+            .resets
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = last {
+            slot.send(frame(None, "reset", &reason(why)));
         }
     }
 
