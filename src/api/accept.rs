@@ -61,13 +61,18 @@ impl Acceptable {
     /// repeated: the values are one list, RFC 9110 §5.3).
     pub fn parse<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
         let mut values = values.into_iter().peekable();
-        // The values most clients send, answered without splitting (this runs on every
-        // data request, hits too): one field holding `*/*` (everything, as no header) or
-        // one bare media type of ours.
+        // The values most clients send, answered without the full parse (this runs on every
+        // data request, hits too): one field holding `*/*` (everything, as no header), a
+        // list without q-values that holds `*/*`, or one bare media type of ours.
         if let Some(first) = values.next() {
             if values.peek().is_none() {
                 let v = first.trim();
                 if v == "*/*" {
+                    return Acceptable::default();
+                }
+                // A list without parameters (no q-values) that holds `*/*`: everything at
+                // q=1, whatever else it names — axios's `application/json, text/plain, */*`.
+                if !v.contains(';') && v.split(',').any(|r| r.trim() == "*/*") {
                     return Acceptable::default();
                 }
                 if let Some(i) = NAMES
@@ -346,6 +351,12 @@ mod tests {
             "application/jsonl",
             "",
             "text/html",
+            "application/json, text/plain, */*",
+            "text/plain,*/*",
+            "text/csv, */*",
+            "text/csv, */*;q=0.1",
+            "text/*/*, text/csv",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
         ] {
             assert_eq!(
                 Acceptable::parse([v]),
