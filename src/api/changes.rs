@@ -355,14 +355,13 @@ impl Pump {
         }
     }
 
-    async fn event(&self, id: &str, kind: &str, data: &str) -> bool {
+    async fn event(&self, id: &str, kind: &'static str, data: &str) -> bool {
         self.state
             .feed
             .counters
             .sent
             .fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("gateway_feed_events_sent_total", "event" => kind.to_owned())
-            .increment(1);
+        metrics::counter!("gateway_feed_events_sent_total", "event" => kind).increment(1);
         self.put(frame(Some(id), kind, data)).await
     }
 

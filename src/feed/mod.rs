@@ -206,19 +206,32 @@ impl Feed {
     }
 
     /// Forgets topics nobody has listened to for FEED_RETENTION (their ids could no longer
-    /// resume anything anyway).
+    /// resume anything anyway), and beyond [`MAX_IDLE_TOPICS`] the longest idle first: what
+    /// idle topics hold stays bounded however many filter combinations are tried.
     fn forget_idle(&self, topics: &mut HashMap<String, Arc<Topic>>) {
         let now = jiff::Timestamp::now().as_second();
         let retention = self.settings.retention.as_secs() as i64;
-        topics.retain(|_, t| {
-            let idle = *t.idle_since.lock().unwrap_or_else(|p| p.into_inner());
-            let keep =
-                t.subscribers.load(Ordering::SeqCst) > 0 || idle == 0 || now - idle < retention;
-            if !keep {
+        // (idle since, id) of every topic nobody listens to, the longest idle first.
+        let mut idle: Vec<(i64, String)> = topics
+            .iter()
+            .filter(|(_, t)| t.subscribers.load(Ordering::SeqCst) == 0)
+            .map(|(id, t)| {
+                (
+                    *t.idle_since.lock().unwrap_or_else(|p| p.into_inner()),
+                    id.clone(),
+                )
+            })
+            .filter(|(since, _)| *since > 0)
+            .collect();
+        idle.sort();
+        let over = idle.len().saturating_sub(MAX_IDLE_TOPICS);
+        for (i, (since, id)) in idle.iter().enumerate() {
+            if (i < over || now - since >= retention)
+                && let Some(t) = topics.remove(id)
+            {
                 t.stop();
             }
-            keep
-        });
+        }
     }
 
     /// Streams open, by key (the status page).
