@@ -22,6 +22,8 @@ impl SseEvent {
 pub struct Sse {
     resp: reqwest::Response,
     buf: String,
+    /// Bytes of a character split between two chunks, until the rest arrives.
+    partial: Vec<u8>,
     /// `: keep-alive` comments seen.
     pub keepalives: usize,
     /// The server ended the stream.
@@ -59,6 +61,7 @@ impl Sse {
         Sse {
             resp,
             buf: String::new(),
+            partial: Vec::new(),
             keepalives: 0,
             ended: false,
             last_id: last_id.map(str::to_owned),
@@ -79,7 +82,7 @@ impl Sse {
             }
             match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
                 Err(_) => return None,
-                Ok(Ok(Some(c))) => self.buf.push_str(&String::from_utf8_lossy(&c)),
+                Ok(Ok(Some(c))) => self.push(&c),
                 Ok(Ok(None)) | Ok(Err(_)) => self.ended = true,
             }
         }
@@ -121,6 +124,22 @@ impl Sse {
                 None => return out,
             }
         }
+    }
+
+    /// Appends a chunk as text. A chunk may end inside a multi-byte character (the stream is
+    /// bytes; TCP cuts it anywhere): its first bytes wait for the next chunk.
+    fn push(&mut self, chunk: &[u8]) {
+        self.partial.extend_from_slice(chunk);
+        let valid = match std::str::from_utf8(&self.partial) {
+            Ok(_) => self.partial.len(),
+            // An incomplete character at the end: keep it for later.
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            // Not UTF-8 at all: shown as such, so the test sees it.
+            Err(_) => self.partial.len(),
+        };
+        let rest = self.partial.split_off(valid);
+        self.buf.push_str(&String::from_utf8_lossy(&self.partial));
+        self.partial = rest;
     }
 
     fn take_event(&mut self) -> Option<SseEvent> {
